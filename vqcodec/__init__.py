@@ -1,0 +1,37 @@
+"""vqcodec: a learned image codec on a VQ-VAE-2 with PixelSNAIL priors and range coding.
+
+>>> import vqcodec
+>>> codec = vqcodec.load()                 # the default shipped preset
+>>> data = codec.compress("photo.png")     # .vqc bytes
+>>> image = codec.decompress(data)         # a PIL image
+"""
+
+from .codec import Codec, CodeMaps, Encoded, MapStats, load, presets
+from .container import Header, read_header
+from .errors import (
+    DecodeMismatchError,
+    FormatError,
+    InputError,
+    ModelError,
+    ModelMismatchError,
+    VQCodecError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Codec",
+    "CodeMaps",
+    "DecodeMismatchError",
+    "Encoded",
+    "FormatError",
+    "Header",
+    "InputError",
+    "MapStats",
+    "ModelError",
+    "ModelMismatchError",
+    "VQCodecError",
+    "load",
+    "presets",
+    "read_header",
+]

@@ -1,0 +1,234 @@
+"""The codec API: images to ``.vqc`` bytes and back, with a loaded model on a chosen device."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from . import container, entropy
+from .container import Header, Streams
+from .errors import DecodeMismatchError, FormatError, ModelError, ModelMismatchError
+from .image import ImageLike, Picture, padding, read_image, to_pil, to_rgb, to_tensor
+from .model import CodecModel
+from .weights import load_model, model_id
+
+#: The preset ``load()`` picks when none is named.
+DEFAULT_PRESET = "medium"
+_MODEL_SUFFIX = ".safetensors"
+TRAINING_HINT = (
+    "train one with `vqcodec train vqvae --data DIR` and `vqcodec train prior --vqvae CKPT`, "
+    "or pass a model file with path=... (CLI: --model PATH)"
+)
+
+
+@dataclass(frozen=True)
+class CodeMaps:
+    """The top (H/2s, W/2s) and bottom (H/s, W/s) code index maps of one image."""
+
+    top: np.ndarray
+    bottom: np.ndarray
+
+
+@dataclass(frozen=True)
+class MapStats:
+    """How one code map was coded: the real bits written and the ideal sum of -log2 p."""
+
+    codes: int
+    real_bits: int
+    ideal_bits: float
+
+    @property
+    def bits_per_code(self) -> float:
+        return self.real_bits / self.codes
+
+    @property
+    def overhead(self) -> float:
+        """Real bits over ideal bits, minus one (0.01 is 1% overhead)."""
+        return self.real_bits / self.ideal_bits - 1.0 if self.ideal_bits else 0.0
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """The result of ``Codec.encode``: the file's bytes, its code maps and per-map statistics."""
+
+    data: bytes
+    codes: CodeMaps
+    top: MapStats
+    bottom: MapStats
+    width: int
+    height: int
+
+    @property
+    def bpp(self) -> float:
+        """Bits per pixel of the whole file, header included."""
+        return 8 * len(self.data) / (self.width * self.height)
+
+
+def presets() -> list[str]:
+    """Names of the trained models shipped inside the package."""
+    folder = resources.files("vqcodec") / "models"
+    return sorted(p.name[: -len(_MODEL_SUFFIX)] for p in folder.iterdir() if p.name.endswith(_MODEL_SUFFIX))
+
+
+def _preset_path(name: str) -> Path:
+    available = presets()
+    if name not in available:
+        if not available:
+            raise ModelError(f"no trained model ships with this vqcodec yet: {TRAINING_HINT}")
+        raise ModelError(f"unknown preset {name!r}; available: {', '.join(available)}")
+    return Path(str(resources.files("vqcodec") / "models" / f"{name}{_MODEL_SUFFIX}"))
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` is CUDA when available, else the CPU; ``"cuda"`` without a GPU is an error."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ModelError(f"unknown device {device!r}: use auto, cpu or cuda") from exc
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError("device 'cuda' requested but no CUDA GPU is available")
+    if resolved.type not in ("cpu", "cuda"):
+        raise ModelError(f"unsupported device {device!r}: use auto, cpu or cuda")
+    return resolved
+
+
+def load(preset: str | None = None, *, path: str | Path | None = None, device: str = "auto") -> Codec:
+    """A ``Codec`` with a shipped preset (default ``DEFAULT_PRESET``) or the model file at ``path``."""
+    if preset is not None and path is not None:
+        raise ModelError("give a preset or a model path, not both")
+    model = load_model(path if path is not None else _preset_path(preset or DEFAULT_PRESET))
+    return Codec(model, device=device, name=preset or (str(path) if path else DEFAULT_PRESET))
+
+
+class Codec:
+    """Compresses images to ``.vqc`` bytes and back with one ``CodecModel``."""
+
+    def __init__(self, model: CodecModel, device: str | torch.device = "auto", name: str = "custom"):
+        self.device = resolve_device(device)
+        self.model = model.eval().to(self.device)
+        self.name = name
+        self.model_id = model_id(self.model)
+        self.top_stride = model.config.vqvae.top_stride
+
+    # -- encoding ---------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def encode(self, image: ImageLike) -> Encoded:
+        """Compress ``image`` and report its code maps and the bits each map took."""
+        pic = read_image(image)
+        width, height = pic.size
+        x = to_tensor(pic.rgb, self.top_stride).to(self.device)
+        top, bottom = self.model.vqvae.encode(x)
+        top_probs = self._probs(self.model.top_prior, top, None)
+        bottom_probs = self._probs(self.model.bottom_prior, bottom, self.model.bottom_prior.condition(top))
+        top_np, bottom_np = top[0].cpu().numpy(), bottom[0].cpu().numpy()
+        streams = Streams(
+            entropy.encode(top_np.reshape(-1), top_probs),
+            entropy.encode(bottom_np.reshape(-1), bottom_probs),
+            container.compress_alpha(pic.alpha) if pic.alpha is not None else b"",
+        )
+        header = Header(
+            channels=pic.channels, model_id=self.model_id, width=width, height=height,
+            pad_x=padding(width, self.top_stride), pad_y=padding(height, self.top_stride),
+            top_shape=top_np.shape, bottom_shape=bottom_np.shape,
+            top_len=0, bottom_len=0, alpha_len=0, payload_crc=0,
+            content_crc=container.content_crc(top_np, bottom_np, pic.alpha),
+        )  # fmt: skip
+        data = container.pack(header, streams)
+        return Encoded(
+            data,
+            CodeMaps(top_np, bottom_np),
+            _stats(top_np, top_probs, streams.top),
+            _stats(bottom_np, bottom_probs, streams.bottom),
+            width,
+            height,
+        )
+
+    def compress(self, image: ImageLike) -> bytes:
+        """``.vqc`` bytes of a PIL image, an HxW(xC) uint8 array or an image file path."""
+        return self.encode(image).data
+
+    @staticmethod
+    def _probs(prior: torch.nn.Module, codes: torch.Tensor, cond: torch.Tensor | None) -> np.ndarray:
+        """Probability rows of every position in one causal pass (teacher forcing)."""
+        logits = prior.logits(codes, cond)
+        return entropy.probabilities(logits[0].flatten(1).t())
+
+    # -- decoding ---------------------------------------------------------------------------
+
+    def read_header(self, data: bytes) -> Header:
+        """Validate ``data``'s header against this codec's model (size, model identifier)."""
+        header = container.read_header(data)
+        if header.model_id != self.model_id:
+            raise ModelMismatchError(
+                f"this file was made with model {header.model_id.hex()}, "
+                f"but the loaded model ({self.name}) is {self.model_id.hex()}"
+            )
+        s = self.top_stride
+        expected = (
+            padding(header.width, s), padding(header.height, s),
+            (header.height + header.pad_y) // s, (header.width + header.pad_x) // s,
+        )  # fmt: skip
+        if (header.pad_x, header.pad_y, *header.top_shape) != expected or header.bottom_shape != (
+            2 * header.top_shape[0],
+            2 * header.top_shape[1],
+        ):
+            raise FormatError("damaged .vqc file: code map sizes do not match the image size")
+        return header
+
+    @torch.no_grad()
+    def decode_codes(self, data: bytes) -> CodeMaps:
+        """Entropy-decode the code maps of a ``.vqc`` file, checking them against its content CRC."""
+        return self._decode(data)[0]
+
+    @torch.no_grad()
+    def _decode(self, data: bytes) -> tuple[CodeMaps, Header, np.ndarray | None]:
+        header = self.read_header(data)
+        _, streams = container.unpack(data)
+        top = self._decode_map(self.model.top_prior, streams.top, header.top_shape, None)
+        cond = self.model.bottom_prior.condition(top)
+        bottom = self._decode_map(self.model.bottom_prior, streams.bottom, header.bottom_shape, cond)
+        alpha = (
+            container.decompress_alpha(streams.alpha, (header.height, header.width)) if header.has_alpha else None
+        )
+        codes = CodeMaps(top[0].cpu().numpy(), bottom[0].cpu().numpy())
+        if container.content_crc(codes.top, codes.bottom, alpha) != header.content_crc:
+            raise DecodeMismatchError(
+                "decoded content fails its checksum: the decoder's probabilities differ from the "
+                "encoder's (different hardware or software?); no image was written"
+            )
+        return codes, header, alpha
+
+    def _decode_map(
+        self, prior: torch.nn.Module, stream: bytes, shape: tuple[int, int], cond: torch.Tensor | None
+    ) -> torch.Tensor:
+        width = shape[1]
+
+        def logits_at(codes: torch.Tensor, i: int) -> torch.Tensor:
+            return prior.logits(codes, cond)[0, :, i // width, i % width]
+
+        return entropy.decode_raster(entropy.Decoder(stream), shape, logits_at, self.device)
+
+    @torch.no_grad()
+    def reconstruct(self, codes: CodeMaps, width: int, height: int) -> np.ndarray:
+        """The (height, width, 3) uint8 RGB image the model synthesises from ``codes``."""
+        top = torch.as_tensor(codes.top, dtype=torch.long, device=self.device).unsqueeze(0)
+        bottom = torch.as_tensor(codes.bottom, dtype=torch.long, device=self.device).unsqueeze(0)
+        return to_rgb(self.model.vqvae.decode(top, bottom), width, height)
+
+    def decompress(self, data: bytes) -> Image.Image:
+        """The image stored in ``.vqc`` bytes (mode L, LA, RGB or RGBA, as compressed)."""
+        codes, header, alpha = self._decode(data)
+        rgb = self.reconstruct(codes, header.width, header.height)
+        return to_pil(Picture(rgb, alpha, header.channels))
+
+
+def _stats(codes: np.ndarray, probs: np.ndarray, stream: bytes) -> MapStats:
+    return MapStats(codes.size, 8 * len(stream), entropy.ideal_bits(codes.reshape(-1), probs))

@@ -1,0 +1,184 @@
+"""The ``.vqc`` file format: a fixed 68-byte header followed by the coded streams.
+
+All integers are little-endian. Layout (byte offset, size, field):
+
+====  ====  ==========================================================================
+0     4     magic ``89 56 51 43`` (``\\x89VQC``)
+4     1     format version (1)
+5     1     channels of the image: 1 gray, 2 gray + alpha, 3 RGB, 4 RGBA
+6     2     flags, must be 0
+8     16    model identifier (``model.model_id``: SHA-256 of config and weights, truncated)
+24    4     image width (pixels)
+28    4     image height (pixels)
+32    2     padding added on the right before coding (pixels)
+34    2     padding added at the bottom before coding (pixels)
+36    2     top map width (codes)
+38    2     top map height (codes)
+40    2     bottom map width (codes)
+42    2     bottom map height (codes)
+44    4     length of the top-map stream (bytes, a multiple of 4)
+48    4     length of the bottom-map stream (bytes, a multiple of 4)
+52    4     length of the alpha stream (bytes; 0 unless channels is 2 or 4)
+56    4     CRC-32 of the three streams, concatenated
+60    4     CRC-32 of the decoded content: top codes, then bottom codes (uint16 each, raster
+            order), then the alpha plane (uint8, raster order)
+64    4     CRC-32 of header bytes 0..63
+68          top-map stream, bottom-map stream, alpha stream, in that order; nothing after
+====  ====  ==========================================================================
+
+The maps are range-coded (constriction) under the model's priors; the alpha plane, when there
+is one, is stored losslessly with zlib. The payload CRC rejects a damaged file before any
+decoding; the content CRC catches a decoder whose probabilities differ from the encoder's.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import FormatError
+
+MAGIC = b"\x89VQC"
+VERSION = 1
+HEADER = struct.Struct("<4sBBH16sIIHHHHHHIIIIII")
+HEADER_SIZE = HEADER.size
+MODEL_ID_SIZE = 16
+#: Largest width or height accepted, so code maps fit 16-bit dimensions.
+MAX_SIDE = 65535
+#: Largest number of pixels accepted (a 100-megapixel photo fits), checked before any allocation.
+MAX_PIXELS = 1 << 27
+CHANNELS = (1, 2, 3, 4)
+
+
+@dataclass(frozen=True)
+class Header:
+    """Everything a ``.vqc`` header says, validated."""
+
+    channels: int
+    model_id: bytes
+    width: int
+    height: int
+    pad_x: int
+    pad_y: int
+    top_shape: tuple[int, int]  # (height, width) in codes
+    bottom_shape: tuple[int, int]
+    top_len: int
+    bottom_len: int
+    alpha_len: int
+    payload_crc: int
+    content_crc: int
+
+    @property
+    def has_alpha(self) -> bool:
+        return self.channels in (2, 4)
+
+    @property
+    def payload_len(self) -> int:
+        return self.top_len + self.bottom_len + self.alpha_len
+
+
+@dataclass(frozen=True)
+class Streams:
+    """The coded payload of a file."""
+
+    top: bytes
+    bottom: bytes
+    alpha: bytes = b""
+
+
+def content_crc(top: np.ndarray, bottom: np.ndarray, alpha: np.ndarray | None) -> int:
+    """CRC-32 of the code maps (uint16, raster order) and the alpha plane (uint8)."""
+    crc = zlib.crc32(np.ascontiguousarray(top, dtype="<u2").tobytes())
+    crc = zlib.crc32(np.ascontiguousarray(bottom, dtype="<u2").tobytes(), crc)
+    if alpha is not None:
+        crc = zlib.crc32(np.ascontiguousarray(alpha, dtype=np.uint8).tobytes(), crc)
+    return crc
+
+
+def pack(header: Header, streams: Streams) -> bytes:
+    """Serialise a file; the stream lengths and payload CRC of ``header`` are filled in here."""
+    payload = streams.top + streams.bottom + streams.alpha
+    fields = (
+        MAGIC, VERSION, header.channels, 0, header.model_id, header.width, header.height,
+        header.pad_x, header.pad_y, header.top_shape[1], header.top_shape[0],
+        header.bottom_shape[1], header.bottom_shape[0], len(streams.top), len(streams.bottom),
+        len(streams.alpha), zlib.crc32(payload), header.content_crc,
+    )
+    head = HEADER.pack(*fields, 0)[:-4]
+    return head + struct.pack("<I", zlib.crc32(head)) + payload
+
+
+def read_header(data: bytes) -> Header:
+    """Parse and validate the header alone; the payload need not be present (for ``info``)."""
+    if len(data) < HEADER_SIZE:
+        if not MAGIC.startswith(bytes(data[: len(MAGIC)])):
+            raise FormatError("not a .vqc file (bad magic bytes)")
+        raise FormatError(f"truncated .vqc file: {len(data)} bytes, the header alone is {HEADER_SIZE}")
+    raw = HEADER.unpack_from(data)
+    (magic, version, channels, flags, model_id, width, height, pad_x, pad_y,
+     top_w, top_h, bottom_w, bottom_h, top_len, bottom_len, alpha_len,
+     payload_crc, crc_content, crc_header) = raw  # fmt: skip
+    if magic != MAGIC:
+        raise FormatError("not a .vqc file (bad magic bytes)")
+    if version != VERSION:
+        raise FormatError(f"unsupported .vqc format version {version} (this vqcodec reads version {VERSION})")
+    if zlib.crc32(bytes(data[: HEADER_SIZE - 4])) != crc_header:
+        raise FormatError("damaged .vqc file: header checksum mismatch")
+    header = Header(
+        channels, model_id, width, height, pad_x, pad_y, (top_h, top_w), (bottom_h, bottom_w),
+        top_len, bottom_len, alpha_len, payload_crc, crc_content,
+    )
+    _validate(header, flags)
+    return header
+
+
+def _validate(h: Header, flags: int) -> None:
+    if flags:
+        raise FormatError(f"unknown .vqc flags {flags:#x}")
+    if h.channels not in CHANNELS:
+        raise FormatError(f"invalid channel count {h.channels}")
+    if not (1 <= h.width <= MAX_SIDE and 1 <= h.height <= MAX_SIDE) or h.width * h.height > MAX_PIXELS:
+        raise FormatError(f"invalid image size {h.width}x{h.height}")
+    if h.top_len % 4 or h.bottom_len % 4:
+        raise FormatError("invalid stream length (not a multiple of 4 bytes)")
+    if h.has_alpha != (h.alpha_len > 0):
+        raise FormatError("alpha stream does not match the channel count")
+    if min(h.top_shape + h.bottom_shape) < 1:
+        raise FormatError("empty code map")
+
+
+def unpack(data: bytes) -> tuple[Header, Streams]:
+    """Parse a whole file, checking its length and the payload checksum."""
+    header = read_header(data)
+    expected = HEADER_SIZE + header.payload_len
+    if len(data) < expected:
+        raise FormatError(f"truncated .vqc file: {len(data)} bytes of {expected}")
+    if len(data) > expected:
+        raise FormatError(f"{len(data) - expected} unexpected bytes after the end of the .vqc data")
+    payload = bytes(data[HEADER_SIZE:])
+    if zlib.crc32(payload) != header.payload_crc:
+        raise FormatError("damaged .vqc file: payload checksum mismatch")
+    a, b = header.top_len, header.top_len + header.bottom_len
+    return header, Streams(payload[:a], payload[a:b], payload[b:])
+
+
+def compress_alpha(alpha: np.ndarray) -> bytes:
+    """Lossless alpha stream (zlib, level 9) of a (H, W) uint8 plane."""
+    return zlib.compress(np.ascontiguousarray(alpha, dtype=np.uint8).tobytes(), 9)
+
+
+def decompress_alpha(data: bytes, shape: tuple[int, int]) -> np.ndarray:
+    """Inverse of ``compress_alpha``; never inflates past the expected size."""
+    size = shape[0] * shape[1]
+    inflater = zlib.decompressobj()
+    try:
+        raw = inflater.decompress(data, size)
+        complete = inflater.eof and not inflater.unconsumed_tail and not inflater.unused_data
+    except zlib.error as exc:
+        raise FormatError(f"damaged alpha stream: {exc}") from exc
+    if len(raw) != size or not complete:
+        raise FormatError("damaged alpha stream: wrong size")
+    return np.frombuffer(raw, dtype=np.uint8).reshape(shape)

@@ -1,0 +1,125 @@
+"""Turning whatever the user passes into an RGB array (plus alpha), and back into a PIL image."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .container import MAX_PIXELS, MAX_SIDE
+from .errors import InputError
+
+ImageLike = Image.Image | np.ndarray | str | os.PathLike
+
+#: PIL modes read as RGB without alpha; anything with transparency goes through RGBA.
+_RGB_MODES = {"RGB", "CMYK", "YCbCr", "LAB", "HSV"}
+_HIGH_DEPTH_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+
+
+@dataclass(frozen=True)
+class Picture:
+    """An image as vqcodec codes it: (H, W, 3) uint8 RGB, an optional (H, W) alpha plane, and
+    the channel count to give back (1 gray, 2 gray + alpha, 3 RGB, 4 RGBA)."""
+
+    rgb: np.ndarray
+    alpha: np.ndarray | None
+    channels: int
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) in pixels."""
+        return self.rgb.shape[1], self.rgb.shape[0]
+
+
+def _check_size(width: int, height: int) -> None:
+    if width < 1 or height < 1:
+        raise InputError(f"empty image ({width}x{height})")
+    if width > MAX_SIDE or height > MAX_SIDE or width * height > MAX_PIXELS:
+        raise InputError(
+            f"image too large: {width}x{height} (limits: {MAX_SIDE} pixels a side, {MAX_PIXELS} pixels in all)"
+        )
+
+
+def _open(path: str | os.PathLike) -> Image.Image:
+    try:
+        with Image.open(path) as img:
+            _check_size(*img.size)
+            img.load()
+            return ImageOps.exif_transpose(img)
+    except FileNotFoundError as exc:
+        raise InputError(f"no such file: {path}") from exc
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as exc:
+        raise InputError(f"cannot read image {path}: {exc}") from exc
+
+
+def _from_pil(img: Image.Image) -> Picture:
+    _check_size(*img.size)
+    mode = img.mode
+    if mode in _HIGH_DEPTH_MODES:
+        raise InputError(f"{mode} images (more than 8 bits per channel) are not supported")
+    if mode == "1":
+        img, mode = img.convert("L"), "L"
+    if mode in ("P", "PA"):
+        has_alpha = mode == "PA" or "transparency" in img.info
+        img, mode = (img.convert("RGBA"), "RGBA") if has_alpha else (img.convert("RGB"), "RGB")
+    if mode in _RGB_MODES:
+        return Picture(np.asarray(img.convert("RGB")), None, 3)
+    if mode in ("L", "LA", "RGBA", "La", "RGBa"):
+        return _from_array(np.asarray(img.convert({"La": "LA", "RGBa": "RGBA"}.get(mode, mode))))
+    raise InputError(f"unsupported image mode {mode}")
+
+
+def _from_array(arr: np.ndarray) -> Picture:
+    if arr.dtype != np.uint8:
+        raise InputError(f"image arrays must be uint8, got {arr.dtype}")
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if arr.ndim != 3 or arr.shape[2] not in (1, 2, 3, 4):
+        raise InputError(f"image arrays must be HxW or HxWxC with C in 1..4, got shape {arr.shape}")
+    _check_size(arr.shape[1], arr.shape[0])
+    channels = arr.shape[2]
+    color = arr[:, :, :3] if channels >= 3 else np.repeat(arr[:, :, :1], 3, axis=2)
+    alpha = arr[:, :, channels - 1].copy() if channels in (2, 4) else None
+    return Picture(np.ascontiguousarray(color), alpha, channels)
+
+
+def read_image(image: ImageLike) -> Picture:
+    """A ``Picture`` from a PIL image, an HxW or HxWxC uint8 array, or a path to an image file."""
+    if isinstance(image, Image.Image):
+        return _from_pil(image)
+    if isinstance(image, np.ndarray):
+        return _from_array(image)
+    if isinstance(image, (str, os.PathLike)):
+        return _from_pil(_open(image))
+    raise InputError(f"cannot code a {type(image).__name__}: pass a PIL image, a uint8 array or a path")
+
+
+def to_pil(picture: Picture) -> Image.Image:
+    """The PIL image of a ``Picture``, in the mode it came in (L, LA, RGB or RGBA)."""
+    rgb = Image.fromarray(picture.rgb, "RGB")
+    base = rgb.convert("L") if picture.channels in (1, 2) else rgb
+    if picture.alpha is None:
+        return base
+    base.putalpha(Image.fromarray(picture.alpha, "L"))
+    return base
+
+
+def padding(size: int, multiple: int) -> int:
+    """Pixels to add so that ``size`` becomes a multiple of ``multiple``."""
+    return -size % multiple
+
+
+def to_tensor(rgb: np.ndarray, multiple: int) -> torch.Tensor:
+    """(1, 3, H', W') floats in [-1, 1], edge-padded on the right and bottom to multiples of ``multiple``."""
+    h, w = rgb.shape[:2]
+    padded = np.pad(rgb, ((0, padding(h, multiple)), (0, padding(w, multiple)), (0, 0)), mode="edge")
+    return torch.from_numpy(padded).permute(2, 0, 1).unsqueeze(0).float() / 127.5 - 1.0
+
+
+def to_rgb(x: torch.Tensor, width: int, height: int) -> np.ndarray:
+    """(H, W, 3) uint8 from a (1, 3, H', W') tensor in [-1, 1], cropped to ``width`` x ``height``."""
+    pixels = ((x[0, :, :height, :width] + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    return np.ascontiguousarray(pixels.permute(1, 2, 0).cpu().numpy())

@@ -1,0 +1,92 @@
+"""Vector quantization: bounded-memory nearest-code search and an EMA codebook with code restarts."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+#: Upper bound on the number of entries of one chunk of the N x K distance matrix.
+MAX_DISTANCE_ENTRIES = 1 << 22
+
+
+def nearest_code(x: torch.Tensor, codebook: torch.Tensor, max_entries: int = MAX_DISTANCE_ENTRIES) -> torch.Tensor:
+    """Index of the nearest codebook row (squared Euclidean) for every row of ``x``.
+
+    ``x`` is (N, D), ``codebook`` (K, D). The distance matrix is built ``max_entries // K`` rows
+    at a time, so memory stays bounded whatever N is. Ties go to the lowest index.
+    """
+    n, k = x.shape[0], codebook.shape[0]
+    rows = max(1, max_entries // k)
+    code_norms = codebook.pow(2).sum(1)
+    out = torch.empty(n, dtype=torch.long, device=x.device)
+    for start in range(0, n, rows):
+        chunk = x[start : start + rows]
+        # ||x||^2 is constant per row, so it does not change the argmin and is left out.
+        dist = code_norms.unsqueeze(0) - 2.0 * (chunk @ codebook.t())
+        out[start : start + rows] = dist.argmin(1)
+    return out
+
+
+class VectorQuantizer(nn.Module):
+    """A codebook of ``codes`` vectors of size ``dim``, learnt by exponential moving averages.
+
+    ``forward`` quantizes a (B, dim, H, W) map with a straight-through gradient and, in
+    training, updates the codebook and restarts codes that fell out of use with encoder outputs
+    drawn from the batch (Dhariwal et al., Jukebox; Zeghidour et al.).
+    """
+
+    def __init__(self, dim: int, codes: int, decay: float = 0.99, eps: float = 1e-5, restart_below: float = 1.0):
+        super().__init__()
+        self.dim, self.codes, self.decay, self.eps, self.restart_below = dim, codes, decay, eps, restart_below
+        embed = torch.randn(codes, dim)
+        self.register_buffer("embed", embed)
+        self.register_buffer("cluster_size", torch.ones(codes))
+        self.register_buffer("embed_sum", embed.clone())
+
+    def indices(self, z: torch.Tensor) -> torch.Tensor:
+        """Code indices (B, H, W) of a (B, dim, H, W) map."""
+        b, _, h, w = z.shape
+        flat = z.permute(0, 2, 3, 1).reshape(-1, self.dim)
+        return nearest_code(flat, self.embed).view(b, h, w)
+
+    def lookup(self, idx: torch.Tensor) -> torch.Tensor:
+        """The (B, dim, H, W) code vectors of an index map (B, H, W)."""
+        return F.embedding(idx, self.embed).permute(0, 3, 1, 2).contiguous()
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Quantize ``z``: returns (straight-through codes, commitment loss, indices)."""
+        idx = self.indices(z)
+        q = self.lookup(idx)
+        if self.training:
+            self._ema_update(z.detach(), idx)
+        commitment = F.mse_loss(z, q.detach())
+        return z + (q - z).detach(), commitment, idx
+
+    @torch.no_grad()
+    def _ema_update(self, z: torch.Tensor, idx: torch.Tensor) -> None:
+        flat = z.permute(0, 2, 3, 1).reshape(-1, self.dim)
+        onehot = F.one_hot(idx.reshape(-1), self.codes).type(flat.dtype)
+        counts, sums = onehot.sum(0), onehot.t() @ flat
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(counts)
+            torch.distributed.all_reduce(sums)
+        self.cluster_size.mul_(self.decay).add_(counts, alpha=1 - self.decay)
+        self.embed_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)
+        total = self.cluster_size.sum()
+        smoothed = (self.cluster_size + self.eps) / (total + self.codes * self.eps) * total
+        self.embed.copy_(self.embed_sum / smoothed.unsqueeze(1))
+        self._restart_dead(flat)
+
+    def _restart_dead(self, flat: torch.Tensor) -> None:
+        dead = self.cluster_size < self.restart_below
+        n_dead = int(dead.sum())
+        if n_dead == 0:
+            return
+        pick = torch.randint(0, flat.shape[0], (n_dead,), device=flat.device)
+        fresh = flat[pick]
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.broadcast(fresh, 0)
+        self.embed[dead] = fresh
+        self.embed_sum[dead] = fresh
+        self.cluster_size[dead] = 1.0

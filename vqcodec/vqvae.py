@@ -1,0 +1,141 @@
+"""The hierarchical VQ-VAE (VQ-VAE-2, Razavi et al. 2019): analysis to two code maps and synthesis back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import VQVAEConfig
+from .quantizer import VectorQuantizer
+
+
+class ResBlock(nn.Module):
+    """ReLU - 3x3 conv - ReLU - 1x1 conv, added to the input."""
+
+    def __init__(self, channels: int, res_channels: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.ReLU(),
+            nn.Conv2d(channels, res_channels, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(res_channels, channels, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+def _res_stack(channels: int, res_channels: int, n: int) -> list[nn.Module]:
+    return [ResBlock(channels, res_channels) for _ in range(n)] + [nn.ReLU()]
+
+
+class Encoder(nn.Module):
+    """Downsamples by ``stride`` (a power of two) with 4x4 stride-2 convolutions, then residual blocks."""
+
+    def __init__(self, in_channels: int, channels: int, res_blocks: int, res_channels: int, stride: int):
+        super().__init__()
+        layers: list[nn.Module] = []
+        c_in = in_channels
+        for i in range(stride.bit_length() - 1):
+            c_out = channels if i == stride.bit_length() - 2 else channels // 2
+            layers += [nn.Conv2d(c_in, c_out, 4, stride=2, padding=1), nn.ReLU()]
+            c_in = c_out
+        layers += [nn.Conv2d(c_in, channels, 3, padding=1)]
+        layers += _res_stack(channels, res_channels, res_blocks)
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class Decoder(nn.Module):
+    """Residual blocks, then upsamples by ``stride`` with 4x4 stride-2 transposed convolutions."""
+
+    def __init__(self, in_channels: int, out_channels: int, channels: int, res_blocks: int, res_channels: int, stride: int):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, channels, 3, padding=1)]
+        layers += _res_stack(channels, res_channels, res_blocks)
+        steps = stride.bit_length() - 1
+        c_in = channels
+        for i in range(steps):
+            last = i == steps - 1
+            c_out = out_channels if last else channels // 2
+            layers.append(nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1))
+            if not last:
+                layers.append(nn.ReLU())
+            c_in = c_out
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+@dataclass
+class VQVAEOutput:
+    """What a training step needs: the reconstruction, the commitment loss and the code maps."""
+
+    recon: torch.Tensor
+    commitment: torch.Tensor
+    top: torch.Tensor
+    bottom: torch.Tensor
+
+
+class VQVAE2(nn.Module):
+    """Two-level VQ-VAE.
+
+    Images are (B, C, H, W) floats in [-1, 1] with H and W multiples of ``config.top_stride``.
+    The top decoder's output joins the bottom encoder's features before the bottom quantizer, so
+    the bottom codes only carry what the top codes miss.
+    """
+
+    def __init__(self, config: VQVAEConfig):
+        super().__init__()
+        config.validate()
+        self.config = c = config
+        self.enc_b = Encoder(c.in_channels, c.channels, c.res_blocks, c.res_channels, c.bottom_stride)
+        self.enc_t = Encoder(c.channels, c.channels, c.res_blocks, c.res_channels, 2)
+        self.quantize_conv_t = nn.Conv2d(c.channels, c.embed_dim, 1)
+        self.quantize_t = VectorQuantizer(c.embed_dim, c.top_codes, c.ema_decay)
+        self.dec_t = Decoder(c.embed_dim, c.embed_dim, c.channels, c.res_blocks, c.res_channels, 2)
+        self.quantize_conv_b = nn.Conv2d(c.embed_dim + c.channels, c.embed_dim, 1)
+        self.quantize_b = VectorQuantizer(c.embed_dim, c.bottom_codes, c.ema_decay)
+        self.upsample_t = nn.ConvTranspose2d(c.embed_dim, c.embed_dim, 4, stride=2, padding=1)
+        self.dec = Decoder(2 * c.embed_dim, c.in_channels, c.channels, c.res_blocks, c.res_channels, c.bottom_stride)
+
+    def _analyse(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        enc_b = self.enc_b(x)
+        return enc_b, self.quantize_conv_t(self.enc_t(enc_b))
+
+    def _bottom_latent(self, enc_b: torch.Tensor, q_t: torch.Tensor) -> torch.Tensor:
+        return self.quantize_conv_b(torch.cat([self.dec_t(q_t), enc_b], 1))
+
+    def forward(self, x: torch.Tensor) -> VQVAEOutput:
+        """Training pass: reconstruction with straight-through codes and the summed commitment loss."""
+        enc_b, z_t = self._analyse(x)
+        q_t, loss_t, top = self.quantize_t(z_t)
+        q_b, loss_b, bottom = self.quantize_b(self._bottom_latent(enc_b, q_t))
+        return VQVAEOutput(self._synthesise(q_t, q_b), loss_t + loss_b, top, bottom)
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top (B, H/2s, W/2s) and bottom (B, H/s, W/s) code maps of an image batch."""
+        enc_b, z_t = self._analyse(x)
+        top = self.quantize_t.indices(z_t)
+        bottom = self.quantize_b.indices(self._bottom_latent(enc_b, self.quantize_t.lookup(top)))
+        return top, bottom
+
+    def _synthesise(self, q_t: torch.Tensor, q_b: torch.Tensor) -> torch.Tensor:
+        return self.dec(torch.cat([self.upsample_t(q_t), q_b], 1))
+
+    @torch.no_grad()
+    def decode(self, top: torch.Tensor, bottom: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] (unclamped) from code maps."""
+        return self._synthesise(self.quantize_t.lookup(top), self.quantize_b.lookup(bottom))
+
+
+def loss(out: VQVAEOutput, x: torch.Tensor, beta: float = 0.25) -> torch.Tensor:
+    """The VQ-VAE objective with EMA codebooks: reconstruction MSE plus beta times commitment."""
+    return F.mse_loss(out.recon, x) + beta * out.commitment
