@@ -85,10 +85,7 @@ def compress(src: Path, out: Path, preset: str | None, model_path: Path | None, 
     start = time.perf_counter()
     encoded = codec.encode(src)
     write_atomic(out, encoded.data)
-    click.echo(
-        f"{src} -> {out}: {len(encoded.data)} bytes, {encoded.bpp:.4f} bpp, "
-        f"{time.perf_counter() - start:.2f} s"
-    )
+    click.echo(f"{src} -> {out}: {len(encoded.data)} bytes, {encoded.bpp:.4f} bpp, {time.perf_counter() - start:.2f} s")
 
 
 @main.command()
@@ -111,8 +108,7 @@ def decompress(src: Path, out: Path, preset: str | None, model_path: Path | None
     write_atomic(out, buffer.getvalue())
     bpp = 8 * len(data) / (image.width * image.height)
     click.echo(
-        f"{src} -> {out}: {image.width}x{image.height} {image.mode}, {bpp:.4f} bpp, "
-        f"{time.perf_counter() - start:.2f} s"
+        f"{src} -> {out}: {image.width}x{image.height} {image.mode}, {bpp:.4f} bpp, {time.perf_counter() - start:.2f} s"
     )
 
 

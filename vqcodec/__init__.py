@@ -20,8 +20,8 @@ from .errors import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "Codec",
     "CodeMaps",
+    "Codec",
     "DecodeMismatchError",
     "Encoded",
     "FormatError",

@@ -195,9 +195,7 @@ class Codec:
         top = self._decode_map(self.model.top_prior, streams.top, header.top_shape, None)
         cond = self.model.bottom_prior.condition(top)
         bottom = self._decode_map(self.model.bottom_prior, streams.bottom, header.bottom_shape, cond)
-        alpha = (
-            container.decompress_alpha(streams.alpha, (header.height, header.width)) if header.has_alpha else None
-        )
+        alpha = container.decompress_alpha(streams.alpha, (header.height, header.width)) if header.has_alpha else None
         codes = CodeMaps(top[0].cpu().numpy(), bottom[0].cpu().numpy())
         if container.content_crc(codes.top, codes.bottom, alpha) != header.content_crc:
             raise DecodeMismatchError(

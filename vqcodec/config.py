@@ -133,8 +133,15 @@ def tiny_config(codes: int = 16, bottom_stride: int = 4) -> ModelConfig:
         bottom_stride=bottom_stride,
     )
     prior = PriorConfig(
-        codes=codes, channels=16, kernel=3, blocks=1, res_blocks=1, attn_heads=2, attn_channels=8,
-        dropout=0.0, cond_res_blocks=1,
+        codes=codes,
+        channels=16,
+        kernel=3,
+        blocks=1,
+        res_blocks=1,
+        attn_heads=2,
+        attn_channels=8,
+        dropout=0.0,
+        cond_res_blocks=1,
     )
     bottom = PriorConfig(**{**asdict(prior), "cond_codes": codes})
     return ModelConfig(vqvae=vqvae, top_prior=prior, bottom_prior=bottom)

@@ -102,10 +102,24 @@ def pack(header: Header, streams: Streams) -> bytes:
     """Serialise a file; the stream lengths and payload CRC of ``header`` are filled in here."""
     payload = streams.top + streams.bottom + streams.alpha
     fields = (
-        MAGIC, VERSION, header.channels, 0, header.model_id, header.width, header.height,
-        header.pad_x, header.pad_y, header.top_shape[1], header.top_shape[0],
-        header.bottom_shape[1], header.bottom_shape[0], len(streams.top), len(streams.bottom),
-        len(streams.alpha), zlib.crc32(payload), header.content_crc,
+        MAGIC,
+        VERSION,
+        header.channels,
+        0,
+        header.model_id,
+        header.width,
+        header.height,
+        header.pad_x,
+        header.pad_y,
+        header.top_shape[1],
+        header.top_shape[0],
+        header.bottom_shape[1],
+        header.bottom_shape[0],
+        len(streams.top),
+        len(streams.bottom),
+        len(streams.alpha),
+        zlib.crc32(payload),
+        header.content_crc,
     )
     head = HEADER.pack(*fields, 0)[:-4]
     return head + struct.pack("<I", zlib.crc32(head)) + payload
@@ -128,8 +142,19 @@ def read_header(data: bytes) -> Header:
     if zlib.crc32(bytes(data[: HEADER_SIZE - 4])) != crc_header:
         raise FormatError("damaged .vqc file: header checksum mismatch")
     header = Header(
-        channels, model_id, width, height, pad_x, pad_y, (top_h, top_w), (bottom_h, bottom_w),
-        top_len, bottom_len, alpha_len, payload_crc, crc_content,
+        channels,
+        model_id,
+        width,
+        height,
+        pad_x,
+        pad_y,
+        (top_h, top_w),
+        (bottom_h, bottom_w),
+        top_len,
+        bottom_len,
+        alpha_len,
+        payload_crc,
+        crc_content,
     )
     _validate(header, flags)
     return header

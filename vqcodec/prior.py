@@ -51,7 +51,9 @@ class GatedResBlock(nn.Module):
         self.conv2 = CausalConv2d(channels, 2 * channels, kernel)
         self.cond = nn.Conv2d(cond_channels, 2 * channels, 1, bias=False) if cond_channels else None
 
-    def forward(self, x: torch.Tensor, aux: torch.Tensor | None = None, cond: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, aux: torch.Tensor | None = None, cond: torch.Tensor | None = None
+    ) -> torch.Tensor:
         h = self.conv1(F.elu(x))
         if self.aux is not None:
             h = h + self.aux(F.elu(aux))

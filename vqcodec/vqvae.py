@@ -54,7 +54,9 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
     """Residual blocks, then upsamples by ``stride`` with 4x4 stride-2 transposed convolutions."""
 
-    def __init__(self, in_channels: int, out_channels: int, channels: int, res_blocks: int, res_channels: int, stride: int):
+    def __init__(
+        self, in_channels: int, out_channels: int, channels: int, res_blocks: int, res_channels: int, stride: int
+    ):
         super().__init__()
         layers: list[nn.Module] = [nn.Conv2d(in_channels, channels, 3, padding=1)]
         layers += _res_stack(channels, res_channels, res_blocks)

@@ -59,7 +59,9 @@ def load_model(path: str | Path) -> CodecModel:
         raise ModelError(f"{path} does not match its config (missing {sorted(missing)[:3]}, extra {sorted(extra)[:3]})")
     for name, t in tensors.items():
         if t.shape != expected[name].shape:
-            raise ModelError(f"{path}: tensor {name} has shape {tuple(t.shape)}, config says {tuple(expected[name].shape)}")
+            raise ModelError(
+                f"{path}: tensor {name} has shape {tuple(t.shape)}, config says {tuple(expected[name].shape)}"
+            )
         tensors[name] = t.to(expected[name].dtype)
     model.load_state_dict(tensors)
     return model.eval()

@@ -1,0 +1,42 @@
+"""Shared fixtures: tiny randomly initialised models (the codec's logic, not its quality, is tested)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import vqcodec
+from vqcodec.config import tiny_config
+from vqcodec.model import CodecModel
+from vqcodec.weights import save_model
+
+
+def make_model(seed: int = 0, bottom_stride: int = 4) -> CodecModel:
+    torch.manual_seed(seed)
+    return CodecModel(tiny_config(bottom_stride=bottom_stride)).eval()
+
+
+@pytest.fixture(scope="session")
+def codec() -> vqcodec.Codec:
+    return vqcodec.Codec(make_model(), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def model_file(tmp_path_factory: pytest.TempPathFactory):
+    path = tmp_path_factory.mktemp("models") / "tiny.safetensors"
+    save_model(make_model(), path)
+    return path
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)
+
+
+def smooth_image(rng: np.random.Generator, h: int, w: int, c: int = 3) -> np.ndarray:
+    """A random but image-like (smooth) uint8 array."""
+    base = rng.random((max(h // 4, 1) + 1, max(w // 4, 1) + 1, c))
+    t = torch.from_numpy(base).permute(2, 0, 1)[None]
+    up = torch.nn.functional.interpolate(t, size=(h, w), mode="bilinear", align_corners=False)
+    return (up[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)

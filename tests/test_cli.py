@@ -1,0 +1,112 @@
+"""The command line: round trips with a model file, refusals, messages and exit codes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+import vqcodec
+from tests.conftest import smooth_image
+from vqcodec.cli import main
+from vqcodec.weights import load_model
+
+
+@pytest.fixture
+def image_file(tmp_path, rng):
+    path = tmp_path / "in.png"
+    Image.fromarray(smooth_image(rng, 19, 26)).save(path)
+    return path
+
+
+def run(*args: str):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_compress_decompress_round_trip(tmp_path, image_file, model_file):
+    vqc, png = tmp_path / "out.vqc", tmp_path / "out.png"
+    result = run("compress", image_file, vqc, "--model", model_file, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert "bytes" in result.output and "bpp" in result.output and " s" in result.output
+    result = run("decompress", vqc, png, "--model", model_file)
+    assert result.exit_code == 0, result.output
+
+    codec = vqcodec.Codec(load_model(model_file), device="cpu")
+    encoded = codec.encode(image_file)
+    assert vqc.read_bytes() == encoded.data
+    decoded = codec.decode_codes(vqc.read_bytes())
+    np.testing.assert_array_equal(decoded.top, encoded.codes.top)
+    np.testing.assert_array_equal(decoded.bottom, encoded.codes.bottom)
+    np.testing.assert_array_equal(np.asarray(Image.open(png)), codec.reconstruct(encoded.codes, 26, 19))
+
+
+def test_info_reports_header(tmp_path, image_file, model_file):
+    vqc = tmp_path / "out.vqc"
+    run("compress", image_file, vqc, "--model", model_file)
+    result = run("info", vqc)
+    assert result.exit_code == 0, result.output
+    header = vqcodec.read_header(vqc.read_bytes())
+    assert header.model_id.hex() in result.output
+    assert "26x19" in result.output and "bits/code" in result.output and "bpp" in result.output
+
+
+def test_refuses_to_overwrite_without_force(tmp_path, image_file, model_file):
+    vqc = tmp_path / "out.vqc"
+    vqc.write_bytes(b"precious")
+    result = run("compress", image_file, vqc, "--model", model_file)
+    assert result.exit_code == 2 and "--force" in result.output
+    assert vqc.read_bytes() == b"precious"
+    assert run("compress", image_file, vqc, "--model", model_file, "--force").exit_code == 0
+    assert vqc.read_bytes() != b"precious"
+
+
+def test_bad_input_is_one_line_and_leaves_no_file(tmp_path, model_file):
+    junk = tmp_path / "junk.png"
+    junk.write_bytes(b"not an image")
+    out = tmp_path / "out.vqc"
+    result = run("compress", junk, out, "--model", model_file)
+    assert result.exit_code == 1
+    assert result.output.startswith("error: cannot read image") and result.output.count("\n") == 1
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == [junk]
+
+
+def test_damaged_file_is_refused(tmp_path, image_file, model_file):
+    vqc, png = tmp_path / "out.vqc", tmp_path / "out.png"
+    run("compress", image_file, vqc, "--model", model_file)
+    vqc.write_bytes(vqc.read_bytes()[:-3])
+    result = run("decompress", vqc, png, "--model", model_file)
+    assert result.exit_code == 1 and "truncated" in result.output
+    assert not png.exists()
+
+
+def test_usage_errors_exit_2(tmp_path, image_file, model_file):
+    assert run("compress", image_file).exit_code == 2
+    assert run("compress", image_file, tmp_path / "o.vqc", "--device", "tpu").exit_code == 2
+    result = run("decompress", tmp_path / "x.vqc", tmp_path / "out.unknownext", "--model", model_file)
+    assert result.exit_code == 2 and "extension" in result.output
+
+
+def test_missing_model_names_training_command(tmp_path, image_file):
+    if vqcodec.presets():
+        pytest.skip("a trained preset is installed")
+    result = run("compress", image_file, tmp_path / "o.vqc")
+    assert result.exit_code == 1 and "vqcodec train" in result.output
+    with pytest.raises(vqcodec.ModelError, match="vqcodec train"):
+        vqcodec.load()
+
+
+def test_unknown_preset_and_both_sources(model_file):
+    with pytest.raises(vqcodec.VQCodecError):
+        vqcodec.load("no-such-preset")
+    with pytest.raises(vqcodec.VQCodecError, match="not both"):
+        vqcodec.load("medium", path=model_file)
+
+
+def test_python_dash_m_runs_the_cli():
+    result = subprocess.run([sys.executable, "-m", "vqcodec", "--help"], capture_output=True, text=True, check=False)
+    assert result.returncode == 0 and "compress" in result.stdout

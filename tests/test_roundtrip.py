@@ -1,0 +1,86 @@
+"""Round trips through the codec: exact code maps and exactly the model's own reconstruction."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import vqcodec
+from tests.conftest import make_model, smooth_image
+
+
+def assert_round_trip(codec: vqcodec.Codec, image) -> Image.Image:
+    encoded = codec.encode(image)
+    decoded = codec.decode_codes(encoded.data)
+    np.testing.assert_array_equal(decoded.top, encoded.codes.top)
+    np.testing.assert_array_equal(decoded.bottom, encoded.codes.bottom)
+    out = codec.decompress(encoded.data)
+    assert out.size == (encoded.width, encoded.height)
+    rgb = np.asarray(out.convert("RGB")) if out.mode in ("RGB", "RGBA") else None
+    if rgb is not None:
+        np.testing.assert_array_equal(rgb, codec.reconstruct(encoded.codes, encoded.width, encoded.height))
+    return out
+
+
+@pytest.mark.parametrize("h,w", [(1, 1), (17, 33), (33, 17), (8, 8), (9, 24), (2, 41)])
+def test_odd_sizes_round_trip(codec, rng, h, w):
+    out = assert_round_trip(codec, smooth_image(rng, h, w))
+    assert out.mode == "RGB"
+
+
+@pytest.mark.parametrize("stride", [2, 8])
+def test_other_strides_round_trip(rng, stride):
+    codec = vqcodec.Codec(make_model(seed=3, bottom_stride=stride), device="cpu")
+    encoded = codec.encode(smooth_image(rng, 19, 13))
+    top_stride = 2 * stride
+    assert encoded.codes.top.shape == (-(-19 // top_stride), -(-13 // top_stride))
+    assert encoded.codes.bottom.shape == (2 * encoded.codes.top.shape[0], 2 * encoded.codes.top.shape[1])
+    assert_round_trip(codec, smooth_image(rng, 19, 13))
+
+
+def test_grayscale_comes_back_gray(codec, rng):
+    gray = smooth_image(rng, 21, 30, 1)[:, :, 0]
+    out = assert_round_trip(codec, Image.fromarray(gray, "L"))
+    assert out.mode == "L"
+    rgb = codec.reconstruct(codec.decode_codes(codec.compress(gray)), 30, 21)
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(Image.fromarray(rgb).convert("L")))
+
+
+@pytest.mark.parametrize("mode,channels", [("RGBA", 4), ("LA", 2)])
+def test_alpha_is_lossless(codec, rng, mode, channels):
+    arr = smooth_image(rng, 23, 18, channels)
+    arr[..., -1] = rng.integers(0, 256, arr.shape[:2], dtype=np.uint8)  # noisy alpha, still exact
+    out = assert_round_trip(codec, Image.fromarray(arr, mode))
+    assert out.mode == mode
+    np.testing.assert_array_equal(np.asarray(out)[..., -1], arr[..., -1])
+
+
+def test_palette_and_bilevel_inputs(codec, rng):
+    rgb = Image.fromarray(smooth_image(rng, 16, 16))
+    assert codec.decompress(codec.compress(rgb.convert("P"))).mode == "RGB"
+    assert codec.decompress(codec.compress(rgb.convert("1"))).mode == "L"
+
+
+def test_inputs_pil_array_and_path_agree(codec, rng, tmp_path):
+    arr = smooth_image(rng, 20, 28)
+    path = tmp_path / "in.png"
+    Image.fromarray(arr).save(path)
+    data = codec.compress(arr)
+    assert codec.compress(Image.fromarray(arr)) == data
+    assert codec.compress(path) == data
+    assert codec.compress(str(path)) == data
+
+
+def test_encode_is_deterministic(codec, rng):
+    arr = smooth_image(rng, 31, 27)
+    assert codec.compress(arr) == codec.compress(arr.copy())
+
+
+def test_stats_are_consistent(codec, rng):
+    encoded = codec.encode(smooth_image(rng, 40, 40))
+    for stats, codes in ((encoded.top, encoded.codes.top), (encoded.bottom, encoded.codes.bottom)):
+        assert stats.codes == codes.size
+        assert stats.real_bits >= stats.ideal_bits > 0
+        assert stats.real_bits % 32 == 0
+    assert encoded.bpp == pytest.approx(8 * len(encoded.data) / 1600)
