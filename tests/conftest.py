@@ -9,12 +9,19 @@ import torch
 import vqcodec
 from vqcodec.config import tiny_config
 from vqcodec.model import CodecModel
+from vqcodec.prior import calibrate
 from vqcodec.weights import save_model
 
 
 def make_model(seed: int = 0, bottom_stride: int = 4) -> CodecModel:
+    """A tiny random model whose priors are calibrated on random code maps."""
     torch.manual_seed(seed)
-    return CodecModel(tiny_config(bottom_stride=bottom_stride)).eval()
+    model = CodecModel(tiny_config(bottom_stride=bottom_stride)).eval()
+    k = model.config.vqvae.top_codes
+    top = torch.randint(0, k, (2, 4, 5))
+    calibrate(model.top_prior, [(top, None)])
+    calibrate(model.bottom_prior, [(torch.randint(0, k, (2, 8, 10)), top)])
+    return model
 
 
 @pytest.fixture(scope="session")

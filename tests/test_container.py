@@ -83,9 +83,9 @@ def _reheader(data: bytes, **changes) -> bytes:
 def test_decoder_mismatch_is_detected(sample):
     """A decoder whose probabilities differ from the encoder's must not write an image."""
     model = make_model()
-    codec = vqcodec.Codec(model, device="cpu")
     with torch.no_grad():
         model.bottom_prior.head.bias.add_(torch.linspace(-3, 3, model.bottom_prior.config.codes))
+    codec = vqcodec.Codec(model, device="cpu")
     codec.model_id = container.read_header(sample).model_id  # pretend it is the same model
     with pytest.raises(DecodeMismatchError):
         codec.decompress(sample)

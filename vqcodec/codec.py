@@ -15,6 +15,7 @@ from .container import Header, Streams
 from .errors import DecodeMismatchError, FormatError, ModelError, ModelMismatchError
 from .image import ImageLike, Picture, padding, read_image, to_pil, to_rgb, to_tensor
 from .model import CodecModel
+from .qprior import IntegerPrior
 from .weights import load_model, model_id
 
 #: The preset ``load()`` picks when none is named.
@@ -115,6 +116,8 @@ class Codec:
         self.model = model.eval().to(self.device)
         self.name = name
         self.model_id = model_id(self.model)
+        self.top_prior = IntegerPrior(model.top_prior, self.device)
+        self.bottom_prior = IntegerPrior(model.bottom_prior, self.device)
         self.top_stride = model.config.vqvae.top_stride
 
     # -- encoding ---------------------------------------------------------------------------
@@ -126,12 +129,12 @@ class Codec:
         width, height = pic.size
         x = to_tensor(pic.rgb, self.top_stride).to(self.device)
         top, bottom = self.model.vqvae.encode(x)
-        top_probs = self._probs(self.model.top_prior, top, None)
-        bottom_probs = self._probs(self.model.bottom_prior, bottom, self.model.bottom_prior.condition(top))
         top_np, bottom_np = top[0].cpu().numpy(), bottom[0].cpu().numpy()
+        top_symbols, top_probs = self._coding_order(self.top_prior, top[0], None)
+        bottom_symbols, bottom_probs = self._coding_order(self.bottom_prior, bottom[0], top[0])
         streams = Streams(
-            entropy.encode(top_np.reshape(-1), top_probs),
-            entropy.encode(bottom_np.reshape(-1), bottom_probs),
+            entropy.encode(top_symbols, top_probs),
+            entropy.encode(bottom_symbols, bottom_probs),
             container.compress_alpha(pic.alpha) if pic.alpha is not None else b"",
         )
         header = Header(
@@ -145,8 +148,8 @@ class Codec:
         return Encoded(
             data,
             CodeMaps(top_np, bottom_np),
-            _stats(top_np, top_probs, streams.top),
-            _stats(bottom_np, bottom_probs, streams.bottom),
+            _stats(top_symbols, top_probs, streams.top),
+            _stats(bottom_symbols, bottom_probs, streams.bottom),
             width,
             height,
         )
@@ -156,10 +159,17 @@ class Codec:
         return self.encode(image).data
 
     @staticmethod
-    def _probs(prior: torch.nn.Module, codes: torch.Tensor, cond: torch.Tensor | None) -> np.ndarray:
-        """Probability rows of every position in one causal pass (teacher forcing)."""
-        logits = prior.logits(codes, cond)
-        return entropy.probabilities(logits[0].flatten(1).t())
+    def _coding_order(
+        prior: IntegerPrior, codes: torch.Tensor, cond: torch.Tensor | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Symbols and probability rows of a (H, W) map in decoding order, from one pass over the map."""
+        h, w = codes.shape
+        state = prior.start(h, w, cond)
+        every = torch.arange(h * w, device=codes.device)
+        prior.set_codes(state, every, codes.reshape(-1))
+        probs = prior.probabilities(state, every)
+        order = prior.wavefronts(h, w)[0].cpu().numpy()
+        return codes.reshape(-1).cpu().numpy()[order], np.ascontiguousarray(probs[order])
 
     # -- decoding ---------------------------------------------------------------------------
 
@@ -192,11 +202,10 @@ class Codec:
     def _decode(self, data: bytes) -> tuple[CodeMaps, Header, np.ndarray | None]:
         header = self.read_header(data)
         _, streams = container.unpack(data)
-        top = self._decode_map(self.model.top_prior, streams.top, header.top_shape, None)
-        cond = self.model.bottom_prior.condition(top)
-        bottom = self._decode_map(self.model.bottom_prior, streams.bottom, header.bottom_shape, cond)
+        top = self._decode_map(self.top_prior, streams.top, header.top_shape, None)
+        bottom = self._decode_map(self.bottom_prior, streams.bottom, header.bottom_shape, top)
         alpha = container.decompress_alpha(streams.alpha, (header.height, header.width)) if header.has_alpha else None
-        codes = CodeMaps(top[0].cpu().numpy(), bottom[0].cpu().numpy())
+        codes = CodeMaps(top.cpu().numpy(), bottom.cpu().numpy())
         if container.content_crc(codes.top, codes.bottom, alpha) != header.content_crc:
             raise DecodeMismatchError(
                 "decoded content fails its checksum: the decoder's probabilities differ from the "
@@ -205,14 +214,22 @@ class Codec:
         return codes, header, alpha
 
     def _decode_map(
-        self, prior: torch.nn.Module, stream: bytes, shape: tuple[int, int], cond: torch.Tensor | None
+        self, prior: IntegerPrior, stream: bytes, shape: tuple[int, int], cond: torch.Tensor | None
     ) -> torch.Tensor:
-        width = shape[1]
-
-        def logits_at(codes: torch.Tensor, i: int) -> torch.Tensor:
-            return prior.logits(codes, cond)[0, :, i // width, i % width]
-
-        return entropy.decode_raster(entropy.Decoder(stream), shape, logits_at, self.device)
+        """Decode a (H, W) map wavefront by wavefront, each from the codes of the ones before."""
+        h, w = shape
+        decoder = entropy.Decoder(stream)
+        state = prior.start(h, w, cond)
+        order, sizes = prior.wavefronts(h, w)
+        codes = torch.zeros(h * w, dtype=torch.long, device=self.device)
+        start = 0
+        for size in sizes:
+            rows = order[start : start + size]
+            symbols = torch.from_numpy(decoder.decode(prior.probabilities(state, rows))).to(self.device)
+            prior.set_codes(state, rows, symbols)
+            codes[rows] = symbols.long()
+            start += size
+        return codes.view(h, w)
 
     @torch.no_grad()
     def reconstruct(self, codes: CodeMaps, width: int, height: int) -> np.ndarray:
@@ -228,5 +245,5 @@ class Codec:
         return to_pil(Picture(rgb, alpha, header.channels))
 
 
-def _stats(codes: np.ndarray, probs: np.ndarray, stream: bytes) -> MapStats:
-    return MapStats(codes.size, 8 * len(stream), entropy.ideal_bits(codes.reshape(-1), probs))
+def _stats(symbols: np.ndarray, probs: np.ndarray, stream: bytes) -> MapStats:
+    return MapStats(symbols.size, 8 * len(stream), entropy.ideal_bits(symbols, probs))

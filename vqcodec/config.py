@@ -57,6 +57,8 @@ class PriorConfig:
     res_blocks: int = 2
     attn_heads: int = 4
     attn_channels: int = 64
+    attn_rows: int = 2
+    attn_cols: int = 2
     dropout: float = 0.1
     cond_codes: int = 0
     cond_res_blocks: int = 2
@@ -66,6 +68,8 @@ class PriorConfig:
             raise ModelError(f"prior kernel must be odd and >= 3, got {self.kernel}")
         if self.attn_channels % self.attn_heads:
             raise ModelError("attn_channels must be a multiple of attn_heads")
+        if self.attn_rows < 1 or self.attn_cols < 0:
+            raise ModelError("the attention window needs attn_rows >= 1 and attn_cols >= 0")
 
 
 @dataclass(frozen=True)
@@ -140,6 +144,8 @@ def tiny_config(codes: int = 16, bottom_stride: int = 4) -> ModelConfig:
         res_blocks=1,
         attn_heads=2,
         attn_channels=8,
+        attn_rows=1,
+        attn_cols=1,
         dropout=0.0,
         cond_res_blocks=1,
     )

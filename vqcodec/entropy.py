@@ -1,27 +1,18 @@
-"""Entropy coding of code maps with constriction's range coder, and the probabilities it codes with.
+"""Entropy coding of code maps with constriction's range coder.
 
-Both sides turn the prior's logits into probabilities with ``probabilities`` alone, so the
-float tables handed to constriction (which quantizes them internally) are identical whenever
-the logits are.
+The probability rows come from ``qprior.IntegerPrior`` as integers (in float64), so the tables
+handed to constriction, which quantizes them internally, are identical on both sides.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import constriction
 import numpy as np
-import torch
 
 from .errors import FormatError
 
 #: constriction's lazily quantized categorical family; ``perfect=False`` must match on both sides.
 _FAMILY = constriction.stream.model.Categorical(perfect=False)
-
-
-def probabilities(logits: torch.Tensor) -> np.ndarray:
-    """(N, K) float64 C-contiguous probability rows from (N, K) logits."""
-    return np.ascontiguousarray(torch.softmax(logits.double(), dim=-1).cpu().numpy())
 
 
 def ideal_bits(symbols: np.ndarray, probs: np.ndarray) -> float:
@@ -53,23 +44,3 @@ class Decoder:
             return self._decoder.decode(_FAMILY, probs)
         except Exception as exc:  # constriction reports malformed data with assorted exception types
             raise FormatError(f"entropy-coded stream is damaged: {exc}") from exc
-
-
-def decode_raster(
-    decoder: Decoder,
-    shape: tuple[int, int],
-    logits_at: Callable[[torch.Tensor, int], torch.Tensor],
-    device: torch.device,
-) -> torch.Tensor:
-    """Decode a (H, W) map in raster order.
-
-    ``logits_at(codes, i)`` gives the (K,) logits of position ``i`` of the (1, H, W) map
-    ``codes``, in which positions before ``i`` hold decoded codes and the rest zeros.
-    """
-    h, w = shape
-    codes = torch.zeros(1, h, w, dtype=torch.long, device=device)
-    flat = codes.view(-1)
-    for i in range(h * w):
-        probs = probabilities(logits_at(codes, i).unsqueeze(0))
-        flat[i] = int(decoder.decode(probs)[0])
-    return codes
