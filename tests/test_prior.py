@@ -14,16 +14,15 @@ from vqcodec.qprior import IntegerPrior
 
 
 def random_maps(prior, h: int, w: int, seed: int):
-    gen = torch.Generator().manual_seed(seed)
-    k = prior.codes
-    top = torch.randint(0, k, (h // 2, w // 2), generator=gen) if prior.cond_ops else None
-    return torch.randint(0, k, (h, w), generator=gen), top
+    rng = np.random.default_rng(seed)
+    top = rng.integers(0, prior.codes, (h // 2, w // 2)) if prior.cond_ops else None
+    return rng.integers(0, prior.codes, (h, w)), top
 
 
 def one_pass(prior: IntegerPrior, codes, top) -> np.ndarray:
     h, w = codes.shape
     state = prior.start(h, w, top)
-    every = torch.arange(h * w)
+    every = np.arange(h * w)
     prior.set_codes(state, every, codes.reshape(-1))
     return prior.probabilities(state, every)
 
@@ -36,7 +35,7 @@ def by_wavefront(prior: IntegerPrior, codes, top) -> np.ndarray:
     start = 0
     for size in sizes:
         rows = order[start : start + size]
-        out[rows.numpy()] = prior.probabilities(state, rows)
+        out[rows] = prior.probabilities(state, rows)
         prior.set_codes(state, rows, codes.reshape(-1)[rows])
         start += size
     return out
@@ -51,19 +50,29 @@ def test_wavefront_decoding_reproduces_one_pass_exactly(which, h, w):
 
 
 @pytest.mark.parametrize("which", ["top_prior", "bottom_prior"])
+def test_numpy_and_torch_backends_agree(which):
+    """The CPU path (numpy) and the GPU path (torch, here on the CPU) give identical integers."""
+    model = make_model(seed=11)
+    codes, top = random_maps(IntegerPrior(getattr(model, which)), 6, 8, seed=3)
+    on_numpy = one_pass(IntegerPrior(getattr(model, which)), codes, top)
+    on_torch = by_wavefront(IntegerPrior(getattr(model, which), use_torch=True), codes, top)
+    np.testing.assert_array_equal(on_numpy, on_torch)
+
+
+@pytest.mark.parametrize("which", ["top_prior", "bottom_prior"])
 def test_probabilities_ignore_later_wavefronts(which):
     prior = IntegerPrior(getattr(make_model(seed=5), which))
     h, w = 6, 8
     codes, top = random_maps(prior, h, w, seed=1)
     reference = one_pass(prior, codes, top)
-    step = (torch.arange(w).view(1, w) + torch.arange(h).view(h, 1) * prior.slope).reshape(-1)
-    gen = torch.Generator().manual_seed(2)
+    step = (np.arange(w)[None, :] + np.arange(h)[:, None] * prior.slope).reshape(-1)
+    rng = np.random.default_rng(2)
     for t in range(0, int(step.max()) + 1, 3):
-        scrambled = codes.reshape(-1).clone()
+        scrambled = codes.reshape(-1).copy()
         later = step >= t
-        scrambled[later] = torch.randint(0, prior.codes, (int(later.sum()),), generator=gen)
-        probs = one_pass(prior, scrambled.view(h, w), top)
-        np.testing.assert_array_equal(probs[(step == t).numpy()], reference[(step == t).numpy()])
+        scrambled[later] = rng.integers(0, prior.codes, int(later.sum()))
+        probs = one_pass(prior, scrambled.reshape(h, w), top)
+        np.testing.assert_array_equal(probs[step == t], reference[step == t])
 
 
 def test_integer_prior_follows_float_prior():
@@ -78,7 +87,7 @@ def test_integer_prior_follows_float_prior():
     calibrate(prior, [(maps, None)])
     with torch.no_grad():
         float_probs = torch.softmax(prior(maps[:1]).double(), 1)[0].flatten(1).t().numpy()
-    int_probs = one_pass(IntegerPrior(prior), maps[0], None)
+    int_probs = one_pass(IntegerPrior(prior), maps[0].numpy(), None)
     int_probs = int_probs / int_probs.sum(1, keepdims=True)
     symbols = maps[0].reshape(-1).numpy()
     rows = np.arange(len(symbols))

@@ -130,8 +130,8 @@ class Codec:
         x = to_tensor(pic.rgb, self.top_stride).to(self.device)
         top, bottom = self.model.vqvae.encode(x)
         top_np, bottom_np = top[0].cpu().numpy(), bottom[0].cpu().numpy()
-        top_symbols, top_probs = self._coding_order(self.top_prior, top[0], None)
-        bottom_symbols, bottom_probs = self._coding_order(self.bottom_prior, bottom[0], top[0])
+        top_symbols, top_probs = self._coding_order(self.top_prior, top_np, None)
+        bottom_symbols, bottom_probs = self._coding_order(self.bottom_prior, bottom_np, top_np)
         streams = Streams(
             entropy.encode(top_symbols, top_probs),
             entropy.encode(bottom_symbols, bottom_probs),
@@ -159,17 +159,14 @@ class Codec:
         return self.encode(image).data
 
     @staticmethod
-    def _coding_order(
-        prior: IntegerPrior, codes: torch.Tensor, cond: torch.Tensor | None
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def _coding_order(prior: IntegerPrior, codes: np.ndarray, cond: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """Symbols and probability rows of a (H, W) map in decoding order, from one pass over the map."""
         h, w = codes.shape
         state = prior.start(h, w, cond)
-        every = torch.arange(h * w, device=codes.device)
+        every = np.arange(h * w)
         prior.set_codes(state, every, codes.reshape(-1))
-        probs = prior.probabilities(state, every)
-        order = prior.wavefronts(h, w)[0].cpu().numpy()
-        return codes.reshape(-1).cpu().numpy()[order], np.ascontiguousarray(probs[order])
+        order = prior.wavefronts(h, w)[0]
+        return codes.reshape(-1)[order], np.ascontiguousarray(prior.probabilities(state, every)[order])
 
     # -- decoding ---------------------------------------------------------------------------
 
@@ -205,7 +202,7 @@ class Codec:
         top = self._decode_map(self.top_prior, streams.top, header.top_shape, None)
         bottom = self._decode_map(self.bottom_prior, streams.bottom, header.bottom_shape, top)
         alpha = container.decompress_alpha(streams.alpha, (header.height, header.width)) if header.has_alpha else None
-        codes = CodeMaps(top.cpu().numpy(), bottom.cpu().numpy())
+        codes = CodeMaps(top, bottom)
         if container.content_crc(codes.top, codes.bottom, alpha) != header.content_crc:
             raise DecodeMismatchError(
                 "decoded content fails its checksum: the decoder's probabilities differ from the "
@@ -214,22 +211,21 @@ class Codec:
         return codes, header, alpha
 
     def _decode_map(
-        self, prior: IntegerPrior, stream: bytes, shape: tuple[int, int], cond: torch.Tensor | None
-    ) -> torch.Tensor:
+        self, prior: IntegerPrior, stream: bytes, shape: tuple[int, int], cond: np.ndarray | None
+    ) -> np.ndarray:
         """Decode a (H, W) map wavefront by wavefront, each from the codes of the ones before."""
         h, w = shape
         decoder = entropy.Decoder(stream)
         state = prior.start(h, w, cond)
         order, sizes = prior.wavefronts(h, w)
-        codes = torch.zeros(h * w, dtype=torch.long, device=self.device)
+        codes = np.zeros(h * w, dtype=np.int64)
         start = 0
         for size in sizes:
             rows = order[start : start + size]
-            symbols = torch.from_numpy(decoder.decode(prior.probabilities(state, rows))).to(self.device)
-            prior.set_codes(state, rows, symbols)
-            codes[rows] = symbols.long()
+            codes[rows] = decoder.decode(prior.probabilities(state, rows))
+            prior.set_codes(state, rows, codes[rows])
             start += size
-        return codes.view(h, w)
+        return codes.reshape(h, w)
 
     @torch.no_grad()
     def reconstruct(self, codes: CodeMaps, width: int, height: int) -> np.ndarray:

@@ -27,6 +27,8 @@ from torch import nn
 
 from .prior import ActRange, GatedResBlock, Offsets, PixelSNAIL, WindowAttention, background, neighbours
 
+ArrayLike = np.ndarray | torch.Tensor
+
 QMAX = 127
 #: Longest reduction of one float32 product: 1024 * 127 * 127 < 2^24.
 CHUNK = 1024
@@ -62,44 +64,104 @@ def exp_table(step: float, bits: int, floor: int) -> torch.Tensor:
     return _table([max(floor, round(2.0**bits * math.exp(-d * step))) for d in range(size)])
 
 
-@contextmanager
-def exact_float32() -> Iterator[None]:
-    """Within the block, float32 products are true float32 (no TF32 or bfloat16 shortcuts)."""
-    precision, tf32 = torch.get_float32_matmul_precision(), torch.backends.cuda.matmul.allow_tf32
-    torch.set_float32_matmul_precision("highest")
-    torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.set_float32_matmul_precision(precision)
-        torch.backends.cuda.matmul.allow_tf32 = tf32
+class Backend:
+    """The array library the integer prior runs on: numpy on the CPU (lowest per-call overhead),
+    torch on a GPU. Both carry out the same IEEE operations, so they give the same integers."""
+
+    def __init__(self, device: torch.device, use_torch: bool | None = None):
+        self.device = device
+        self.torch = device.type != "cpu" if use_torch is None else use_torch
+
+    def array(self, t: torch.Tensor | np.ndarray) -> ArrayLike:
+        """``t`` in this backend's array type, on its device."""
+        if self.torch:
+            return torch.as_tensor(t, device=self.device)
+        return t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t)
+
+    def zeros(self, rows: int, cols: int) -> ArrayLike:
+        if self.torch:
+            return torch.zeros(rows, cols, device=self.device)
+        return np.zeros((rows, cols), np.float32)
+
+    def f32(self, x: ArrayLike) -> ArrayLike:
+        return x.float() if self.torch else x.astype(np.float32)
+
+    def f64(self, x: ArrayLike) -> ArrayLike:
+        return x.double() if self.torch else x.astype(np.float64)
+
+    def index(self, x: ArrayLike) -> ArrayLike:
+        return x.long() if self.torch else x.astype(np.int64)
+
+    def rint(self, x: ArrayLike, limit: float) -> ArrayLike:
+        """Round half to even, then clamp to [-limit, limit]."""
+        if self.torch:
+            return torch.round(x).clamp_(-limit, limit)
+        return np.clip(np.rint(x), -limit, limit)
+
+    def cat(self, xs: list[ArrayLike]) -> ArrayLike:
+        if len(xs) == 1:
+            return xs[0]
+        return torch.cat(xs, 1) if self.torch else np.concatenate(xs, 1)
+
+    def where(self, cond: ArrayLike, a: ArrayLike, b: float) -> ArrayLike:
+        return torch.where(cond, a, b) if self.torch else np.where(cond, a, b)
+
+    def reduce(self, x: ArrayLike, how: str) -> ArrayLike:
+        """``how`` ("max" or "sum") over the last axis, keeping it."""
+        if self.torch:
+            return x.amax(-1, keepdim=True) if how == "max" else x.sum(-1, keepdim=True)
+        return x.max(-1, keepdims=True) if how == "max" else x.sum(-1, keepdims=True)
+
+    def numpy(self, x: ArrayLike) -> np.ndarray:
+        return x.cpu().numpy() if self.torch else x
+
+    @contextmanager
+    def exact(self) -> Iterator[None]:
+        """Within the block, torch's float32 products are true float32 (no TF32 or bfloat16)."""
+        if not self.torch:
+            yield
+            return
+        precision, tf32 = torch.get_float32_matmul_precision(), torch.backends.cuda.matmul.allow_tf32
+        torch.set_float32_matmul_precision("highest")
+        torch.backends.cuda.matmul.allow_tf32 = False
+        try:
+            yield
+        finally:
+            torch.set_float32_matmul_precision(precision)
+            torch.backends.cuda.matmul.allow_tf32 = tf32
 
 
 class MapState:
-    """The caches of one code map being coded: one (N + 1, C) tensor per source."""
+    """The caches of one code map being coded: one (N + 1, C) array per source."""
 
-    def __init__(self, h: int, w: int, device: torch.device):
-        self.h, self.w, self.n, self.device = h, w, h * w, device
-        self.caches: dict[str, torch.Tensor] = {}
-        self._tables: dict[Offsets, torch.Tensor] = {}
+    def __init__(self, h: int, w: int, xp: Backend):
+        self.h, self.w, self.n, self.xp = h, w, h * w, xp
+        self.caches: dict[str, ArrayLike] = {}
+        self._tables: dict[Offsets, ArrayLike] = {}
+        self._rows: ArrayLike | None = None
+        self._step: dict[Offsets, ArrayLike] = {}
 
-    def table(self, offsets: Offsets) -> torch.Tensor:
-        """Neighbour indices (T, N) for ``offsets``, built once per map."""
-        if offsets not in self._tables:
-            self._tables[offsets] = neighbours(offsets, self.h, self.w, self.device)
-        return self._tables[offsets]
+    def neighbours(self, offsets: Offsets, rows: ArrayLike) -> ArrayLike:
+        """(S, T) indices of the neighbours of ``rows``; N where they fall outside the map."""
+        if rows is not self._rows:
+            self._rows, self._step = rows, {}
+        if offsets not in self._step:
+            if offsets not in self._tables:
+                self._tables[offsets] = self.xp.array(neighbours(offsets, self.h, self.w).t().contiguous())
+            self._step[offsets] = self._tables[offsets][rows]
+        return self._step[offsets]
 
-    def write(self, name: str, rows: torch.Tensor, values: torch.Tensor) -> None:
+    def write(self, name: str, rows: ArrayLike, values: ArrayLike) -> None:
         if name not in self.caches:
-            self.caches[name] = torch.zeros(self.n + 1, values.shape[1], device=self.device)
-        self.caches[name][rows] = values.float()
+            self.caches[name] = self.xp.zeros(self.n + 1, values.shape[1])
+        self.caches[name][rows] = self.xp.f32(values)
 
-    def gather(self, name: str, offsets: Offsets, rows: torch.Tensor) -> torch.Tensor:
-        """(len(rows), T * C) values of ``name`` at each row's neighbours, tap-major."""
+    def gather(self, name: str, offsets: Offsets, rows: ArrayLike) -> ArrayLike:
+        """(S, T * C) values of ``name`` at each row's neighbours, tap-major."""
         if offsets == ((0, 0),):
             return self.caches[name][rows]
-        idx = self.table(offsets)[:, rows]  # (T, S)
-        return self.caches[name][idx.t()].flatten(1)
+        taps = self.caches[name][self.neighbours(offsets, rows)]
+        return taps.reshape(taps.shape[0], -1)
 
 
 @dataclass
@@ -108,15 +170,18 @@ class QConv:
 
     out: str
     segments: list[tuple[str, Offsets]]
-    weight: torch.Tensor  # (R, C_out), integers
-    scale: torch.Tensor  # (C_out,) float64
-    offset: torch.Tensor  # (C_out,) float64
+    weight: ArrayLike  # (R, C_out), integers
+    scale: ArrayLike  # (C_out,) float64
+    offset: ArrayLike  # (C_out,) float64
     limit: int = QMAX
 
-    def __call__(self, state: MapState, rows: torch.Tensor) -> None:
-        x = torch.cat([state.gather(name, offsets, rows) for name, offsets in self.segments], 1)
-        acc = sum((x[:, a : a + CHUNK] @ self.weight[a : a + CHUNK]).double() for a in range(0, x.shape[1], CHUNK))
-        state.write(self.out, rows, torch.round(acc * self.scale + self.offset).clamp_(-self.limit, self.limit))
+    def __call__(self, state: MapState, rows: ArrayLike) -> None:
+        xp = state.xp
+        x = xp.cat([state.gather(name, offsets, rows) for name, offsets in self.segments])
+        acc = xp.f64(x[:, :CHUNK] @ self.weight[:CHUNK])
+        for a in range(CHUNK, x.shape[1], CHUNK):
+            acc = acc + xp.f64(x[:, a : a + CHUNK] @ self.weight[a : a + CHUNK])
+        state.write(self.out, rows, xp.rint(acc * self.scale + self.offset, self.limit))
 
 
 @dataclass
@@ -125,10 +190,10 @@ class Lut:
 
     out: str
     src: str
-    table: torch.Tensor
+    table: ArrayLike
 
-    def __call__(self, state: MapState, rows: torch.Tensor) -> None:
-        state.write(self.out, rows, self.table[state.caches[self.src][rows].long() + QMAX])
+    def __call__(self, state: MapState, rows: ArrayLike) -> None:
+        state.write(self.out, rows, self.table[state.xp.index(state.caches[self.src][rows]) + QMAX])
 
 
 @dataclass
@@ -141,9 +206,10 @@ class Add:
     scale_a: float
     scale_b: float
 
-    def __call__(self, state: MapState, rows: torch.Tensor) -> None:
-        a, b = state.caches[self.a][rows].double(), state.caches[self.b][rows].double()
-        state.write(self.out, rows, torch.round(a * self.scale_a + b * self.scale_b).clamp_(-QMAX, QMAX))
+    def __call__(self, state: MapState, rows: ArrayLike) -> None:
+        xp = state.xp
+        a, b = xp.f64(state.caches[self.a][rows]), xp.f64(state.caches[self.b][rows])
+        state.write(self.out, rows, xp.rint(a * self.scale_a + b * self.scale_b, QMAX))
 
 
 @dataclass
@@ -152,13 +218,15 @@ class Glu:
 
     out: str
     src: str
-    sigmoid: torch.Tensor
+    sigmoid: ArrayLike
     scale: float
 
-    def __call__(self, state: MapState, rows: torch.Tensor) -> None:
-        value, gate = state.caches[self.src][rows].double().chunk(2, dim=1)
-        product = value * self.sigmoid[gate.long() + QMAX]
-        state.write(self.out, rows, torch.round(product * self.scale).clamp_(-QMAX, QMAX))
+    def __call__(self, state: MapState, rows: ArrayLike) -> None:
+        xp = state.xp
+        g = state.caches[self.src][rows]
+        half = g.shape[1] // 2
+        product = xp.f64(g[:, :half]) * self.sigmoid[xp.index(g[:, half:]) + QMAX]
+        state.write(self.out, rows, xp.rint(product * self.scale, QMAX))
 
 
 @dataclass
@@ -171,27 +239,29 @@ class Attention:
     value: str
     offsets: Offsets
     heads: int
-    exp: torch.Tensor
+    exp: ArrayLike
     scale: float
 
-    def __call__(self, state: MapState, rows: torch.Tensor) -> None:
-        s, h = len(rows), self.heads
-        idx = state.table(self.offsets)[:, rows].t()  # (S, T)
-        q = state.caches[self.query][rows].view(s, h, 1, -1)
-        k = state.caches[self.key][idx].view(s, idx.shape[1], h, -1).transpose(1, 2)  # (S, h, T, d)
-        v = state.caches[self.value][idx].view(s, idx.shape[1], h, -1).transpose(1, 2).double()
-        scores = (q @ k.transpose(-1, -2)).squeeze(-2)  # (S, h, T), exact integers
-        valid = (idx < state.n).unsqueeze(1)
-        top = scores.masked_fill(~valid, -math.inf).amax(-1, keepdim=True)
-        dist = (top - scores).masked_fill(~valid, 0).long().clamp_(max=len(self.exp) - 1)
-        weights = self.exp[dist] * valid  # (S, h, T) float64 integers
-        numer = (weights.unsqueeze(-2) @ v).squeeze(-2)  # (S, h, d)
-        denom = weights.sum(-1, keepdim=True)
-        out = torch.where(denom > 0, torch.round(numer / denom.clamp(min=1) * self.scale), 0.0)
-        state.write(self.out, rows, out.reshape(s, -1).clamp_(-QMAX, QMAX))
+    def __call__(self, state: MapState, rows: ArrayLike) -> None:
+        xp, s, h = state.xp, rows.shape[0], self.heads
+        idx = state.neighbours(self.offsets, rows)  # (S, T)
+        t = idx.shape[1]
+        q = state.caches[self.query][rows].reshape(s, h, 1, -1)
+        k = state.caches[self.key][idx].reshape(s, t, h, -1).swapaxes(1, 2)  # (S, h, T, d)
+        v = xp.f64(state.caches[self.value][idx].reshape(s, t, h, -1).swapaxes(1, 2))
+        scores = xp.f64((q @ k.swapaxes(-1, -2)).reshape(s, h, t))  # exact integers
+        valid = (idx < state.n).reshape(s, 1, t)
+        top = xp.reduce(xp.where(valid, scores, -math.inf), "max")
+        dist = xp.index(xp.where(valid, top - scores, 0.0))
+        dist[dist >= len(self.exp)] = len(self.exp) - 1
+        weights = xp.where(valid, self.exp[dist], 0.0)  # (S, h, T) float64 integers
+        numer = (weights.reshape(s, h, 1, t) @ v).reshape(s, h, -1)  # (S, h, d)
+        denom = xp.reduce(weights, "sum")
+        out = xp.where(denom > 0, numer / xp.where(denom > 0, denom, 1.0) * self.scale, 0.0)
+        state.write(self.out, rows, xp.rint(out.reshape(s, -1), QMAX))
 
 
-Op = Callable[[MapState, torch.Tensor], None]
+Op = Callable[[MapState, ArrayLike], None]
 
 
 class _Builder:
@@ -290,20 +360,24 @@ def _embedding_table(embed: nn.Embedding) -> tuple[torch.Tensor, float]:
 
 
 class IntegerPrior:
-    """The integer version of one ``PixelSNAIL``: probabilities for any set of positions of a map."""
+    """The integer version of one ``PixelSNAIL``: probabilities for any set of positions of a map.
 
-    def __init__(self, prior: PixelSNAIL, device: torch.device | str = "cpu"):
-        self.device = torch.device(device)
+    Positions, codes and probabilities go in and out as numpy arrays; the work runs on
+    ``device`` (numpy on the CPU unless ``use_torch``).
+    """
+
+    def __init__(self, prior: PixelSNAIL, device: torch.device | str = "cpu", use_torch: bool | None = None):
+        self.xp = Backend(torch.device(device), use_torch)
         self.codes = prior.config.codes
         #: Wavefront slope: positions with c + r * slope == t depend only on earlier wavefronts.
         self.slope = prior.right_reach + 1
-        self.embed, emb_scale = _embedding_table(prior.embed)
+        embed, emb_scale = _embedding_table(prior.embed)
         b = _Builder()
         b.scales.update({"emb": emb_scale, "bg": 1.0 / QMAX})
+        cond_embed = None
         self.cond_ops: list[Op] = []
         if prior.cond_net is not None:
-            self.cond_embed, cond_scale = _embedding_table(prior.cond_net.embed)
-            b.scales["cond_emb"] = cond_scale
+            cond_embed, b.scales["cond_emb"] = _embedding_table(prior.cond_net.embed)
             self.cond_out = self._cond_net(b, prior)
             self.cond_ops, b.ops = b.ops, []
             b.scales["cond"] = b.scales[self.cond_out]
@@ -321,8 +395,13 @@ class IntegerPrior:
             [(head.tap_weights(), b.elu(x), ((0, 0),))], head.bias, 1.0 / LOGIT_STEPS, "logits", LOGIT_LIMIT
         )
         self.ops = b.ops
-        self.probs = exp_table(1.0 / LOGIT_STEPS, PROB_BITS, 1)
-        self._to(self.device)
+        for op in [*self.cond_ops, *self.ops]:
+            for key, value in vars(op).items():
+                if isinstance(value, torch.Tensor):
+                    setattr(op, key, self.xp.array(value))
+        self.embed = self.xp.array(embed)
+        self.cond_embed = self.xp.array(cond_embed) if cond_embed is not None else None
+        self.probs = self.xp.array(exp_table(1.0 / LOGIT_STEPS, PROB_BITS, 1))
 
     @staticmethod
     def _cond_net(b: _Builder, prior: PixelSNAIL) -> str:
@@ -336,59 +415,54 @@ class IntegerPrior:
             h = b.add(h, c, _scale(r_h))
         return h
 
-    def _to(self, device: torch.device) -> None:
-        for op in [*self.cond_ops, *self.ops]:
-            for key, value in vars(op).items():
-                if isinstance(value, torch.Tensor):
-                    setattr(op, key, value.to(device))
-        self.embed = self.embed.to(device)
-        self.probs = self.probs.to(device)
-        if self.cond_ops:
-            self.cond_embed = self.cond_embed.to(device)
+    def _every(self, n: int) -> ArrayLike:
+        return self.xp.array(np.arange(n))
 
-    def start(self, h: int, w: int, cond_codes: torch.Tensor | None = None) -> MapState:
+    def start(self, h: int, w: int, cond_codes: np.ndarray | None = None) -> MapState:
         """Fresh caches for an h x w map; the bottom prior needs the (h/2, w/2) top map."""
-        state = MapState(h, w, self.device)
-        every = torch.arange(state.n, device=self.device)
-        bg = torch.round(background(h, w, self.device) * QMAX).flatten(1).t()
-        state.write("bg", every, bg)
-        state.write("emb", every, torch.zeros(state.n, self.embed.shape[1], device=self.device))
+        xp = self.xp
+        state = MapState(h, w, xp)
+        every = self._every(state.n)
+        state.write("bg", every, xp.array(torch.round(background(h, w) * QMAX).flatten(1).t()))
+        state.write("emb", every, xp.zeros(state.n, self.embed.shape[1]))
         if self.cond_ops:
-            state.write("cond", every, self._condition(cond_codes, h, w)[every])
+            if cond_codes is None:
+                raise ValueError("this prior is conditional: give it the top code map")
+            state.write("cond", every, self._condition(np.asarray(cond_codes), h, w))
         return state
 
-    def _condition(self, cond_codes: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    def _condition(self, cond_codes: np.ndarray, h: int, w: int) -> ArrayLike:
         th, tw = cond_codes.shape
         if (2 * th, 2 * tw) != (h, w):
             raise ValueError(f"top map {th}x{tw} does not match bottom map {h}x{w}")
-        top = MapState(th, tw, self.device)
-        every = torch.arange(top.n, device=self.device)
-        top.write("cond_emb", every, self.cond_embed[cond_codes.reshape(-1).to(self.device)])
-        with exact_float32():
+        top = MapState(th, tw, self.xp)
+        every = self._every(top.n)
+        top.write("cond_emb", every, self.cond_embed[self.xp.array(cond_codes.reshape(-1).astype(np.int64))])
+        with self.xp.exact():
             for op in self.cond_ops:
                 op(top, every)
-        r = torch.arange(h, device=self.device).view(h, 1) // 2
-        c = torch.arange(w, device=self.device).view(1, w) // 2
-        return top.caches[self.cond_out][(r * tw + c).reshape(-1)]
+        upsample = (np.arange(h)[:, None] // 2) * tw + np.arange(w)[None, :] // 2
+        return top.caches[self.cond_out][self.xp.array(upsample.reshape(-1))]
 
-    def set_codes(self, state: MapState, rows: torch.Tensor, codes: torch.Tensor) -> None:
-        """Record the codes at ``rows`` (known to the encoder, just decoded by the decoder)."""
-        state.write("emb", rows, self.embed[codes.to(self.device)])
+    def set_codes(self, state: MapState, rows: np.ndarray, codes: np.ndarray) -> None:
+        """Record the codes at flat positions ``rows`` (known to the encoder, just decoded by the decoder)."""
+        state.write("emb", self.xp.array(rows), self.embed[self.xp.array(np.asarray(codes, dtype=np.int64))])
 
-    def probabilities(self, state: MapState, rows: torch.Tensor) -> np.ndarray:
+    def probabilities(self, state: MapState, rows: np.ndarray) -> np.ndarray:
         """(len(rows), K) integer probability rows (float64) for positions whose context is set."""
-        with exact_float32():
+        xp = self.xp
+        rows = xp.array(rows)
+        with xp.exact():
             for op in self.ops:
                 op(state, rows)
-        logits = state.caches[self.logits][rows].double()
-        dist = (logits.amax(1, keepdim=True) - logits).long().clamp_(max=len(self.probs) - 1)
-        return np.ascontiguousarray(self.probs[dist].cpu().numpy())
+        logits = xp.f64(state.caches[self.logits][rows])
+        dist = xp.index(xp.reduce(logits, "max") - logits)
+        dist[dist >= len(self.probs)] = len(self.probs) - 1
+        return np.ascontiguousarray(xp.numpy(self.probs[dist]))
 
-    def wavefronts(self, h: int, w: int) -> tuple[torch.Tensor, list[int]]:
+    def wavefronts(self, h: int, w: int) -> tuple[np.ndarray, list[int]]:
         """The decoding order: flat positions sorted by wavefront, and the size of each wavefront."""
-        r = torch.arange(h).view(h, 1)
-        c = torch.arange(w).view(1, w)
-        step = (c + r * self.slope).reshape(-1)
-        order = torch.sort(step, stable=True).indices
-        sizes = torch.bincount(step).tolist()
-        return order.to(self.device), [n for n in sizes if n]
+        step = (np.arange(w)[None, :] + np.arange(h)[:, None] * self.slope).reshape(-1)
+        order = np.argsort(step, kind="stable")
+        sizes = np.bincount(step)
+        return order, sizes[sizes > 0].tolist()
