@@ -93,15 +93,10 @@ class Backend:
         return x.long() if self.torch else x.astype(np.int64)
 
     def rint(self, x: ArrayLike, limit: float) -> ArrayLike:
-        """Round half to even, then clamp to [-limit, limit]."""
+        """Round half to even, then clamp to [-limit, limit], in place (``x`` must be a temporary)."""
         if self.torch:
             return torch.round(x).clamp_(-limit, limit)
-        return np.clip(np.rint(x), -limit, limit)
-
-    def cat(self, xs: list[ArrayLike]) -> ArrayLike:
-        if len(xs) == 1:
-            return xs[0]
-        return torch.cat(xs, 1) if self.torch else np.concatenate(xs, 1)
+        return np.clip(np.rint(x, out=x), -limit, limit, out=x)
 
     def where(self, cond: ArrayLike, a: ArrayLike, b: float) -> ArrayLike:
         return torch.where(cond, a, b) if self.torch else np.where(cond, a, b)
@@ -166,21 +161,26 @@ class MapState:
 
 @dataclass
 class QConv:
-    """y = round(sum(w * x) * scale + offset), clamped, over the concatenated input segments."""
+    """y = round(sum(w * x) * scale + offset), clamped, over the input segments.
+
+    Each segment (source, taps) owns a block of weight rows; every float32 product covers at most
+    ``CHUNK`` rows, and products are summed in float64 (float32 + float64 promotes exactly).
+    """
 
     out: str
     segments: list[tuple[str, Offsets]]
-    weight: ArrayLike  # (R, C_out), integers
+    weights: list[ArrayLike]  # per segment and chunk: (rows <= CHUNK, C_out) integers
     scale: ArrayLike  # (C_out,) float64
     offset: ArrayLike  # (C_out,) float64
     limit: int = QMAX
 
     def __call__(self, state: MapState, rows: ArrayLike) -> None:
-        xp = state.xp
-        x = xp.cat([state.gather(name, offsets, rows) for name, offsets in self.segments])
-        acc = xp.f64(x[:, :CHUNK] @ self.weight[:CHUNK])
-        for a in range(CHUNK, x.shape[1], CHUNK):
-            acc = acc + xp.f64(x[:, a : a + CHUNK] @ self.weight[a : a + CHUNK])
+        xp, acc, weights = state.xp, None, iter(self.weights)
+        for name, offsets in self.segments:
+            x = state.gather(name, offsets, rows)
+            for a in range(0, x.shape[1], CHUNK):
+                part = x[:, a : a + CHUNK] @ next(weights)
+                acc = part if acc is None else xp.f64(acc) + part
         state.write(self.out, rows, xp.rint(acc * self.scale + self.offset, self.limit))
 
 
@@ -299,7 +299,12 @@ class _Builder:
         offset = bias.detach().double() / out_scale if bias is not None else torch.zeros_like(w_scale)
         out = self.name(hint)
         segments = [(src, offsets) for _, src, offsets in parts]
-        self.ops.append(QConv(out, segments, weight.t().float().contiguous(), w_scale / out_scale, offset, limit))
+        blocks, start = [], 0
+        for w, _, _ in parts:
+            seg = weight[:, start : start + w[0].numel()].t().float()
+            blocks += [seg[a : a + CHUNK].contiguous() for a in range(0, seg.shape[0], CHUNK)]
+            start += w[0].numel()
+        self.ops.append(QConv(out, segments, blocks, w_scale / out_scale, offset, limit))
         self.scales[out] = out_scale
         return out
 
@@ -399,6 +404,8 @@ class IntegerPrior:
             for key, value in vars(op).items():
                 if isinstance(value, torch.Tensor):
                     setattr(op, key, self.xp.array(value))
+                elif isinstance(value, list) and value and isinstance(value[0], torch.Tensor):
+                    setattr(op, key, [self.xp.array(v) for v in value])
         self.embed = self.xp.array(embed)
         self.cond_embed = self.xp.array(cond_embed) if cond_embed is not None else None
         self.probs = self.xp.array(exp_table(1.0 / LOGIT_STEPS, PROB_BITS, 1))
