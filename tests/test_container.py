@@ -104,6 +104,7 @@ def test_wrong_content_crc_is_detected(codec, sample):
         {"width": 70000},
         {"width": 60000, "height": 60000},
         {"channels": 5},
+        {"tile": 0},
         {"pad_x": 4},
         {"top_shape": (2, 4)},
         {"bottom_shape": (4, 7)},

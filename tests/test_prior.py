@@ -21,7 +21,7 @@ def random_maps(prior, h: int, w: int, seed: int):
 
 def one_pass(prior: IntegerPrior, codes, top) -> np.ndarray:
     h, w = codes.shape
-    state = prior.start(h, w, top)
+    state = prior.start([(h, w)], None if top is None else [top])
     every = np.arange(h * w)
     prior.set_codes(state, every, codes.reshape(-1))
     return prior.probabilities(state, every)
@@ -29,8 +29,8 @@ def one_pass(prior: IntegerPrior, codes, top) -> np.ndarray:
 
 def by_wavefront(prior: IntegerPrior, codes, top) -> np.ndarray:
     h, w = codes.shape
-    state = prior.start(h, w, top)
-    order, sizes = prior.wavefronts(h, w)
+    state = prior.start([(h, w)], None if top is None else [top])
+    order, sizes = prior.wavefronts([(h, w)])
     out = np.zeros((h * w, prior.codes))
     start = 0
     for size in sizes:
@@ -94,6 +94,21 @@ def test_integer_prior_follows_float_prior():
     float_bits = -np.log2(float_probs[rows, symbols]).sum()
     int_bits = -np.log2(int_probs[rows, symbols]).sum()
     assert abs(int_bits - float_bits) < 0.03 * float_bits
+
+
+@pytest.mark.parametrize("which", ["top_prior", "bottom_prior"])
+def test_regions_in_a_batch_are_independent(which):
+    """A region's probabilities are the same alone or batched with others of other sizes."""
+    prior = IntegerPrior(getattr(make_model(seed=4), which))
+    maps = [random_maps(prior, h, w, seed=h) for h, w in ((4, 6), (2, 2), (6, 4))]
+    shapes = [codes.shape for codes, _ in maps]
+    state = prior.start(shapes, None if maps[0][1] is None else [top for _, top in maps])
+    flat = np.concatenate([codes.reshape(-1) for codes, _ in maps])
+    every = np.arange(len(flat))
+    prior.set_codes(state, every, flat)
+    batched = prior.probabilities(state, every)
+    alone = np.concatenate([one_pass(prior, codes, top) for codes, top in maps])
+    np.testing.assert_array_equal(batched, alone)
 
 
 def test_causal_offsets():

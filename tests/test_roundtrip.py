@@ -39,6 +39,14 @@ def test_other_strides_round_trip(rng, stride):
     assert_round_trip(codec, smooth_image(rng, 19, 13))
 
 
+@pytest.mark.parametrize("tile", [1, 2, 3])
+def test_small_prior_tiles_round_trip(rng, tile):
+    codec = vqcodec.Codec(make_model(seed=8), device="cpu", tile=tile)
+    encoded = codec.encode(smooth_image(rng, 45, 37))
+    assert vqcodec.read_header(encoded.data).tile == tile
+    assert_round_trip(codec, smooth_image(rng, 45, 37))
+
+
 def test_grayscale_comes_back_gray(codec, rng):
     gray = smooth_image(rng, 21, 30, 1)[:, :, 0]
     out = assert_round_trip(codec, Image.fromarray(gray, "L"))
@@ -84,3 +92,9 @@ def test_stats_are_consistent(codec, rng):
         assert stats.real_bits >= stats.ideal_bits > 0
         assert stats.real_bits % 32 == 0
     assert encoded.bpp == pytest.approx(8 * len(encoded.data) / 1600)
+
+
+def test_many_batches_round_trip(codec, rng, monkeypatch):
+    """Maps larger than one batch of regions are coded batch by batch."""
+    monkeypatch.setattr(vqcodec.codec, "MAX_BATCH_POSITIONS", 40)
+    assert_round_trip(vqcodec.Codec(make_model(seed=9), device="cpu", tile=2), smooth_image(rng, 70, 50))

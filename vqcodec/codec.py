@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import container, entropy
+from . import container, entropy, tiles
 from .container import Header, Streams
 from .errors import DecodeMismatchError, FormatError, ModelError, ModelMismatchError
 from .image import ImageLike, Picture, padding, read_image, to_pil, to_rgb, to_tensor
@@ -18,6 +18,12 @@ from .model import CodecModel
 from .qprior import IntegerPrior
 from .weights import load_model, model_id
 
+#: Side of the regions the priors code independently, in top-map codes (bottom regions are twice
+#: as large). Smaller tiles decode faster (more positions per wavefront) and cost some context.
+DEFAULT_TILE = 16
+MAX_TILE = 255
+#: Positions coded together: bounds the priors' memory, whatever the image size.
+MAX_BATCH_POSITIONS = 1 << 15
 #: The preset ``load()`` picks when none is named.
 DEFAULT_PRESET = "medium"
 _MODEL_SUFFIX = ".safetensors"
@@ -111,7 +117,12 @@ def load(preset: str | None = None, *, path: str | Path | None = None, device: s
 class Codec:
     """Compresses images to ``.vqc`` bytes and back with one ``CodecModel``."""
 
-    def __init__(self, model: CodecModel, device: str | torch.device = "auto", name: str = "custom"):
+    def __init__(
+        self, model: CodecModel, device: str | torch.device = "auto", name: str = "custom", tile: int = DEFAULT_TILE
+    ):
+        if not 1 <= tile <= MAX_TILE:
+            raise ValueError(f"tile must be in 1..{MAX_TILE}, got {tile}")
+        self.tile = tile
         self.device = resolve_device(device)
         self.model = model.eval().to(self.device)
         self.name = name
@@ -130,15 +141,15 @@ class Codec:
         x = to_tensor(pic.rgb, self.top_stride).to(self.device)
         top, bottom = self.model.vqvae.encode(x)
         top_np, bottom_np = top[0].cpu().numpy(), bottom[0].cpu().numpy()
-        top_symbols, top_probs = self._coding_order(self.top_prior, top_np, None)
-        bottom_symbols, bottom_probs = self._coding_order(self.bottom_prior, bottom_np, top_np)
+        top_symbols, top_probs = self._coding_order(self.top_prior, top_np, None, self.tile)
+        bottom_symbols, bottom_probs = self._coding_order(self.bottom_prior, bottom_np, top_np, 2 * self.tile)
         streams = Streams(
             entropy.encode(top_symbols, top_probs),
             entropy.encode(bottom_symbols, bottom_probs),
             container.compress_alpha(pic.alpha) if pic.alpha is not None else b"",
         )
         header = Header(
-            channels=pic.channels, model_id=self.model_id, width=width, height=height,
+            channels=pic.channels, tile=self.tile, model_id=self.model_id, width=width, height=height,
             pad_x=padding(width, self.top_stride), pad_y=padding(height, self.top_stride),
             top_shape=top_np.shape, bottom_shape=bottom_np.shape,
             top_len=0, bottom_len=0, alpha_len=0, payload_crc=0,
@@ -159,14 +170,21 @@ class Codec:
         return self.encode(image).data
 
     @staticmethod
-    def _coding_order(prior: IntegerPrior, codes: np.ndarray, cond: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        """Symbols and probability rows of a (H, W) map in decoding order, from one pass over the map."""
-        h, w = codes.shape
-        state = prior.start(h, w, cond)
-        every = np.arange(h * w)
-        prior.set_codes(state, every, codes.reshape(-1))
-        order = prior.wavefronts(h, w)[0]
-        return codes.reshape(-1)[order], np.ascontiguousarray(prior.probabilities(state, every)[order])
+    def _coding_order(
+        prior: IntegerPrior, codes: np.ndarray, cond: np.ndarray | None, tile: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Symbols and probability rows of a map in decoding order, one pass per batch of regions."""
+        symbols, probs = [], []
+        for batch in tiles.batches(tiles.regions(*codes.shape, tile), MAX_BATCH_POSITIONS):
+            shapes = [r.shape for r in batch]
+            state = prior.start(shapes, [r.half().take(cond) for r in batch] if cond is not None else None)
+            flat = np.concatenate([r.take(codes).reshape(-1) for r in batch])
+            every = np.arange(len(flat))
+            prior.set_codes(state, every, flat)
+            order = prior.wavefronts(shapes)[0]
+            symbols.append(flat[order])
+            probs.append(prior.probabilities(state, every)[order])
+        return np.concatenate(symbols), np.ascontiguousarray(np.concatenate(probs))
 
     # -- decoding ---------------------------------------------------------------------------
 
@@ -199,8 +217,8 @@ class Codec:
     def _decode(self, data: bytes) -> tuple[CodeMaps, Header, np.ndarray | None]:
         header = self.read_header(data)
         _, streams = container.unpack(data)
-        top = self._decode_map(self.top_prior, streams.top, header.top_shape, None)
-        bottom = self._decode_map(self.bottom_prior, streams.bottom, header.bottom_shape, top)
+        top = self._decode_map(self.top_prior, streams.top, header.top_shape, None, header.tile)
+        bottom = self._decode_map(self.bottom_prior, streams.bottom, header.bottom_shape, top, 2 * header.tile)
         alpha = container.decompress_alpha(streams.alpha, (header.height, header.width)) if header.has_alpha else None
         codes = CodeMaps(top, bottom)
         if container.content_crc(codes.top, codes.bottom, alpha) != header.content_crc:
@@ -211,21 +229,25 @@ class Codec:
         return codes, header, alpha
 
     def _decode_map(
-        self, prior: IntegerPrior, stream: bytes, shape: tuple[int, int], cond: np.ndarray | None
+        self, prior: IntegerPrior, stream: bytes, shape: tuple[int, int], cond: np.ndarray | None, tile: int
     ) -> np.ndarray:
-        """Decode a (H, W) map wavefront by wavefront, each from the codes of the ones before."""
-        h, w = shape
+        """Decode a map batch by batch of regions, wavefront by wavefront within a batch."""
         decoder = entropy.Decoder(stream)
-        state = prior.start(h, w, cond)
-        order, sizes = prior.wavefronts(h, w)
-        codes = np.zeros(h * w, dtype=np.int64)
-        start = 0
-        for size in sizes:
-            rows = order[start : start + size]
-            codes[rows] = decoder.decode(prior.probabilities(state, rows))
-            prior.set_codes(state, rows, codes[rows])
-            start += size
-        return codes.reshape(h, w)
+        codes = np.zeros(shape, dtype=np.int64)
+        for batch in tiles.batches(tiles.regions(*shape, tile), MAX_BATCH_POSITIONS):
+            shapes = [r.shape for r in batch]
+            state = prior.start(shapes, [r.half().take(cond) for r in batch] if cond is not None else None)
+            order, sizes = prior.wavefronts(shapes)
+            flat = np.zeros(state.n, dtype=np.int64)
+            start = 0
+            for size in sizes:
+                rows = order[start : start + size]
+                flat[rows] = decoder.decode(prior.probabilities(state, rows))
+                prior.set_codes(state, rows, flat[rows])
+                start += size
+            for region, base in zip(batch, state.bases, strict=True):
+                region.take(codes)[...] = flat[base : base + region.h * region.w].reshape(region.shape)
+        return codes
 
     @torch.no_grad()
     def reconstruct(self, codes: CodeMaps, width: int, height: int) -> np.ndarray:

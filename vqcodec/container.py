@@ -6,7 +6,9 @@ All integers are little-endian. Layout (byte offset, size, field):
 0     4     magic ``89 56 51 43`` (``\\x89VQC``)
 4     1     format version (1)
 5     1     channels of the image: 1 gray, 2 gray + alpha, 3 RGB, 4 RGBA
-6     2     flags, must be 0
+6     1     flags, must be 0
+7     1     prior tile: side of the independently coded regions, in top-map codes (bottom-map
+            regions are twice as large); 1..255
 8     16    model identifier (``model.model_id``: SHA-256 of config and weights, truncated)
 24    4     image width (pixels)
 28    4     image height (pixels)
@@ -26,6 +28,9 @@ All integers are little-endian. Layout (byte offset, size, field):
 68          top-map stream, bottom-map stream, alpha stream, in that order; nothing after
 ====  ====  ==========================================================================
 
+Each map is cut into regions of tile x tile codes (top) and 2 tile x 2 tile codes (bottom), in
+raster order, that the priors code independently; within a stream, regions come in groups
+(``tiles.batches``) and, inside a group, in the wavefront order of ``IntegerPrior.wavefronts``.
 The maps are range-coded (constriction) under the model's priors; the alpha plane, when there
 is one, is stored losslessly with zlib. The payload CRC rejects a damaged file before any
 decoding; the content CRC catches a decoder whose probabilities differ from the encoder's.
@@ -43,7 +48,7 @@ from .errors import FormatError
 
 MAGIC = b"\x89VQC"
 VERSION = 1
-HEADER = struct.Struct("<4sBBH16sIIHHHHHHIIIIII")
+HEADER = struct.Struct("<4sBBBB16sIIHHHHHHIIIIII")
 HEADER_SIZE = HEADER.size
 MODEL_ID_SIZE = 16
 #: Largest width or height accepted, so code maps fit 16-bit dimensions.
@@ -58,6 +63,7 @@ class Header:
     """Everything a ``.vqc`` header says, validated."""
 
     channels: int
+    tile: int
     model_id: bytes
     width: int
     height: int
@@ -106,6 +112,7 @@ def pack(header: Header, streams: Streams) -> bytes:
         VERSION,
         header.channels,
         0,
+        header.tile,
         header.model_id,
         header.width,
         header.height,
@@ -132,7 +139,7 @@ def read_header(data: bytes) -> Header:
             raise FormatError("not a .vqc file (bad magic bytes)")
         raise FormatError(f"truncated .vqc file: {len(data)} bytes, the header alone is {HEADER_SIZE}")
     raw = HEADER.unpack_from(data)
-    (magic, version, channels, flags, model_id, width, height, pad_x, pad_y,
+    (magic, version, channels, flags, tile, model_id, width, height, pad_x, pad_y,
      top_w, top_h, bottom_w, bottom_h, top_len, bottom_len, alpha_len,
      payload_crc, crc_content, crc_header) = raw  # fmt: skip
     if magic != MAGIC:
@@ -143,6 +150,7 @@ def read_header(data: bytes) -> Header:
         raise FormatError("damaged .vqc file: header checksum mismatch")
     header = Header(
         channels,
+        tile,
         model_id,
         width,
         height,
@@ -163,6 +171,8 @@ def read_header(data: bytes) -> Header:
 def _validate(h: Header, flags: int) -> None:
     if flags:
         raise FormatError(f"unknown .vqc flags {flags:#x}")
+    if h.tile < 1:
+        raise FormatError("invalid prior tile size 0")
     if h.channels not in CHANNELS:
         raise FormatError(f"invalid channel count {h.channels}")
     if not (1 <= h.width <= MAX_SIDE and 1 <= h.height <= MAX_SIDE) or h.width * h.height > MAX_PIXELS:

@@ -20,6 +20,7 @@ import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -28,6 +29,7 @@ from torch import nn
 from .prior import ActRange, GatedResBlock, Offsets, PixelSNAIL, WindowAttention, background, neighbours
 
 ArrayLike = np.ndarray | torch.Tensor
+Shape = tuple[int, int]
 
 QMAX = 127
 #: Longest reduction of one float32 product: 1024 * 127 * 127 < 2^24.
@@ -126,23 +128,47 @@ class Backend:
             torch.backends.cuda.matmul.allow_tf32 = tf32
 
 
-class MapState:
-    """The caches of one code map being coded: one (N + 1, C) array per source."""
+@lru_cache(maxsize=64)
+def _local_neighbours(offsets: Offsets, h: int, w: int) -> np.ndarray:
+    """(h*w, T) neighbour indices within one h x w region; h*w where they fall outside it."""
+    return neighbours(offsets, h, w).t().contiguous().numpy()
 
-    def __init__(self, h: int, w: int, xp: Backend):
-        self.h, self.w, self.n, self.xp = h, w, h * w, xp
+
+def _local_coords(shapes: list[Shape]) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column of every position within its region, regions one after the other."""
+    rows = [np.repeat(np.arange(h), w) for h, w in shapes]
+    cols = [np.tile(np.arange(w), h) for h, w in shapes]
+    return np.concatenate(rows), np.concatenate(cols)
+
+
+class MapState:
+    """The caches of a batch of independent regions being coded: one (N + 1, C) array per source.
+
+    Positions are numbered region after region, each region in raster order; row N stays zero
+    and stands for "outside the region".
+    """
+
+    def __init__(self, shapes: list[Shape], xp: Backend):
+        self.shapes, self.xp = shapes, xp
+        sizes = [h * w for h, w in shapes]
+        self.bases = np.cumsum([0, *sizes[:-1]])
+        self.n = sum(sizes)
         self.caches: dict[str, ArrayLike] = {}
         self._tables: dict[Offsets, ArrayLike] = {}
         self._rows: ArrayLike | None = None
         self._step: dict[Offsets, ArrayLike] = {}
 
     def neighbours(self, offsets: Offsets, rows: ArrayLike) -> ArrayLike:
-        """(S, T) indices of the neighbours of ``rows``; N where they fall outside the map."""
+        """(S, T) indices of the neighbours of ``rows``; N where they fall outside their region."""
         if rows is not self._rows:
             self._rows, self._step = rows, {}
         if offsets not in self._step:
             if offsets not in self._tables:
-                self._tables[offsets] = self.xp.array(neighbours(offsets, self.h, self.w).t().contiguous())
+                parts = []
+                for (h, w), base in zip(self.shapes, self.bases, strict=True):
+                    local = _local_neighbours(offsets, h, w)
+                    parts.append(np.where(local == h * w, self.n, local + base))
+                self._tables[offsets] = self.xp.array(np.concatenate(parts))
             self._step[offsets] = self._tables[offsets][rows]
         return self._step[offsets]
 
@@ -425,31 +451,38 @@ class IntegerPrior:
     def _every(self, n: int) -> ArrayLike:
         return self.xp.array(np.arange(n))
 
-    def start(self, h: int, w: int, cond_codes: np.ndarray | None = None) -> MapState:
-        """Fresh caches for an h x w map; the bottom prior needs the (h/2, w/2) top map."""
+    def start(self, shapes: list[Shape], cond_codes: list[np.ndarray] | None = None) -> MapState:
+        """Fresh caches for a batch of regions of these (h, w) shapes; the bottom prior also needs
+        the (h/2, w/2) top codes of each region."""
         xp = self.xp
-        state = MapState(h, w, xp)
+        state = MapState(shapes, xp)
         every = self._every(state.n)
-        state.write("bg", every, xp.array(torch.round(background(h, w) * QMAX).flatten(1).t()))
+        bg = np.concatenate([background(h, w).flatten(1).t().numpy() for h, w in shapes])
+        state.write("bg", every, xp.array(np.rint(bg * QMAX)))
         state.write("emb", every, xp.zeros(state.n, self.embed.shape[1]))
         if self.cond_ops:
             if cond_codes is None:
                 raise ValueError("this prior is conditional: give it the top code map")
-            state.write("cond", every, self._condition(np.asarray(cond_codes), h, w))
+            state.write("cond", every, self._condition(state, cond_codes))
         return state
 
-    def _condition(self, cond_codes: np.ndarray, h: int, w: int) -> ArrayLike:
-        th, tw = cond_codes.shape
-        if (2 * th, 2 * tw) != (h, w):
-            raise ValueError(f"top map {th}x{tw} does not match bottom map {h}x{w}")
-        top = MapState(th, tw, self.xp)
+    def _condition(self, state: MapState, cond_codes: list[np.ndarray]) -> ArrayLike:
+        """Conditioning features of every position of ``state`` from its regions' top codes."""
+        top_shapes = [c.shape for c in cond_codes]
+        if [(2 * h, 2 * w) for h, w in top_shapes] != list(state.shapes):
+            raise ValueError(f"top regions {top_shapes} do not match bottom regions {state.shapes}")
+        top = MapState(top_shapes, self.xp)
         every = self._every(top.n)
-        top.write("cond_emb", every, self.cond_embed[self.xp.array(cond_codes.reshape(-1).astype(np.int64))])
+        flat = np.concatenate([c.reshape(-1) for c in cond_codes]).astype(np.int64)
+        top.write("cond_emb", every, self.cond_embed[self.xp.array(flat)])
         with self.xp.exact():
             for op in self.cond_ops:
                 op(top, every)
-        upsample = (np.arange(h)[:, None] // 2) * tw + np.arange(w)[None, :] // 2
-        return top.caches[self.cond_out][self.xp.array(upsample.reshape(-1))]
+        r, c = _local_coords(state.shapes)
+        region = np.repeat(np.arange(len(state.shapes)), [h * w for h, w in state.shapes])
+        widths = np.array([w for _, w in top_shapes])
+        upsample = top.bases[region] + (r // 2) * widths[region] + c // 2
+        return top.caches[self.cond_out][self.xp.array(upsample)]
 
     def set_codes(self, state: MapState, rows: np.ndarray, codes: np.ndarray) -> None:
         """Record the codes at flat positions ``rows`` (known to the encoder, just decoded by the decoder)."""
@@ -467,9 +500,10 @@ class IntegerPrior:
         dist[dist >= len(self.probs)] = len(self.probs) - 1
         return np.ascontiguousarray(xp.numpy(self.probs[dist]))
 
-    def wavefronts(self, h: int, w: int) -> tuple[np.ndarray, list[int]]:
-        """The decoding order: flat positions sorted by wavefront, and the size of each wavefront."""
-        step = (np.arange(w)[None, :] + np.arange(h)[:, None] * self.slope).reshape(-1)
-        order = np.argsort(step, kind="stable")
+    def wavefronts(self, shapes: list[Shape]) -> tuple[np.ndarray, list[int]]:
+        """The decoding order of a batch of regions: positions sorted by wavefront (c + r * slope
+        within their region; ties by position), and the number of positions of each wavefront."""
+        r, c = _local_coords(shapes)
+        step = c + r * self.slope
         sizes = np.bincount(step)
-        return order, sizes[sizes > 0].tolist()
+        return np.argsort(step, kind="stable"), sizes[sizes > 0].tolist()
