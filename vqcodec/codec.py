@@ -240,11 +240,12 @@ class Codec:
             order, sizes = prior.wavefronts(shapes)
             flat = np.zeros(state.n, dtype=np.int64)
             start = 0
-            for size in sizes:
-                rows = order[start : start + size]
-                flat[rows] = decoder.decode(prior.probabilities(state, rows))
-                prior.set_codes(state, rows, flat[rows])
-                start += size
+            with prior.stepping():
+                for size in sizes:
+                    rows = order[start : start + size]
+                    flat[rows] = decoder.decode(prior.probabilities(state, rows))
+                    prior.set_codes(state, rows, flat[rows])
+                    start += size
             for region, base in zip(batch, state.bases, strict=True):
                 region.take(codes)[...] = flat[base : base + region.h * region.w].reshape(region.shape)
         return codes
