@@ -15,7 +15,10 @@ from PIL import Image
 
 import vqcodec
 from vqcodec import container
+from vqcodec.codec import DEFAULT_TILE
+from vqcodec.config import ARCHITECTURES
 from vqcodec.files import write_atomic
+from vqcodec.train import Settings, init_distributed, train_prior, train_vqvae
 
 EXIT_BAD_INPUT = 1
 EXIT_INTERNAL = 3
@@ -144,3 +147,55 @@ def list_presets() -> None:
         click.echo(f"no presets installed: {vqcodec.codec.TRAINING_HINT}")
     for name in names:
         click.echo(name)
+
+
+@main.group()
+def train() -> None:
+    """Train models: `train vqvae` first, then `train prior` on its code maps."""
+
+
+def _settings_options(crop_default: int, crop_help: str):
+    def wrap(f):
+        options = [
+            click.option("--steps", type=click.IntRange(1), default=20000, show_default=True),
+            click.option("--batch", type=click.IntRange(1), default=16, show_default=True),
+            click.option("--crop", type=click.IntRange(1), default=crop_default, show_default=True, help=crop_help),
+            click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=3e-4, show_default=True),
+            click.option("--seed", type=int, default=0, show_default=True),
+            click.option("--val-every", type=click.IntRange(1), default=500, show_default=True),
+            click.option("--checkpoint-every", type=click.IntRange(1), default=1000, show_default=True),
+        ]
+        for option in reversed(options):
+            f = option(f)
+        return f
+
+    return wrap
+
+
+def _settings(kwargs: dict) -> Settings:
+    return Settings(**{k: kwargs.pop(k) for k in list(kwargs) if k in Settings.__dataclass_fields__})
+
+
+@train.command(name="vqvae")
+@click.option("--data", "folder", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Checkpoint file.")
+@click.option("--arch", type=click.Choice(sorted(ARCHITECTURES)), default="medium", show_default=True)
+@_settings_options(128, "Crop side in pixels.")
+def train_vqvae_command(folder: Path, out: Path, arch: str, **kwargs) -> None:
+    """Stage 1: train a VQ-VAE on the images in DATA (resumes from OUT if it exists)."""
+    init_distributed()
+    train_vqvae(folder, out, arch, _settings(kwargs))
+    click.echo(f"VQ-VAE checkpoint: {out} (log: {out.with_suffix('.jsonl')})")
+
+
+@train.command(name="prior")
+@click.option("--vqvae", "vqvae_ckpt", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--data", "folder", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Finished model file.")
+@_settings_options(DEFAULT_TILE, "Crop side in top-map codes (bottom crops are twice that).")
+def train_prior_command(vqvae_ckpt: Path, folder: Path, out: Path, **kwargs) -> None:
+    """Stage 2: train the priors on the code maps of DATA; writes the codec model OUT."""
+    init_distributed()
+    checkpoint = out.with_name(out.name + ".ckpt")
+    train_prior(vqvae_ckpt, folder, checkpoint, out, _settings(kwargs))
+    click.echo(f"model: {out} (checkpoint: {checkpoint}, log: {checkpoint.with_suffix('.jsonl')})")

@@ -151,3 +151,26 @@ def tiny_config(codes: int = 16, bottom_stride: int = 4) -> ModelConfig:
     )
     bottom = PriorConfig(**{**asdict(prior), "cond_codes": codes})
     return ModelConfig(vqvae=vqvae, top_prior=prior, bottom_prior=bottom)
+
+
+def medium_config() -> ModelConfig:
+    """The default architecture: bottom stride 4, 512-code books, priors sized for fast CPU decoding."""
+    vqvae = VQVAEConfig(channels=64, res_blocks=2, res_channels=32, embed_dim=32, bottom_stride=4)
+    prior = PriorConfig(
+        codes=512,
+        channels=64,
+        kernel=5,
+        blocks=1,
+        res_blocks=2,
+        attn_heads=2,
+        attn_channels=32,
+        attn_rows=2,
+        attn_cols=1,
+        dropout=0.1,
+        cond_res_blocks=1,
+    )
+    return ModelConfig(vqvae=vqvae, top_prior=prior, bottom_prior=PriorConfig(**{**asdict(prior), "cond_codes": 512}))
+
+
+#: Named architectures for ``vqcodec train``.
+ARCHITECTURES = {"tiny": tiny_config, "medium": medium_config}

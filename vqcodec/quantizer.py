@@ -43,6 +43,8 @@ class VectorQuantizer(nn.Module):
         self.register_buffer("embed", embed)
         self.register_buffer("cluster_size", torch.ones(codes))
         self.register_buffer("embed_sum", embed.clone())
+        # Set from the first training batch (codes drawn from encoder outputs), so no code starts dead.
+        self.register_buffer("initialised", torch.tensor(False))
 
     def indices(self, z: torch.Tensor) -> torch.Tensor:
         """Code indices (B, H, W) of a (B, dim, H, W) map."""
@@ -66,6 +68,9 @@ class VectorQuantizer(nn.Module):
     @torch.no_grad()
     def _ema_update(self, z: torch.Tensor, idx: torch.Tensor) -> None:
         flat = z.permute(0, 2, 3, 1).reshape(-1, self.dim)
+        if not self.initialised:
+            self._init_from(flat)
+            idx = self.indices(z)
         onehot = F.one_hot(idx.reshape(-1), self.codes).type(flat.dtype)
         counts, sums = onehot.sum(0), onehot.t() @ flat
         if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -77,6 +82,16 @@ class VectorQuantizer(nn.Module):
         smoothed = (self.cluster_size + self.eps) / (total + self.codes * self.eps) * total
         self.embed.copy_(self.embed_sum / smoothed.unsqueeze(1))
         self._restart_dead(flat)
+
+    def _init_from(self, flat: torch.Tensor) -> None:
+        pick = torch.randint(0, flat.shape[0], (self.codes,), device=flat.device)
+        fresh = flat[pick].clone()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.broadcast(fresh, 0)
+        self.embed.copy_(fresh)
+        self.embed_sum.copy_(fresh)
+        self.cluster_size.fill_(1.0)
+        self.initialised.fill_(True)
 
     def _restart_dead(self, flat: torch.Tensor) -> None:
         dead = self.cluster_size < self.restart_below

@@ -1,0 +1,93 @@
+"""Training: both stages run end to end on tiny data, resume exactly, and give a working codec."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+from safetensors.torch import load_file
+
+import vqcodec
+from tests.conftest import smooth_image
+from vqcodec.cli import main
+from vqcodec.data import split
+from vqcodec.train import Settings, codebook_use, train_prior, train_vqvae
+from vqcodec.weights import load_model
+
+SETTINGS = Settings(steps=4, batch=2, crop=32, val_every=100, checkpoint_every=100)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    path = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        Image.fromarray(smooth_image(rng, 40 + i, 48)).save(path / f"img{i:02d}.png")
+    return path
+
+
+@pytest.fixture(scope="module")
+def vqvae_ckpt(folder, tmp_path_factory):
+    return train_vqvae(folder, tmp_path_factory.mktemp("run") / "vqvae.ckpt", "tiny", SETTINGS)
+
+
+def test_split_is_fixed_and_disjoint(folder):
+    train, val = split(folder)
+    assert set(train).isdisjoint(val) and len(train) + len(val) == 12
+    assert split(folder) == (train, val)
+
+
+def test_vqvae_resumes_exactly(folder, vqvae_ckpt, tmp_path):
+    torch.manual_seed(0)
+    straight = train_vqvae(folder, tmp_path / "straight.ckpt", "tiny", SETTINGS)
+    torch.manual_seed(0)
+    resumed = tmp_path / "resumed.ckpt"
+    train_vqvae(folder, resumed, "tiny", Settings(**{**SETTINGS.__dict__, "steps": 2}))
+    torch.manual_seed(123)  # the checkpoint, not the caller, decides what comes next
+    train_vqvae(folder, resumed, "tiny", SETTINGS)
+    a, b = load_file(str(straight)), load_file(str(resumed))
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_logs_have_metrics(vqvae_ckpt):
+    lines = [json.loads(line) for line in vqvae_ckpt.with_suffix(".jsonl").read_text().splitlines()]
+    val = [line for line in lines if line["split"] == "val"][-1]
+    assert val["step"] == SETTINGS.steps
+    for key in ("psnr", "mse", "top_perplexity", "top_used", "bottom_perplexity", "bottom_used"):
+        assert np.isfinite(val[key])
+
+
+def test_prior_stage_writes_a_working_codec(folder, vqvae_ckpt, tmp_path):
+    model_path = train_prior(vqvae_ckpt, folder, tmp_path / "prior.ckpt", tmp_path / "model.safetensors",
+                             Settings(steps=3, batch=2, crop=2, val_every=100, checkpoint_every=100))  # fmt: skip
+    val = [json.loads(line) for line in (tmp_path / "prior.jsonl").read_text().splitlines()][-1]
+    assert val["top_bits"] > 0 and val["bottom_bits"] > 0
+    codec = vqcodec.Codec(load_model(model_path), device="cpu")
+    image = smooth_image(np.random.default_rng(1), 30, 41)
+    assert codec.decompress(codec.compress(image)).size == (41, 30)
+
+
+def test_cli_train_commands(folder, tmp_path):
+    runner = CliRunner()
+    ckpt, model = tmp_path / "v.ckpt", tmp_path / "m.safetensors"
+    common = ["--steps", "2", "--batch", "2", "--val-every", "100", "--checkpoint-every", "100"]
+    result = runner.invoke(main, ["train", "vqvae", "--data", str(folder), "--out", str(ckpt), "--arch", "tiny",
+                                  "--crop", "32", *common])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(main, ["train", "prior", "--vqvae", str(ckpt), "--data", str(folder), "--out", str(model),
+                                  "--crop", "2", *common])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert load_model(model).config.vqvae.top_codes == 16
+    bad = runner.invoke(main, ["train", "prior", "--vqvae", str(model), "--data", str(folder), "--out", str(model)])
+    assert bad.exit_code == 1 and "checkpoint" in bad.output
+
+
+def test_codebook_use():
+    use = codebook_use([np.array([[0, 1], [1, 1]])], 4)
+    assert use["used"] == 0.5
+    assert use["perplexity"] == pytest.approx(np.exp(-(0.25 * np.log(0.25) + 0.75 * np.log(0.75))))

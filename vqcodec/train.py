@@ -1,0 +1,312 @@
+"""Training: stage 1 learns the VQ-VAE, stage 2 the two priors on its code maps.
+
+Both stages draw random crops from a folder of images (a fixed split holds out one image in
+``data.VALIDATION_EVERY`` for validation), write JSON lines of training and validation metrics,
+and checkpoint model, optimizer and sampler so a run resumes exactly. Under ``torchrun`` they
+train data-parallel (DDP): each process draws its own crops, process 0 logs and saves.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from . import data
+from .checkpoint import load_checkpoint, load_modules, read_meta, save_checkpoint
+from .codec import DEFAULT_TILE
+from .config import ARCHITECTURES, ModelConfig
+from .errors import ModelError
+from .image import padding
+from .model import CodecModel
+from .prior import PixelSNAIL, calibrate
+from .vqvae import VQVAE2, loss
+from .weights import save_model
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How long and how a stage trains."""
+
+    steps: int = 20000
+    batch: int = 16
+    crop: int = 128  # pixels for the VQ-VAE; top-map codes for the priors (bottom crops are twice that)
+    lr: float = 3e-4
+    seed: int = 0
+    val_every: int = 500
+    checkpoint_every: int = 1000
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def _device() -> torch.device:
+    """The GPU of this process (torchrun's LOCAL_RANK) when there is one, else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+@dataclass
+class _Run:
+    """What both stages share: the optimizer loop, logging, checkpointing and resuming."""
+
+    out: Path
+    modules: dict[str, nn.Module]
+    settings: Settings
+    meta: dict
+
+    def __post_init__(self) -> None:
+        params = [p for m in self.modules.values() for p in m.parameters()]
+        self.optimizer = torch.optim.Adam(params, lr=self.settings.lr)
+        self.generator = torch.Generator().manual_seed(self.settings.seed + _rank())
+        self.step = 0
+        self.log_path = self.out.with_suffix(".jsonl")
+
+    def resume(self) -> None:
+        """Continue from ``out`` if it exists (other processes than 0 draw fresh crops)."""
+        if self.out.exists():
+            self.step = load_checkpoint(self.out, self.modules, self.optimizer, self.generator)["step"]
+            if _rank():
+                self.generator.manual_seed(self.settings.seed + 1_000_003 * _rank() + self.step)
+
+    def log(self, split: str, metrics: dict[str, float]) -> None:
+        if _rank() == 0:
+            with self.log_path.open("a") as f:
+                f.write(json.dumps({"step": self.step, "split": split, "time": time.time(), **metrics}) + "\n")
+
+    def save(self) -> None:
+        if _rank() == 0:
+            save_checkpoint(self.out, self.modules, self.optimizer, self.generator, {**self.meta, "step": self.step})
+
+    def loop(self, train_step: Callable[[], dict[str, float]], validate: Callable[[], dict[str, float]]) -> None:
+        """Run ``train_step`` until ``settings.steps``, validating and checkpointing on schedule."""
+        s = self.settings
+        bar = tqdm(total=s.steps, initial=self.step, disable=_rank() != 0, dynamic_ncols=True)
+        running = None
+        while self.step < s.steps:
+            metrics = train_step()
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.step += 1
+            running = metrics["loss"] if running is None else 0.98 * running + 0.02 * metrics["loss"]
+            bar.update(1)
+            bar.set_postfix(loss=f"{running:.4f}")
+            if self.step % 50 == 0:
+                self.log("train", metrics)
+            if self.step % s.val_every == 0 or self.step == s.steps:
+                self.log("val", validate())
+            if self.step % s.checkpoint_every == 0 or self.step == s.steps:
+                self.save()
+        bar.close()
+
+
+def _ddp(module: nn.Module) -> nn.Module:
+    if dist.is_available() and dist.is_initialized():
+        return nn.parallel.DistributedDataParallel(module)
+    return module
+
+
+def _psnr(mse_255: float) -> float:
+    return 10 * math.log10(255**2 / mse_255) if mse_255 > 0 else math.inf
+
+
+def codebook_use(codes: list[np.ndarray], size: int) -> dict[str, float]:
+    """Perplexity of the code histogram and the share of codes used at least once."""
+    counts = np.bincount(np.concatenate([c.reshape(-1) for c in codes]), minlength=size)
+    p = counts[counts > 0] / counts.sum()
+    return {"perplexity": float(np.exp(-(p * np.log(p)).sum())), "used": float((counts > 0).mean())}
+
+
+# -- stage 1: the VQ-VAE -----------------------------------------------------------------------
+
+
+def train_vqvae(folder: str | Path, out: str | Path, arch: str = "medium", settings: Settings = Settings()) -> Path:
+    """Train (or resume) a VQ-VAE on the images of ``folder``; the checkpoint goes to ``out``."""
+    out = Path(out)
+    config = _architecture(arch)
+    device = _device()
+    model = VQVAE2(config.vqvae).to(device)
+    run = _Run(out, {"vqvae": model}, settings, {"stage": "vqvae", "config": config.to_json()})
+    run.resume()
+    train_files, val_files = data.split(folder)
+    sampler = data.CropSampler(data.load_rgb(train_files), settings.crop, run.generator)
+    val_images = data.centre_crops(data.load_rgb(val_files), settings.crop)
+    net = _ddp(model)
+
+    def train_step() -> dict[str, float]:
+        model.train()
+        x = sampler.sample(settings.batch).to(device)
+        result = net(x)
+        total = loss(result, x)
+        total.backward()
+        mse = F.mse_loss(result.recon.detach(), x).item()
+        return {"loss": total.item(), "mse": mse, "psnr": _psnr(mse * 127.5**2)}
+
+    run.loop(train_step, lambda: validate_vqvae(model, val_images))
+    return out
+
+
+@torch.no_grad()
+def validate_vqvae(model: VQVAE2, images: list[np.ndarray]) -> dict[str, float]:
+    """PSNR of the 8-bit reconstructions and codebook use of both maps, over fixed crops."""
+    model.eval()
+    x = data.to_batch(images).to(next(model.parameters()).device)
+    top, bottom = model.encode(x)
+    recon = ((model.decode(top, bottom) + 1) * 127.5).round().clamp(0, 255)
+    mse = ((recon - (x + 1) * 127.5).round() ** 2).mean().item()
+    use_t = codebook_use([top.cpu().numpy()], model.config.top_codes)
+    use_b = codebook_use([bottom.cpu().numpy()], model.config.bottom_codes)
+    return {
+        "mse": mse,
+        "psnr": _psnr(mse),
+        **{f"top_{k}": v for k, v in use_t.items()},
+        **{f"bottom_{k}": v for k, v in use_b.items()},
+    }
+
+
+# -- stage 2: the priors -----------------------------------------------------------------------
+
+
+def load_vqvae(checkpoint: str | Path) -> tuple[VQVAE2, ModelConfig]:
+    """The VQ-VAE of a stage-1 checkpoint, in eval mode."""
+    meta = read_meta(checkpoint)
+    if meta.get("stage") != "vqvae":
+        raise ModelError(f"{checkpoint} is not a VQ-VAE checkpoint (stage {meta.get('stage')!r})")
+    config = ModelConfig.from_json(meta["config"])
+    model = VQVAE2(config.vqvae)
+    load_modules(checkpoint, {"vqvae": model})
+    return model.eval(), config
+
+
+@torch.no_grad()
+def code_maps(model: VQVAE2, images: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(top, bottom) code maps of whole images, edge-padded as the codec pads them."""
+    s = model.config.top_stride
+    maps = []
+    for img in images:
+        h, w = img.shape[:2]
+        padded = np.pad(img, ((0, padding(h, s)), (0, padding(w, s)), (0, 0)), mode="edge")
+        top, bottom = model.encode(data.to_batch([padded]))
+        maps.append((top[0].numpy(), bottom[0].numpy()))
+    return maps
+
+
+class MapCropSampler:
+    """Aligned random crops of (top, bottom) maps: size x size top codes, 2size x 2size bottom codes."""
+
+    def __init__(self, maps: list[tuple[np.ndarray, np.ndarray]], size: int, generator: torch.Generator):
+        self.maps = [(t, b) for t, b in maps if min(t.shape) >= size]
+        if not self.maps:
+            raise ModelError(f"no code map is {size} codes on a side; use a smaller --crop")
+        self.size, self.generator = size, generator
+
+    def _randint(self, high: int) -> int:
+        return int(torch.randint(high, (1,), generator=self.generator))
+
+    def sample(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        tops, bottoms = [], []
+        for _ in range(batch):
+            top, bottom = self.maps[self._randint(len(self.maps))]
+            r, c = self._randint(top.shape[0] - self.size + 1), self._randint(top.shape[1] - self.size + 1)
+            tops.append(top[r : r + self.size, c : c + self.size])
+            bottoms.append(bottom[2 * r : 2 * (r + self.size), 2 * c : 2 * (c + self.size)])
+        return torch.from_numpy(np.stack(tops)), torch.from_numpy(np.stack(bottoms))
+
+
+def _crops(maps: list[tuple[np.ndarray, np.ndarray]], size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Every whole size x size tile of each map (matching how the codec tiles maps)."""
+    for top, bottom in maps:
+        for r in range(0, top.shape[0] - size + 1, size):
+            for c in range(0, top.shape[1] - size + 1, size):
+                yield (
+                    torch.from_numpy(top[None, r : r + size, c : c + size]),
+                    torch.from_numpy(bottom[None, 2 * r : 2 * (r + size), 2 * c : 2 * (c + size)]),
+                )
+
+
+def train_prior(
+    vqvae_checkpoint: str | Path,
+    folder: str | Path,
+    out: str | Path,
+    model_out: str | Path,
+    settings: Settings = Settings(crop=DEFAULT_TILE),
+) -> Path:
+    """Train (or resume) both priors on the code maps of ``folder``; write the finished, calibrated
+    codec model to ``model_out`` (the checkpoint for resuming goes to ``out``)."""
+    out, model_out = Path(out), Path(model_out)
+    vqvae, config = load_vqvae(vqvae_checkpoint)
+    device = _device()
+    top_prior, bottom_prior = PixelSNAIL(config.top_prior).to(device), PixelSNAIL(config.bottom_prior).to(device)
+    run = _Run(out, {"top_prior": top_prior, "bottom_prior": bottom_prior}, settings, {"stage": "prior"})
+    run.resume()
+    train_files, val_files = data.split(folder)
+    train_maps = code_maps(vqvae, data.load_rgb(train_files))
+    val_maps = code_maps(vqvae, data.load_rgb(val_files))
+    sampler = MapCropSampler(train_maps, settings.crop, run.generator)
+    val_crops = [(t.to(device), b.to(device)) for t, b in _crops(val_maps, settings.crop)]
+    top_net, bottom_net = _ddp(top_prior), _ddp(bottom_prior)
+
+    def train_step() -> dict[str, float]:
+        top_prior.train()
+        bottom_prior.train()
+        top, bottom = (m.to(device) for m in sampler.sample(settings.batch))
+        ce_top = F.cross_entropy(top_net(top), top)
+        ce_bottom = F.cross_entropy(bottom_net(bottom, top), bottom)
+        (ce_top + ce_bottom).backward()
+        bits = 1 / math.log(2)
+        return {
+            "loss": (ce_top + ce_bottom).item(),
+            "top_bits": ce_top.item() * bits,
+            "bottom_bits": ce_bottom.item() * bits,
+        }
+
+    run.loop(train_step, lambda: validate_priors(top_prior, bottom_prior, val_crops))
+    if _rank() == 0:
+        calibrate(top_prior, [(t, None) for t, _ in val_crops])
+        calibrate(bottom_prior, [(b, t) for t, b in val_crops])
+        model = CodecModel(config).to(device)
+        model.vqvae.load_state_dict(vqvae.state_dict())
+        model.top_prior.load_state_dict(top_prior.state_dict())
+        model.bottom_prior.load_state_dict(bottom_prior.state_dict())
+        save_model(model, model_out, half=True)
+    return model_out
+
+
+@torch.no_grad()
+def validate_priors(
+    top_prior: PixelSNAIL, bottom_prior: PixelSNAIL, crops: list[tuple[torch.Tensor, torch.Tensor]]
+) -> dict[str, float]:
+    """Bits per code of each map under the float priors, over the validation tiles."""
+    top_prior.eval()
+    bottom_prior.eval()
+    nats_t = sum(F.cross_entropy(top_prior(t), t, reduction="sum").item() for t, _ in crops)
+    nats_b = sum(F.cross_entropy(bottom_prior(b, t), b, reduction="sum").item() for t, b in crops)
+    n_t, n_b = sum(t.numel() for t, _ in crops), sum(b.numel() for _, b in crops)
+    return {"top_bits": nats_t / n_t / math.log(2), "bottom_bits": nats_b / n_b / math.log(2)}
+
+
+def _architecture(name: str) -> ModelConfig:
+    if name not in ARCHITECTURES:
+        raise ModelError(f"unknown architecture {name!r}; choose from {', '.join(ARCHITECTURES)}")
+    return ARCHITECTURES[name]()
+
+
+def init_distributed() -> bool:
+    """Join the process group when started by torchrun (gloo on the CPU, NCCL on GPUs)."""
+    if "RANK" not in os.environ or dist.is_initialized():
+        return False
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return True
