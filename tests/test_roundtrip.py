@@ -98,3 +98,17 @@ def test_many_batches_round_trip(codec, rng, monkeypatch):
     """Maps larger than one batch of regions are coded batch by batch."""
     monkeypatch.setattr(vqcodec.codec, "MAX_BATCH_POSITIONS", 40)
     assert_round_trip(vqcodec.Codec(make_model(seed=9), device="cpu", tile=2), smooth_image(rng, 70, 50))
+
+
+def test_windowed_vqvae_matches_whole_image(rng, monkeypatch):
+    """Analysis and synthesis in small windows with margins give the whole-image result."""
+    codec = vqcodec.Codec(make_model(seed=12), device="cpu")
+    image = smooth_image(rng, 70, 90)
+    whole = codec.encode(image).codes
+    whole_pixels = codec.reconstruct(whole, 90, 70)
+    monkeypatch.setattr(vqcodec.codec, "WINDOW", 2)
+    windowed = codec.encode(image).codes
+    assert (windowed.top == whole.top).mean() > 0.99 and (windowed.bottom == whole.bottom).mean() > 0.99
+    pixels = codec.reconstruct(whole, 90, 70).astype(int)
+    assert np.abs(pixels - whole_pixels).max() <= 1
+    assert (pixels == whole_pixels).mean() > 0.999

@@ -24,6 +24,10 @@ DEFAULT_TILE = 16
 MAX_TILE = 255
 #: Positions coded together: bounds the priors' memory, whatever the image size.
 MAX_BATCH_POSITIONS = 1 << 15
+#: The VQ-VAE runs on windows of WINDOW x WINDOW top codes, each with WINDOW_MARGIN codes of
+#: context on every side (more than its receptive field), so memory stays bounded without seams.
+WINDOW = 32
+WINDOW_MARGIN = 6
 #: The preset ``load()`` picks when none is named.
 DEFAULT_PRESET = "medium"
 _MODEL_SUFFIX = ".safetensors"
@@ -138,9 +142,7 @@ class Codec:
         """Compress ``image`` and report its code maps and the bits each map took."""
         pic = read_image(image)
         width, height = pic.size
-        x = to_tensor(pic.rgb, self.top_stride).to(self.device)
-        top, bottom = self.model.vqvae.encode(x)
-        top_np, bottom_np = top[0].cpu().numpy(), bottom[0].cpu().numpy()
+        top_np, bottom_np = self._analyse(pic.rgb)
         top_symbols, top_probs = self._coding_order(self.top_prior, top_np, None, self.tile)
         bottom_symbols, bottom_probs = self._coding_order(self.bottom_prior, bottom_np, top_np, 2 * self.tile)
         streams = Streams(
@@ -250,12 +252,31 @@ class Codec:
                 region.take(codes)[...] = flat[base : base + region.h * region.w].reshape(region.shape)
         return codes
 
+    def _analyse(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Top and bottom code maps of an RGB image, window by window."""
+        s = self.top_stride
+        h, w = rgb.shape[:2]
+        padded = np.pad(rgb, ((0, padding(h, s)), (0, padding(w, s)), (0, 0)), mode="edge")
+        top = np.zeros((padded.shape[0] // s, padded.shape[1] // s), dtype=np.int64)
+        bottom = np.zeros((2 * top.shape[0], 2 * top.shape[1]), dtype=np.int64)
+        for inner, outer in tiles.windows(*top.shape, WINDOW, WINDOW_MARGIN):
+            t, b = self.model.vqvae.encode(to_tensor(outer.scaled(s).take(padded)).to(self.device))
+            local = inner.within(outer)
+            inner.take(top)[...] = local.take(t[0].cpu().numpy())
+            inner.scaled(2).take(bottom)[...] = local.scaled(2).take(b[0].cpu().numpy())
+        return top, bottom
+
     @torch.no_grad()
     def reconstruct(self, codes: CodeMaps, width: int, height: int) -> np.ndarray:
-        """The (height, width, 3) uint8 RGB image the model synthesises from ``codes``."""
-        top = torch.as_tensor(codes.top, dtype=torch.long, device=self.device).unsqueeze(0)
-        bottom = torch.as_tensor(codes.bottom, dtype=torch.long, device=self.device).unsqueeze(0)
-        return to_rgb(self.model.vqvae.decode(top, bottom), width, height)
+        """The (height, width, 3) uint8 RGB image the model synthesises from ``codes``, window by window."""
+        s = self.top_stride
+        out = np.zeros((codes.top.shape[0] * s, codes.top.shape[1] * s, 3), dtype=np.uint8)
+        for inner, outer in tiles.windows(*codes.top.shape, WINDOW, WINDOW_MARGIN):
+            top = torch.as_tensor(outer.take(codes.top), device=self.device).unsqueeze(0)
+            bottom = torch.as_tensor(outer.scaled(2).take(codes.bottom), device=self.device).unsqueeze(0)
+            pixels = to_rgb(self.model.vqvae.decode(top, bottom))
+            inner.scaled(s).take(out)[...] = inner.within(outer).scaled(s).take(pixels)
+        return np.ascontiguousarray(out[:height, :width])
 
     def decompress(self, data: bytes) -> Image.Image:
         """The image stored in ``.vqc`` bytes (mode L, LA, RGB or RGBA, as compressed)."""

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from .errors import InputError
-from .image import read_image
+from .image import read_image, to_tensor
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".ppm"}
 #: One image in VALIDATION_EVERY goes to validation, chosen by a hash of its name (stable as files come and go).
@@ -76,7 +76,7 @@ class CropSampler:
 
 def to_batch(images: list[np.ndarray]) -> torch.Tensor:
     """(B, 3, H, W) floats in [-1, 1] from same-sized (H, W, 3) uint8 arrays."""
-    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    return torch.cat([to_tensor(img) for img in images])
 
 
 def centre_crops(images: list[np.ndarray], size: int) -> list[np.ndarray]:

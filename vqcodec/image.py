@@ -112,14 +112,12 @@ def padding(size: int, multiple: int) -> int:
     return -size % multiple
 
 
-def to_tensor(rgb: np.ndarray, multiple: int) -> torch.Tensor:
-    """(1, 3, H', W') floats in [-1, 1], edge-padded on the right and bottom to multiples of ``multiple``."""
-    h, w = rgb.shape[:2]
-    padded = np.pad(rgb, ((0, padding(h, multiple)), (0, padding(w, multiple)), (0, 0)), mode="edge")
-    return torch.from_numpy(padded).permute(2, 0, 1).unsqueeze(0).float() / 127.5 - 1.0
+def to_tensor(rgb: np.ndarray) -> torch.Tensor:
+    """(1, 3, H, W) floats in [-1, 1] from (H, W, 3) uint8."""
+    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).unsqueeze(0).float() / 127.5 - 1.0
 
 
-def to_rgb(x: torch.Tensor, width: int, height: int) -> np.ndarray:
-    """(H, W, 3) uint8 from a (1, 3, H', W') tensor in [-1, 1], cropped to ``width`` x ``height``."""
-    pixels = ((x[0, :, :height, :width] + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
-    return np.ascontiguousarray(pixels.permute(1, 2, 0).cpu().numpy())
+def to_rgb(x: torch.Tensor) -> np.ndarray:
+    """(H, W, 3) uint8 from a (1, 3, H, W) tensor in [-1, 1] (rounded, clamped)."""
+    pixels = ((x[0] + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    return pixels.permute(1, 2, 0).cpu().numpy()
