@@ -1,0 +1,80 @@
+"""Fuzzing: mutated and truncated .vqc files either decode correctly or raise VQCodecError.
+
+1,000 cases by default; VQCODEC_FUZZ_CASES=100000 for the slow run.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import vqcodec
+from tests.conftest import make_model, smooth_image
+from vqcodec import container
+
+CASES = int(os.environ.get("VQCODEC_FUZZ_CASES", "1000"))
+
+CODEC = vqcodec.Codec(make_model(), device="cpu")
+SAMPLE = CODEC.compress(smooth_image(np.random.default_rng(3), 19, 23, 4))
+REFERENCE = CODEC.decompress(SAMPLE)
+
+
+def _decode_or_refuse(data: bytes) -> None:
+    try:
+        image = CODEC.decompress(data)
+    except vqcodec.VQCodecError:
+        return
+    # Anything that decodes must be the original (a change that touched nothing coded).
+    assert image.tobytes() == REFERENCE.tobytes()
+
+
+@settings(max_examples=CASES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    edits=st.lists(st.tuples(st.integers(0, len(SAMPLE) - 1), st.integers(0, 255)), min_size=1, max_size=8),
+    cut=st.integers(0, len(SAMPLE)),
+    tail=st.binary(max_size=8),
+)
+def test_mutated_files(edits, cut, tail):
+    data = bytearray(SAMPLE)
+    for pos, value in edits:
+        data[pos] = value
+    _decode_or_refuse(bytes(data[:cut]) + tail)
+
+
+def _forge(**fields) -> bytes:
+    """The sample with header fields replaced and both checksums made valid again."""
+    header = container.read_header(SAMPLE)
+    _, streams = container.unpack(SAMPLE)
+    return container.pack(container.Header(**{**header.__dict__, **fields}), streams)
+
+
+small = st.integers(0, 40)
+
+
+@settings(max_examples=max(CASES // 5, 100), deadline=None)
+@given(
+    width=small, height=small, channels=st.integers(0, 255), tile=st.integers(0, 255), pad_x=small, pad_y=small,
+    top_shape=st.tuples(small, small), bottom_shape=st.tuples(small, small),
+)  # fmt: skip
+def test_forged_small_headers(**fields):
+    """Crafted headers pass the checksums, so every field must be checked before it is used."""
+    _decode_or_refuse(_forge(**fields))
+
+
+@settings(max_examples=max(CASES // 5, 100), deadline=None)
+@given(
+    width=st.integers(0, 2**32 - 1), height=st.integers(0, 2**32 - 1),
+    top_shape=st.tuples(st.integers(0, 65535), st.integers(0, 65535)),
+    bottom_shape=st.tuples(st.integers(0, 65535), st.integers(0, 65535)),
+)  # fmt: skip
+def test_forged_large_headers_are_refused_before_decoding(**fields):
+    """Huge or inconsistent sizes are refused by the header checks alone, before any allocation."""
+    header = container.read_header(SAMPLE)
+    if all(getattr(header, k) == v for k, v in fields.items()):
+        return  # the sample's own header
+    with pytest.raises(vqcodec.VQCodecError):
+        CODEC.read_header(_forge(**fields))
