@@ -127,6 +127,7 @@ def info(src: Path) -> None:
         ("format", f".vqc version {container.VERSION}"),
         ("model", h.model_id.hex()),
         ("image", f"{h.width}x{h.height}, {h.channels} channel(s), padded by {h.pad_x}x{h.pad_y}"),
+        ("tiles", f"{h.tile}x{h.tile} top codes, {2 * h.tile}x{2 * h.tile} bottom codes"),
         ("file", f"{len(data)} bytes{'' if complete else ' (INCOMPLETE or with trailing bytes)'}"),
         ("bpp", f"{8 * len(data) / pixels:.4f}"),
     ]

@@ -112,3 +112,28 @@ def test_windowed_vqvae_matches_whole_image(rng, monkeypatch):
     pixels = codec.reconstruct(whole, 90, 70).astype(int)
     assert np.abs(pixels - whole_pixels).max() <= 1
     assert (pixels == whole_pixels).mean() > 0.999
+
+
+def test_sixteen_bit_input_is_reduced_with_a_warning(codec, rng):
+    gray16 = smooth_image(rng, 12, 14, 1)[:, :, 0].astype(np.uint16) * 257
+    with pytest.warns(UserWarning, match="16-bit"):
+        data16 = codec.compress(Image.fromarray(gray16))
+    assert data16 == codec.compress(Image.fromarray((gray16 // 257).astype(np.uint8)))
+    with pytest.warns(UserWarning, match="16-bit"):
+        assert codec.decompress(codec.compress(np.stack([gray16] * 3, -1))).mode == "RGB"
+
+
+@pytest.mark.parametrize("bad", [np.zeros((4, 4, 3), np.float32), np.full((4, 4), -1, np.int32), np.zeros((4, 4, 5), np.uint8),
+                                 np.zeros((0, 4, 3), np.uint8), "no/such/file.png", 42])  # fmt: skip
+def test_bad_inputs_raise_input_error(codec, bad):
+    with pytest.raises(vqcodec.InputError):
+        codec.compress(bad)
+
+
+def test_exif_orientation_is_applied(codec, rng, tmp_path):
+    arr = smooth_image(rng, 10, 20)
+    img = Image.fromarray(arr)
+    exif = img.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise on display
+    img.save(tmp_path / "r.jpg", exif=exif)
+    assert codec.decompress(codec.compress(tmp_path / "r.jpg")).size == (10, 20)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,7 +17,7 @@ ImageLike = Image.Image | np.ndarray | str | os.PathLike
 
 #: PIL modes read as RGB without alpha; anything with transparency goes through RGBA.
 _RGB_MODES = {"RGB", "CMYK", "YCbCr", "LAB", "HSV"}
-_HIGH_DEPTH_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+_HIGH_DEPTH_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,9 @@ def _from_pil(img: Image.Image) -> Picture:
     _check_size(*img.size)
     mode = img.mode
     if mode in _HIGH_DEPTH_MODES:
-        raise InputError(f"{mode} images (more than 8 bits per channel) are not supported")
+        return _from_array(np.asarray(img))
+    if mode == "F":
+        raise InputError("floating-point images are not supported; convert to 8 or 16 bits per channel")
     if mode == "1":
         img, mode = img.convert("L"), "L"
     if mode in ("P", "PA"):
@@ -72,9 +75,18 @@ def _from_pil(img: Image.Image) -> Picture:
     raise InputError(f"unsupported image mode {mode}")
 
 
+def _to_8bit(arr: np.ndarray) -> np.ndarray:
+    """uint8 from uint16 (or 16-bit values in wider integers), with a warning: the codec is 8-bit."""
+    if arr.dtype == np.uint8:
+        return arr
+    if arr.dtype.kind not in "iu" or (arr.size and (arr.min() < 0 or arr.max() > 65535)):
+        raise InputError(f"image arrays must hold 8- or 16-bit unsigned values, got {arr.dtype}")
+    warnings.warn("16-bit image reduced to 8 bits per channel", UserWarning, stacklevel=4)
+    return ((arr.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+
+
 def _from_array(arr: np.ndarray) -> Picture:
-    if arr.dtype != np.uint8:
-        raise InputError(f"image arrays must be uint8, got {arr.dtype}")
+    arr = _to_8bit(arr)
     if arr.ndim == 2:
         arr = arr[:, :, None]
     if arr.ndim != 3 or arr.shape[2] not in (1, 2, 3, 4):
