@@ -123,8 +123,17 @@ def test_sixteen_bit_input_is_reduced_with_a_warning(codec, rng):
         assert codec.decompress(codec.compress(np.stack([gray16] * 3, -1))).mode == "RGB"
 
 
-@pytest.mark.parametrize("bad", [np.zeros((4, 4, 3), np.float32), np.full((4, 4), -1, np.int32), np.zeros((4, 4, 5), np.uint8),
-                                 np.zeros((0, 4, 3), np.uint8), "no/such/file.png", 42])  # fmt: skip
+BAD_INPUTS = [
+    np.zeros((4, 4, 3), np.float32),
+    np.full((4, 4), -1, np.int32),
+    np.zeros((4, 4, 5), np.uint8),
+    np.zeros((0, 4, 3), np.uint8),
+    "no/such/file.png",
+    42,
+]
+
+
+@pytest.mark.parametrize("bad", BAD_INPUTS)
 def test_bad_inputs_raise_input_error(codec, bad):
     with pytest.raises(vqcodec.InputError):
         codec.compress(bad)
