@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -13,6 +16,7 @@ from safetensors.torch import load_file
 
 import vqcodec
 from tests.conftest import smooth_image
+from vqcodec.checkpoint import read_meta
 from vqcodec.cli import main
 from vqcodec.data import split
 from vqcodec.train import Settings, codebook_use, train_prior, train_vqvae
@@ -91,3 +95,16 @@ def test_codebook_use():
     use = codebook_use([np.array([[0, 1], [1, 1]])], 4)
     assert use["used"] == 0.5
     assert use["perplexity"] == pytest.approx(np.exp(-(0.25 * np.log(0.25) + 0.75 * np.log(0.75))))
+
+
+def test_ddp_with_two_processes(folder, tmp_path):
+    """torchrun with two gloo processes trains, and only process 0 writes."""
+    out = tmp_path / "ddp.ckpt"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           "-m", "vqcodec", "train", "vqvae", "--data", str(folder), "--out", str(out), "--arch", "tiny",
+           "--steps", "2", "--batch", "2", "--crop", "32", "--val-every", "100", "--checkpoint-every", "100"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert read_meta(out)["step"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp.ckpt", "ddp.jsonl"]
