@@ -100,9 +100,10 @@ def test_codebook_use():
 def test_ddp_with_two_processes(folder, tmp_path):
     """torchrun with two gloo processes trains, and only process 0 writes."""
     out = tmp_path / "ddp.ckpt"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-           "-m", "vqcodec", "train", "vqvae", "--data", str(folder), "--out", str(out), "--arch", "tiny",
-           "--steps", "2", "--batch", "2", "--crop", "32", "--val-every", "100", "--checkpoint-every", "100"]  # fmt: skip
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517"]
+    train = ["-m", "vqcodec", "train", "vqvae", "--data", str(folder), "--out", str(out), "--arch", "tiny"]
+    settings = ["--steps", "2", "--batch", "2", "--crop", "32", "--val-every", "100", "--checkpoint-every", "100"]
+    cmd = [*torchrun, *train, *settings]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
