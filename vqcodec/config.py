@@ -57,8 +57,9 @@ class PriorConfig:
     res_blocks: int = 2
     attn_heads: int = 4
     attn_channels: int = 64
-    attn_rows: int = 2
-    attn_cols: int = 2
+    attn_rows: int = 4
+    attn_left: int = 6
+    attn_right: int = 1
     dropout: float = 0.1
     cond_codes: int = 0
     cond_res_blocks: int = 2
@@ -68,8 +69,8 @@ class PriorConfig:
             raise ModelError(f"prior kernel must be odd and >= 3, got {self.kernel}")
         if self.attn_channels % self.attn_heads:
             raise ModelError("attn_channels must be a multiple of attn_heads")
-        if self.attn_rows < 1 or self.attn_cols < 0:
-            raise ModelError("the attention window needs attn_rows >= 1 and attn_cols >= 0")
+        if self.attn_rows < 1 or self.attn_left < 0 or self.attn_right < 0:
+            raise ModelError("the attention window needs attn_rows >= 1, attn_left >= 0 and attn_right >= 0")
 
 
 @dataclass(frozen=True)
@@ -145,7 +146,8 @@ def tiny_config(codes: int = 16, bottom_stride: int = 4) -> ModelConfig:
         attn_heads=2,
         attn_channels=8,
         attn_rows=1,
-        attn_cols=1,
+        attn_left=1,
+        attn_right=1,
         dropout=0.0,
         cond_res_blocks=1,
     )
@@ -159,13 +161,14 @@ def medium_config() -> ModelConfig:
     prior = PriorConfig(
         codes=512,
         channels=64,
-        kernel=5,
+        kernel=3,
         blocks=1,
         res_blocks=2,
         attn_heads=2,
         attn_channels=32,
-        attn_rows=2,
-        attn_cols=1,
+        attn_rows=4,
+        attn_left=6,
+        attn_right=1,
         dropout=0.1,
         cond_res_blocks=1,
     )

@@ -7,8 +7,8 @@ decoding order. The receptive field is chosen so that decoding can proceed in wa
 - the first convolution is strict (it never sees the position it predicts) and reaches
   ``kernel // 2`` columns to the right in the rows above;
 - the residual convolutions see only the rows above and the columns to the left ("down-right");
-- attention sees a window of ``attn_rows`` rows above, ``attn_cols`` columns either side, and
-  the positions to the left on its own row.
+- attention sees a window of ``attn_rows`` rows above, from ``attn_left`` columns to the left
+  to ``attn_right`` columns to the right, and ``attn_left`` positions to the left on its own row.
 
 So the logits at (r, c) depend on codes at most ``right_reach`` columns to the right in the row
 above, and every position with ``c + r * (right_reach + 1) == t`` can be decoded at step t.
@@ -62,10 +62,11 @@ def full_offsets(kernel: int) -> Offsets:
     return tuple((dy, dx) for dy in range(-half, half + 1) for dx in range(-half, half + 1))
 
 
-def attention_offsets(rows: int, cols: int) -> Offsets:
-    """Keys of a query at (0, 0): ``rows`` rows above within ``cols`` columns, and ``cols`` to the left."""
-    above = tuple((dy, dx) for dy in range(-rows, 0) for dx in range(-cols, cols + 1))
-    return above + tuple((0, dx) for dx in range(-cols, 0))
+def attention_offsets(rows: int, left: int, right: int) -> Offsets:
+    """Keys of a query at (0, 0): ``rows`` rows above from ``left`` columns to the left to ``right``
+    to the right, and ``left`` columns to the left on its own row. Only ``right`` limits wavefronts."""
+    above = tuple((dy, dx) for dy in range(-rows, 0) for dx in range(-left, right + 1))
+    return above + tuple((0, dx) for dx in range(-left, 0))
 
 
 def neighbours(offsets: Offsets, h: int, w: int, device: torch.device | None = None) -> torch.Tensor:
@@ -177,7 +178,7 @@ class PixelBlock(nn.Module):
         self.res = nn.ModuleList(
             GatedResBlock(c.channels, c.kernel, res_offsets, c.dropout, cond=cond_channels) for _ in range(c.res_blocks)
         )
-        window = attention_offsets(c.attn_rows, c.attn_cols)
+        window = attention_offsets(c.attn_rows, c.attn_left, c.attn_right)
         self.attn = WindowAttention(
             c.channels + 2, 2 * c.channels + 2, c.attn_channels, c.attn_heads, window, c.dropout
         )
@@ -235,7 +236,7 @@ class PixelSNAIL(nn.Module):
     @property
     def right_reach(self) -> int:
         """How many columns to the right, in the row above, the logits of a position can see."""
-        return self.config.kernel // 2 + self.config.blocks * self.config.attn_cols
+        return self.config.kernel // 2 + self.config.blocks * self.config.attn_right
 
     def condition(self, cond_codes: torch.Tensor | None) -> torch.Tensor | None:
         """Conditioning features for a top map (None for the unconditional prior)."""

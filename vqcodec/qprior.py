@@ -40,7 +40,10 @@ LOGIT_STEPS = 64
 LOGIT_LIMIT = 1 << 20
 #: Probability tables are integers up to 2^PROB_BITS, at least 1, so no code is ever impossible.
 PROB_BITS = 24
-#: Attention weights are integers up to 2^ATTN_BITS.
+#: Rows an op handles at once in a single pass over a map (bounds temporary memory).
+ROW_CHUNK = 4096
+#: Attention weights are integers up to 2^ATTN_BITS (fewer for windows so large that their
+#: float32 sums would pass 2^24).
 ATTN_BITS = 12
 _MAX_TABLE = 1 << 20
 
@@ -201,14 +204,18 @@ class QConv:
     offset: ArrayLike  # (C_out,) float64
     limit: int = QMAX
 
-    def __call__(self, state: MapState, rows: ArrayLike) -> None:
+    def compute(self, state: MapState, rows: ArrayLike) -> ArrayLike:
+        """The (S, C_out) outputs at ``rows``, without caching them."""
         xp, acc, weights = state.xp, None, iter(self.weights)
         for name, offsets in self.segments:
             x = state.gather(name, offsets, rows)
             for a in range(0, x.shape[1], CHUNK):
                 part = x[:, a : a + CHUNK] @ next(weights)
                 acc = part if acc is None else xp.f64(acc) + part
-        state.write(self.out, rows, xp.rint(acc * self.scale + self.offset, self.limit))
+        return xp.rint(acc * self.scale + self.offset, self.limit)
+
+    def __call__(self, state: MapState, rows: ArrayLike) -> None:
+        state.write(self.out, rows, self.compute(state, rows))
 
 
 @dataclass
@@ -273,17 +280,18 @@ class Attention:
         xp, s, h = state.xp, rows.shape[0], self.heads
         idx = state.neighbours(self.offsets, rows)  # (S, T)
         t = idx.shape[1]
-        q = state.caches[self.query][rows].reshape(s, h, 1, -1)
+        q = state.caches[self.query][rows].reshape(s, h, -1, 1)
         k = state.caches[self.key][idx].reshape(s, t, h, -1).swapaxes(1, 2)  # (S, h, T, d)
-        v = xp.f64(state.caches[self.value][idx].reshape(s, t, h, -1).swapaxes(1, 2))
-        scores = xp.f64((q @ k.swapaxes(-1, -2)).reshape(s, h, t))  # exact integers
+        v = state.caches[self.value][idx].reshape(s, t, h, -1).swapaxes(1, 2)
+        scores = (k @ q).reshape(s, h, t)  # exact: d * 127^2 < 2^24
         valid = (idx < state.n).reshape(s, 1, t)
         top = xp.reduce(xp.where(valid, scores, -math.inf), "max")
         dist = xp.index(xp.where(valid, top - scores, 0.0))
         dist[dist >= len(self.exp)] = len(self.exp) - 1
-        weights = xp.where(valid, self.exp[dist], 0.0)  # (S, h, T) float64 integers
-        numer = (weights.reshape(s, h, 1, t) @ v).reshape(s, h, -1)  # (S, h, d)
-        denom = xp.reduce(weights, "sum")
+        # Integer weights below 2^bits with T * 2^bits * 127 < 2^24 keep the float32 sums exact.
+        weights = xp.f32(xp.where(valid, self.exp[dist], 0.0))  # (S, h, T)
+        numer = xp.f64((weights.reshape(s, h, 1, t) @ v).reshape(s, h, -1))  # (S, h, d)
+        denom = xp.f64(xp.reduce(weights, "sum"))
         out = xp.where(denom > 0, numer / xp.where(denom > 0, denom, 1.0) * self.scale, 0.0)
         state.write(self.out, rows, xp.rint(out.reshape(s, -1), QMAX))
 
@@ -373,7 +381,9 @@ class _Builder:
         d = cq.shape[0] // attn.heads
         step = self.scales[q] * self.scales[kv[0]] / math.sqrt(d)
         out = self.name("attn")
-        table = exp_table(step, ATTN_BITS, 0)
+        keys = len(attn.offsets)
+        bits = min(ATTN_BITS, int(math.log2((1 << 24) / (keys * QMAX))))
+        table = exp_table(step, bits, 0)
         self.ops.append(
             Attention(out, q, kv[0], kv[1], attn.offsets, attn.heads, table, self.scales[kv[1]] / _scale(attn.r_out))
         )
@@ -423,11 +433,9 @@ class IntegerPrior:
             attn = b.attention(block.attn, x, h, "bg")
             x = b.gated(block.out, h, aux=attn)
         head = prior.head
-        self.logits = b.conv(
-            [(head.tap_weights(), b.elu(x), ((0, 0),))], head.bias, 1.0 / LOGIT_STEPS, "logits", LOGIT_LIMIT
-        )
-        self.ops = b.ops
-        for op in [*self.cond_ops, *self.ops]:
+        b.conv([(head.tap_weights(), b.elu(x), ((0, 0),))], head.bias, 1.0 / LOGIT_STEPS, "logits", LOGIT_LIMIT)
+        *self.ops, self.head = b.ops
+        for op in [*self.cond_ops, *self.ops, self.head]:
             for key, value in vars(op).items():
                 if isinstance(value, torch.Tensor):
                     setattr(op, key, self.xp.array(value))
@@ -435,7 +443,7 @@ class IntegerPrior:
                     setattr(op, key, [self.xp.array(v) for v in value])
         self.embed = self.xp.array(embed)
         self.cond_embed = self.xp.array(cond_embed) if cond_embed is not None else None
-        self.probs = self.xp.array(exp_table(1.0 / LOGIT_STEPS, PROB_BITS, 1))
+        self.probs = self.xp.f32(self.xp.array(exp_table(1.0 / LOGIT_STEPS, PROB_BITS, 1)))
 
     @staticmethod
     def _cond_net(b: _Builder, prior: PixelSNAIL) -> str:
@@ -490,16 +498,24 @@ class IntegerPrior:
         state.write("emb", self.xp.array(rows), self.embed[self.xp.array(np.asarray(codes, dtype=np.int64))])
 
     def probabilities(self, state: MapState, rows: np.ndarray) -> np.ndarray:
-        """(len(rows), K) integer probability rows (float64) for positions whose context is set."""
+        """(len(rows), K) integer probability rows (float32) for positions whose context is set."""
         xp = self.xp
-        rows = xp.array(rows)
+        # Each op runs over ROW_CHUNK rows at a time, which bounds its temporaries; an op's rows
+        # depend only on earlier ops, so the split does not change any result.
+        chunks = [xp.array(rows[a : a + ROW_CHUNK]) for a in range(0, len(rows), ROW_CHUNK)]
         with xp.exact():
             for op in self.ops:
-                op(state, rows)
-        logits = xp.f64(state.caches[self.logits][rows])
-        dist = xp.index(xp.reduce(logits, "max") - logits)
-        dist[dist >= len(self.probs)] = len(self.probs) - 1
-        return np.ascontiguousarray(xp.numpy(self.probs[dist]))
+                for chunk in chunks:
+                    op(state, chunk)
+            tables = [xp.numpy(self._table(self.head.compute(state, chunk))) for chunk in chunks]
+        return np.ascontiguousarray(tables[0] if len(tables) == 1 else np.concatenate(tables))
+
+    def _table(self, logits: ArrayLike) -> ArrayLike:
+        """Probability rows from integer logits (1/LOGIT_STEPS nat): 2^PROB_BITS exp(-distance to the max)."""
+        xp = self.xp
+        dist = xp.reduce(logits, "max") - logits
+        dist[dist > len(self.probs) - 1] = len(self.probs) - 1
+        return self.probs[xp.index(dist)]
 
     @contextmanager
     def stepping(self) -> Iterator[None]:
