@@ -143,11 +143,11 @@ class Codec:
         pic = read_image(image)
         width, height = pic.size
         top_np, bottom_np = self._analyse(pic.rgb)
-        top_symbols, top_probs = self._coding_order(self.top_prior, top_np, None, self.tile)
-        bottom_symbols, bottom_probs = self._coding_order(self.bottom_prior, bottom_np, top_np, 2 * self.tile)
+        top_stream, top_stats = self._encode_map(self.top_prior, top_np, None, self.tile)
+        bottom_stream, bottom_stats = self._encode_map(self.bottom_prior, bottom_np, top_np, 2 * self.tile)
         streams = Streams(
-            entropy.encode(top_symbols, top_probs),
-            entropy.encode(bottom_symbols, bottom_probs),
+            top_stream,
+            bottom_stream,
             container.compress_alpha(pic.alpha) if pic.alpha is not None else b"",
         )
         header = Header(
@@ -161,8 +161,8 @@ class Codec:
         return Encoded(
             data,
             CodeMaps(top_np, bottom_np),
-            _stats(top_symbols, top_probs, streams.top),
-            _stats(bottom_symbols, bottom_probs, streams.bottom),
+            top_stats,
+            bottom_stats,
             width,
             height,
         )
@@ -172,11 +172,11 @@ class Codec:
         return self.encode(image).data
 
     @staticmethod
-    def _coding_order(
+    def _encode_map(
         prior: IntegerPrior, codes: np.ndarray, cond: np.ndarray | None, tile: int
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Symbols and probability rows of a map in decoding order, one pass per batch of regions."""
-        symbols, probs = [], []
+    ) -> tuple[bytes, MapStats]:
+        """A map's stream: one pass of the prior per batch of regions, coded in decoding order."""
+        encoder = entropy.Encoder()
         for batch in tiles.batches(tiles.regions(*codes.shape, tile), MAX_BATCH_POSITIONS):
             shapes = [r.shape for r in batch]
             state = prior.start(shapes, [r.half().take(cond) for r in batch] if cond is not None else None)
@@ -184,9 +184,9 @@ class Codec:
             every = np.arange(len(flat))
             prior.set_codes(state, every, flat)
             order = prior.wavefronts(shapes)[0]
-            symbols.append(flat[order])
-            probs.append(prior.probabilities(state, every)[order])
-        return np.concatenate(symbols), np.ascontiguousarray(np.concatenate(probs))
+            encoder.encode(flat[order], np.ascontiguousarray(prior.probabilities(state, every)[order]))
+        data = encoder.data()
+        return data, MapStats(encoder.symbols, 8 * len(data), encoder.ideal_bits)
 
     # -- decoding ---------------------------------------------------------------------------
 
@@ -283,7 +283,3 @@ class Codec:
         codes, header, alpha = self._decode(data)
         rgb = self.reconstruct(codes, header.width, header.height)
         return to_pil(Picture(rgb, alpha, header.channels))
-
-
-def _stats(symbols: np.ndarray, probs: np.ndarray, stream: bytes) -> MapStats:
-    return MapStats(symbols.size, 8 * len(stream), entropy.ideal_bits(symbols, probs))

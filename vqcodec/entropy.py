@@ -17,16 +17,35 @@ _FAMILY = constriction.stream.model.Categorical(perfect=False)
 
 def ideal_bits(symbols: np.ndarray, probs: np.ndarray) -> float:
     """The information content sum(-log2 p(x)) that an ideal coder would spend."""
-    rows = probs / probs.sum(1, keepdims=True)
-    return float(-np.log2(rows[np.arange(len(symbols)), symbols]).sum())
+    picked = probs[np.arange(len(symbols)), symbols].astype(np.float64)
+    with np.errstate(divide="ignore"):  # a zero-probability symbol costs infinitely many ideal bits
+        return float((np.log2(probs.sum(1, dtype=np.float64)) - np.log2(picked)).sum())
+
+
+class Encoder:
+    """Range-codes symbols chunk after chunk into one stream, keeping the ideal bits as it goes."""
+
+    def __init__(self) -> None:
+        self._encoder = constriction.stream.queue.RangeEncoder()
+        self.symbols = 0
+        self.ideal_bits = 0.0
+
+    def encode(self, symbols: np.ndarray, probs: np.ndarray) -> None:
+        """Append ``symbols`` (N,) under per-symbol probability rows ``probs`` (N, K)."""
+        if len(symbols):
+            self._encoder.encode(np.ascontiguousarray(symbols, dtype=np.int32), _FAMILY, probs)
+            self.symbols += len(symbols)
+            self.ideal_bits += ideal_bits(symbols, probs)
+
+    def data(self) -> bytes:
+        return self._encoder.get_compressed().astype("<u4").tobytes()
 
 
 def encode(symbols: np.ndarray, probs: np.ndarray) -> bytes:
-    """Range-code ``symbols`` (N,) under per-symbol probability rows ``probs`` (N, K)."""
-    encoder = constriction.stream.queue.RangeEncoder()
-    if len(symbols):
-        encoder.encode(np.ascontiguousarray(symbols, dtype=np.int32), _FAMILY, probs)
-    return encoder.get_compressed().astype("<u4").tobytes()
+    """Range-code ``symbols`` (N,) under per-symbol probability rows ``probs`` (N, K) in one go."""
+    encoder = Encoder()
+    encoder.encode(symbols, probs)
+    return encoder.data()
 
 
 class Decoder:
