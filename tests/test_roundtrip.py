@@ -146,3 +146,15 @@ def test_exif_orientation_is_applied(codec, rng, tmp_path):
     exif[0x0112] = 6  # rotate 90 degrees clockwise on display
     img.save(tmp_path / "r.jpg", exif=exif)
     assert codec.decompress(codec.compress(tmp_path / "r.jpg")).size == (10, 20)
+
+
+def test_stage_timer_sees_every_stage(codec, rng):
+    from vqcodec.timing import StageTimer
+
+    timer = StageTimer()
+    data = codec.encode(smooth_image(rng, 20, 20), timer=timer).data
+    assert set(timer.seconds) == {"analysis", "quantization", "prior", "entropy coding"}
+    timer = StageTimer()
+    codec.decompress(data, timer=timer)
+    assert set(timer.seconds) == {"prior", "entropy coding", "synthesis"}
+    assert all(t >= 0 for t in timer.seconds.values())

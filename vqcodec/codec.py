@@ -16,6 +16,7 @@ from .errors import DecodeMismatchError, FormatError, ModelError, ModelMismatchE
 from .image import ImageLike, Picture, padding, read_image, to_pil, to_rgb, to_tensor
 from .model import CodecModel
 from .qprior import IntegerPrior
+from .timing import ENTROPY_CODING, PRIOR, SYNTHESIS, Timer, no_timer
 from .weights import load_model, model_id
 
 #: Side of the regions the priors code independently, in top-map codes (bottom regions are twice
@@ -138,13 +139,14 @@ class Codec:
     # -- encoding ---------------------------------------------------------------------------
 
     @torch.no_grad()
-    def encode(self, image: ImageLike) -> Encoded:
-        """Compress ``image`` and report its code maps and the bits each map took."""
+    def encode(self, image: ImageLike, timer: Timer = no_timer) -> Encoded:
+        """Compress ``image`` and report its code maps and the bits each map took (``timer``: see
+        ``vqcodec.timing``)."""
         pic = read_image(image)
         width, height = pic.size
-        top_np, bottom_np = self._analyse(pic.rgb)
-        top_stream, top_stats = self._encode_map(self.top_prior, top_np, None, self.tile)
-        bottom_stream, bottom_stats = self._encode_map(self.bottom_prior, bottom_np, top_np, 2 * self.tile)
+        top_np, bottom_np = self._analyse(pic.rgb, timer)
+        top_stream, top_stats = self._encode_map(self.top_prior, top_np, None, self.tile, timer)
+        bottom_stream, bottom_stats = self._encode_map(self.bottom_prior, bottom_np, top_np, 2 * self.tile, timer)
         streams = Streams(
             top_stream,
             bottom_stream,
@@ -173,18 +175,21 @@ class Codec:
 
     @staticmethod
     def _encode_map(
-        prior: IntegerPrior, codes: np.ndarray, cond: np.ndarray | None, tile: int
+        prior: IntegerPrior, codes: np.ndarray, cond: np.ndarray | None, tile: int, timer: Timer
     ) -> tuple[bytes, MapStats]:
         """A map's stream: one pass of the prior per batch of regions, coded in decoding order."""
         encoder = entropy.Encoder()
         for batch in tiles.batches(tiles.regions(*codes.shape, tile), MAX_BATCH_POSITIONS):
             shapes = [r.shape for r in batch]
-            state = prior.start(shapes, [r.half().take(cond) for r in batch] if cond is not None else None)
-            flat = np.concatenate([r.take(codes).reshape(-1) for r in batch])
-            every = np.arange(len(flat))
-            prior.set_codes(state, every, flat)
-            order = prior.wavefronts(shapes)[0]
-            encoder.encode(flat[order], np.ascontiguousarray(prior.probabilities(state, every)[order]))
+            with timer(PRIOR):
+                state = prior.start(shapes, [r.half().take(cond) for r in batch] if cond is not None else None)
+                flat = np.concatenate([r.take(codes).reshape(-1) for r in batch])
+                every = np.arange(len(flat))
+                prior.set_codes(state, every, flat)
+                order = prior.wavefronts(shapes)[0]
+                probs = np.ascontiguousarray(prior.probabilities(state, every)[order])
+            with timer(ENTROPY_CODING):
+                encoder.encode(flat[order], probs)
         data = encoder.data()
         return data, MapStats(encoder.symbols, 8 * len(data), encoder.ideal_bits)
 
@@ -211,16 +216,16 @@ class Codec:
         return header
 
     @torch.no_grad()
-    def decode_codes(self, data: bytes) -> CodeMaps:
+    def decode_codes(self, data: bytes, timer: Timer = no_timer) -> CodeMaps:
         """Entropy-decode the code maps of a ``.vqc`` file, checking them against its content CRC."""
-        return self._decode(data)[0]
+        return self._decode(data, timer)[0]
 
     @torch.no_grad()
-    def _decode(self, data: bytes) -> tuple[CodeMaps, Header, np.ndarray | None]:
+    def _decode(self, data: bytes, timer: Timer) -> tuple[CodeMaps, Header, np.ndarray | None]:
         header = self.read_header(data)
         _, streams = container.unpack(data)
-        top = self._decode_map(self.top_prior, streams.top, header.top_shape, None, header.tile)
-        bottom = self._decode_map(self.bottom_prior, streams.bottom, header.bottom_shape, top, 2 * header.tile)
+        top = self._decode_map(self.top_prior, streams.top, header.top_shape, None, header.tile, timer)
+        bottom = self._decode_map(self.bottom_prior, streams.bottom, header.bottom_shape, top, 2 * header.tile, timer)
         alpha = container.decompress_alpha(streams.alpha, (header.height, header.width)) if header.has_alpha else None
         codes = CodeMaps(top, bottom)
         if container.content_crc(codes.top, codes.bottom, alpha) != header.content_crc:
@@ -231,7 +236,13 @@ class Codec:
         return codes, header, alpha
 
     def _decode_map(
-        self, prior: IntegerPrior, stream: bytes, shape: tuple[int, int], cond: np.ndarray | None, tile: int
+        self,
+        prior: IntegerPrior,
+        stream: bytes,
+        shape: tuple[int, int],
+        cond: np.ndarray | None,
+        tile: int,
+        timer: Timer,
     ) -> np.ndarray:
         """Decode a map batch by batch of regions, wavefront by wavefront within a batch."""
         decoder = entropy.Decoder(stream)
@@ -245,14 +256,17 @@ class Codec:
             with prior.stepping():
                 for size in sizes:
                     rows = order[start : start + size]
-                    flat[rows] = decoder.decode(prior.probabilities(state, rows))
+                    with timer(PRIOR):
+                        probs = prior.probabilities(state, rows)
+                    with timer(ENTROPY_CODING):
+                        flat[rows] = decoder.decode(probs)
                     prior.set_codes(state, rows, flat[rows])
                     start += size
             for region, base in zip(batch, state.bases, strict=True):
                 region.take(codes)[...] = flat[base : base + region.h * region.w].reshape(region.shape)
         return codes
 
-    def _analyse(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _analyse(self, rgb: np.ndarray, timer: Timer) -> tuple[np.ndarray, np.ndarray]:
         """Top and bottom code maps of an RGB image, window by window."""
         s = self.top_stride
         h, w = rgb.shape[:2]
@@ -260,26 +274,27 @@ class Codec:
         top = np.zeros((padded.shape[0] // s, padded.shape[1] // s), dtype=np.int64)
         bottom = np.zeros((2 * top.shape[0], 2 * top.shape[1]), dtype=np.int64)
         for inner, outer in tiles.windows(*top.shape, WINDOW, WINDOW_MARGIN):
-            t, b = self.model.vqvae.encode(to_tensor(outer.scaled(s).take(padded)).to(self.device))
+            t, b = self.model.vqvae.encode(to_tensor(outer.scaled(s).take(padded)).to(self.device), timer)
             local = inner.within(outer)
             inner.take(top)[...] = local.take(t[0].cpu().numpy())
             inner.scaled(2).take(bottom)[...] = local.scaled(2).take(b[0].cpu().numpy())
         return top, bottom
 
     @torch.no_grad()
-    def reconstruct(self, codes: CodeMaps, width: int, height: int) -> np.ndarray:
+    def reconstruct(self, codes: CodeMaps, width: int, height: int, timer: Timer = no_timer) -> np.ndarray:
         """The (height, width, 3) uint8 RGB image the model synthesises from ``codes``, window by window."""
         s = self.top_stride
         out = np.zeros((codes.top.shape[0] * s, codes.top.shape[1] * s, 3), dtype=np.uint8)
         for inner, outer in tiles.windows(*codes.top.shape, WINDOW, WINDOW_MARGIN):
             top = torch.as_tensor(outer.take(codes.top), device=self.device).unsqueeze(0)
             bottom = torch.as_tensor(outer.scaled(2).take(codes.bottom), device=self.device).unsqueeze(0)
-            pixels = to_rgb(self.model.vqvae.decode(top, bottom))
+            with timer(SYNTHESIS):
+                pixels = to_rgb(self.model.vqvae.decode(top, bottom))
             inner.scaled(s).take(out)[...] = inner.within(outer).scaled(s).take(pixels)
         return np.ascontiguousarray(out[:height, :width])
 
-    def decompress(self, data: bytes) -> Image.Image:
+    def decompress(self, data: bytes, timer: Timer = no_timer) -> Image.Image:
         """The image stored in ``.vqc`` bytes (mode L, LA, RGB or RGBA, as compressed)."""
-        codes, header, alpha = self._decode(data)
-        rgb = self.reconstruct(codes, header.width, header.height)
+        codes, header, alpha = self._decode(data, timer)
+        rgb = self.reconstruct(codes, header.width, header.height, timer)
         return to_pil(Picture(rgb, alpha, header.channels))

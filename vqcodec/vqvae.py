@@ -10,6 +10,7 @@ from torch import nn
 
 from .config import VQVAEConfig
 from .quantizer import VectorQuantizer
+from .timing import ANALYSIS, QUANTIZATION, Timer, no_timer
 
 
 class ResBlock(nn.Module):
@@ -122,11 +123,16 @@ class VQVAE2(nn.Module):
         return VQVAEOutput(self._synthesise(q_t, q_b), loss_t + loss_b, top, bottom)
 
     @torch.no_grad()
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(self, x: torch.Tensor, timer: Timer = no_timer) -> tuple[torch.Tensor, torch.Tensor]:
         """Top (B, H/2s, W/2s) and bottom (B, H/s, W/s) code maps of an image batch."""
-        enc_b, z_t = self._analyse(x)
-        top = self.quantize_t.indices(z_t)
-        bottom = self.quantize_b.indices(self._bottom_latent(enc_b, self.quantize_t.lookup(top)))
+        with timer(ANALYSIS):
+            enc_b, z_t = self._analyse(x)
+        with timer(QUANTIZATION):
+            top = self.quantize_t.indices(z_t)
+        with timer(ANALYSIS):
+            z_b = self._bottom_latent(enc_b, self.quantize_t.lookup(top))
+        with timer(QUANTIZATION):
+            bottom = self.quantize_b.indices(z_b)
         return top, bottom
 
     def _synthesise(self, q_t: torch.Tensor, q_b: torch.Tensor) -> torch.Tensor:

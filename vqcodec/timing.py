@@ -1,0 +1,51 @@
+"""Stage timing hooks: the codec reports where its time goes without a copy of its pipeline.
+
+``Codec.encode``, ``Codec.decompress`` and friends take ``timer``: any callable that maps a
+stage name to a context manager. ``StageTimer`` is the one the bench uses.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+
+import torch
+
+Timer = Callable[[str], AbstractContextManager]
+
+#: The stages the codec reports, in pipeline order.
+ANALYSIS, QUANTIZATION, PRIOR, ENTROPY_CODING, SYNTHESIS = (
+    "analysis",
+    "quantization",
+    "prior",
+    "entropy coding",
+    "synthesis",
+)
+
+
+def no_timer(stage: str) -> AbstractContextManager:
+    """The default timer: measures nothing."""
+    return nullcontext()
+
+
+class StageTimer:
+    """Wall-clock seconds per stage, summed over calls; waits for the GPU at each boundary."""
+
+    def __init__(self, device: torch.device | str = "cpu"):
+        self.device = torch.device(device)
+        self.seconds: dict[str, float] = {}
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        self._sync()
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._sync()
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
