@@ -8,6 +8,7 @@ from PIL import Image
 
 import vqcodec
 from tests.conftest import make_model, smooth_image
+from vqcodec.timing import StageTimer
 
 
 def assert_round_trip(codec: vqcodec.Codec, image) -> Image.Image:
@@ -149,8 +150,6 @@ def test_exif_orientation_is_applied(codec, rng, tmp_path):
 
 
 def test_stage_timer_sees_every_stage(codec, rng):
-    from vqcodec.timing import StageTimer
-
     timer = StageTimer()
     data = codec.encode(smooth_image(rng, 20, 20), timer=timer).data
     assert set(timer.seconds) == {"analysis", "quantization", "prior", "entropy coding"}
