@@ -10,13 +10,14 @@ from pathlib import Path
 
 import click
 import numpy as np
+import torch
 
 import vqcodec
 
 from . import report
-from .codecs import PillowCodec, classical_codecs, library_versions, vqcodec_codecs
+from .codecs import PillowCodec, VQCodec, classical_codecs, library_versions, vqcodec_codecs
 from .entropy import entropy_report
-from .images import load_images
+from .images import Sample, load_images
 from .metrics import MSSSIM_MIN_SIDE
 from .rd import REFERENCE, average_curve, bd_rates, same_size_jpeg, sweep
 from .speed import devices, measure_speed
@@ -75,6 +76,19 @@ def main() -> None:
     """Benchmarks of vqcodec: rate-distortion, code-map entropy and speed."""
 
 
+def _notes(samples: Sequence[Sample], learned: Sequence[VQCodec], decode: bool) -> list[str]:
+    """What a reader of the rd report must know to read its blanks."""
+    notes = []
+    if any(min(s.image.size) < MSSSIM_MIN_SIDE for s in samples):
+        notes.append(f"MS-SSIM needs {MSSSIM_MIN_SIDE} px a side (5 scales, 11-px window): smaller images have no "
+                     "MS-SSIM, and averages over them are '-'.")  # fmt: skip
+    if learned and not decode:
+        notes.append("vqcodec decoding skipped (--no-vq-decode): quality from the encoder's code maps, no decode time.")
+    if not learned:
+        notes.append("No vqcodec model ran (no shipped presets; add one with --model PATH).")
+    return notes
+
+
 @main.command()
 @_images_options
 @click.option("--codecs", "names", help="Comma-separated classical codecs (default: all available; "
@@ -87,8 +101,11 @@ def main() -> None:
                    "the encoder's code maps and no decode time is given.")  # fmt: skip
 @_device_option
 @click.option("--repeats", type=click.IntRange(1), help="Timing runs per file, best kept [default: 3, 1 with --quick].")
-def rd(folder, out, quick, limit, crop, names, models, presets, vq_decode, device, repeats) -> None:
+@click.option("--threads", type=click.IntRange(1), default=1, show_default=True,
+              help="torch threads (vqcodec on the CPU, MS-SSIM); the classical codecs run on one thread.")  # fmt: skip
+def rd(folder, out, quick, limit, crop, names, models, presets, vq_decode, device, repeats, threads) -> None:
     """Rate-distortion of vqcodec and classical codecs on the images in FOLDER."""
+    torch.set_num_threads(threads)
     samples = _samples(folder, quick, limit, crop)
     classical = _pick_classical(names, quick)
     decode = vq_decode if vq_decode is not None else not quick
@@ -97,19 +114,13 @@ def rd(folder, out, quick, limit, crop, names, models, presets, vq_decode, devic
     records = sweep(codecs, samples, repeats or (1 if quick else 3))
     curves = {c.name: average_curve(c, records) for c in codecs}
     same_size = same_size_jpeg(records, samples, {c.name for c in learned}, classical[0])
-    notes = []
-    if any(min(s.image.size) < MSSSIM_MIN_SIDE for s in samples):
-        notes.append(f"MS-SSIM needs {MSSSIM_MIN_SIDE} px a side (5 scales, 11-px window): smaller images have no "
-                     "MS-SSIM, and averages over them are '-'.")  # fmt: skip
-    if learned and not decode:
-        notes.append("vqcodec decoding skipped (--no-vq-decode): quality from the encoder's code maps, no decode time.")
-    if not learned:
-        notes.append("No vqcodec model ran (no shipped presets; add one with --model PATH).")
+    environment = report.environment() | library_versions() | {"torch_threads": threads}
     run = {
-        "command": _command_line(), "dataset": str(folder), "environment": report.environment() | library_versions(),
+        "command": _command_line(), "dataset": str(folder), "environment": environment,
         "images": [{"name": s.name, "width": s.image.width, "height": s.image.height} for s in samples],
         "codecs": curves, "bd_rate": bd_rates(curves), "same_size_jpeg": same_size,
-        "same_size_jpeg_mean": report.same_size_summary(same_size), "notes": notes, "per_image": records,
+        "same_size_jpeg_mean": report.same_size_summary(same_size), "notes": _notes(samples, learned, decode),
+        "per_image": records,
     }  # fmt: skip
     paths = report.write_rd(run, out)
     click.echo(report.table(report.SUMMARY_HEADER, report.summary_rows(curves, run["bd_rate"])))
@@ -155,8 +166,11 @@ def entropy(folder, out, quick, limit, crop, model_path, preset, device) -> None
               show_default=True, help="all = the CPU, and CUDA when present.")  # fmt: skip
 @click.option("--decode/--no-decode", default=True, show_default=True, help="Also time the (slow) decoder.")
 @click.option("--repeats", type=click.IntRange(1), default=2, show_default=True, help="Timing runs, best kept.")
-def speed(folder, out, quick, limit, crop, model_path, preset, device_names, decode, repeats) -> None:
+@click.option("--threads", type=click.IntRange(1), help="torch threads on the CPU [default: torch's choice].")
+def speed(folder, out, quick, limit, crop, model_path, preset, device_names, decode, repeats, threads) -> None:
     """Time per stage of vqcodec's encoder and decoder on the images in FOLDER."""
+    if threads:
+        torch.set_num_threads(threads)
     load = _loader(preset, model_path)
     names = devices() if device_names == "all" else [device_names]
     rows = measure_speed(load, _samples(folder, quick, limit, crop), names, 1 if quick else repeats, decode)

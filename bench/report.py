@@ -271,7 +271,8 @@ def speed_markdown(rows: Sequence[dict], command: str) -> str:
         "# vqcodec speed per stage",
         f"Command: `{command}`",
         "Best of N runs after a warm-up encode; enc total = `Codec.encode`, dec total = `Codec.decompress`"
-        " (the stages add up to about the total; the rest is padding, container and CRCs). Memory: CPU = the"
-        " process's peak resident set (Linux VmHWM, reset per phase), CUDA = torch's peak allocation.",
+        " (the stages add up to about the total; the rest is padding, container and CRCs). Memory: the peak"
+        " while encoding (warm-up included) or decoding one image, and its rise over the start; CPU = the"
+        " process's resident set (Linux VmHWM, reset per phase), CUDA = torch's allocations.",
         table(header, body),
     ]) + "\n"  # fmt: skip
