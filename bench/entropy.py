@@ -21,6 +21,8 @@ import vqcodec
 from .images import Sample
 
 MAPS = ("top", "bottom")
+#: The models and coders each map is measured under (keys of ``map_bits``).
+METHODS = ("prior", "prior_ideal", "uniform", "static", "zlib", "lzma")
 _LZMA_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}]
 
 
@@ -52,9 +54,6 @@ def map_bits(encoded: Sequence[vqcodec.Encoded], which: str, codebook: int) -> d
         "zlib": sum(8 * len(zlib.compress(r, 9)) for r in raw),
         "lzma": sum(8 * len(lzma.compress(r, format=lzma.FORMAT_RAW, filters=_LZMA_FILTERS)) for r in raw),
     }
-
-
-METHODS = ("prior", "prior_ideal", "uniform", "static", "zlib", "lzma")
 
 
 def entropy_report(codec: vqcodec.Codec, samples: Sequence[Sample]) -> dict:

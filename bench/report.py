@@ -172,8 +172,9 @@ def markdown(run: dict) -> str:
         table(SUMMARY_HEADER, summary_rows(curves, bd)),
         "BD-rate intervals (quality range integrated over):",
         "\n".join(_interval_lines(bd)),
-        *[f"- {note}" for note in run["notes"]],
     ]
+    if run["notes"]:
+        parts += ["Notes:", "\n".join(f"- {note}" for note in run["notes"])]
     for name, curve in curves.items():
         parts += [f"## {name}", curve["description"], curve_table(curve)]
     if run["same_size_jpeg"]:
