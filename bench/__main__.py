@@ -1,0 +1,187 @@
+"""``python -m bench rd | entropy | speed``: the click command line of the benchmark suite."""
+
+from __future__ import annotations
+
+import dataclasses
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import click
+import numpy as np
+import torch
+
+import vqcodec
+
+from . import report
+from .codecs import PillowCodec, VQCodec, classical_codecs, library_versions, vqcodec_codecs
+from .entropy import entropy_report
+from .images import Sample, load_images
+from .metrics import MSSSIM_MIN_SIDE
+from .rd import REFERENCE, average_curve, bd_rates, same_size_jpeg, sweep
+from .speed import devices, measure_speed
+
+DEFAULT_OUT = Path(__file__).parent / "results"
+#: --quick: this many images, centre-cropped to this side, this many settings per classical codec.
+QUICK_IMAGES, QUICK_CROP, QUICK_SETTINGS = 3, 256, 4
+
+
+def _command_line() -> str:
+    return "python -m bench " + shlex.join(sys.argv[1:])
+
+
+def spread(settings: Sequence, n: int) -> list:
+    """``n`` settings spread evenly over a sweep, both ends included."""
+    if len(settings) <= n:
+        return list(settings)
+    return [settings[i] for i in np.linspace(0, len(settings) - 1, n).round().astype(int)]
+
+
+def _pick_classical(names: str | None, quick: bool) -> list[PillowCodec]:
+    """The classical codecs named (all available by default), the reference always among them."""
+    available = {c.name: c for c in classical_codecs()}
+    wanted = [n.strip() for n in names.split(",")] if names else list(available)
+    unknown = [n for n in wanted if n not in available]
+    if unknown:
+        raise click.UsageError(
+            f"unknown or unavailable codec(s) {', '.join(unknown)}; available: {', '.join(available)}"
+        )
+    chosen = [available[n] for n in dict.fromkeys([REFERENCE, *wanted])]
+    return [dataclasses.replace(c, settings=spread(c.settings, QUICK_SETTINGS)) for c in chosen] if quick else chosen
+
+
+def _images_options(f):
+    f = click.option("--crop", type=click.IntRange(8), help="Centre-crop every image to at most N x N pixels.")(f)
+    f = click.option("--limit", type=click.IntRange(1), help="Use only the first N images (name order).")(f)
+    quick_help = (f"A fast smoke run: {QUICK_IMAGES} images cropped to {QUICK_CROP} px (unless --limit/--crop say "
+                  "otherwise), fewer settings, one timing run.")  # fmt: skip
+    f = click.option("--quick", is_flag=True, help=quick_help)(f)
+    f = click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_OUT,
+                     show_default=True, help="Folder for the results.")(f)  # fmt: skip
+    return click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))(f)
+
+
+def _samples(folder: Path, quick: bool, limit: int | None, crop: int | None):
+    return load_images(folder, limit or (QUICK_IMAGES if quick else None), crop or (QUICK_CROP if quick else None))
+
+
+def _device_option(f):
+    return click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+                        help="Where vqcodec's networks run.")(f)  # fmt: skip
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Benchmarks of vqcodec: rate-distortion, code-map entropy and speed."""
+
+
+def _notes(samples: Sequence[Sample], learned: Sequence[VQCodec], decode: bool) -> list[str]:
+    """What a reader of the rd report must know to read its blanks."""
+    notes = []
+    if any(min(s.image.size) < MSSSIM_MIN_SIDE for s in samples):
+        notes.append(f"MS-SSIM needs {MSSSIM_MIN_SIDE} px a side (5 scales, 11-px window): smaller images have no "
+                     "MS-SSIM, and averages over them are '-'.")  # fmt: skip
+    if learned and not decode:
+        notes.append("vqcodec decoding skipped (--no-vq-decode): quality from the encoder's code maps, no decode time.")
+    if not learned:
+        notes.append("No vqcodec model ran (no shipped presets; add one with --model PATH).")
+    return notes
+
+
+@main.command()
+@_images_options
+@click.option("--codecs", "names", help="Comma-separated classical codecs (default: all available; "
+              f"{REFERENCE} always runs as the reference).")  # fmt: skip
+@click.option("--model", "models", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A vqcodec model file to add as a codec (repeatable).")  # fmt: skip
+@click.option("--presets/--no-presets", default=True, show_default=True, help="Run the shipped vqcodec presets.")
+@click.option("--vq-decode/--no-vq-decode", default=None,
+              help="Run vqcodec's (slow) decoder [default: on, off with --quick]; when off, quality comes from "
+                   "the encoder's code maps and no decode time is given.")  # fmt: skip
+@_device_option
+@click.option("--repeats", type=click.IntRange(1), help="Timing runs per file, best kept [default: 3, 1 with --quick].")
+@click.option("--threads", type=click.IntRange(1), default=1, show_default=True,
+              help="torch threads (vqcodec on the CPU, MS-SSIM); the classical codecs run on one thread.")  # fmt: skip
+def rd(folder, out, quick, limit, crop, names, models, presets, vq_decode, device, repeats, threads) -> None:
+    """Rate-distortion of vqcodec and classical codecs on the images in FOLDER."""
+    torch.set_num_threads(threads)
+    samples = _samples(folder, quick, limit, crop)
+    classical = _pick_classical(names, quick)
+    decode = vq_decode if vq_decode is not None else not quick
+    learned = vqcodec_codecs(presets, models, device, decode)
+    codecs = [*classical, *learned]
+    records = sweep(codecs, samples, repeats or (1 if quick else 3))
+    curves = {c.name: average_curve(c, records) for c in codecs}
+    same_size = same_size_jpeg(records, samples, {c.name for c in learned}, classical[0])
+    environment = report.environment() | library_versions() | {"torch_threads": threads}
+    run = {
+        "command": _command_line(), "dataset": str(folder), "environment": environment,
+        "images": [{"name": s.name, "width": s.image.width, "height": s.image.height} for s in samples],
+        "codecs": curves, "bd_rate": bd_rates(curves), "same_size_jpeg": same_size,
+        "same_size_jpeg_mean": report.same_size_summary(same_size), "notes": _notes(samples, learned, decode),
+        "per_image": records,
+    }  # fmt: skip
+    paths = report.write_rd(run, out)
+    click.echo(report.table(report.SUMMARY_HEADER, report.summary_rows(curves, run["bd_rate"])))
+    click.echo("wrote " + ", ".join(str(p) for p in paths))
+
+
+def _model_options(f):
+    f = click.option("--preset", help="A shipped vqcodec preset.")(f)
+    return click.option("--model", "model_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                        help="A vqcodec model file (.safetensors).")(f)  # fmt: skip
+
+
+def _loader(preset: str | None, model_path: Path | None):
+    """A function from a device name to a loaded codec; exactly one of preset and model is needed."""
+    if (preset is None) == (model_path is None):
+        raise click.UsageError("give exactly one of --preset NAME or --model PATH")
+    try:
+        vqcodec.load(preset, path=model_path, device="cpu")  # fail early, with vqcodec's message
+    except vqcodec.VQCodecError as exc:
+        raise click.UsageError(str(exc)) from exc
+    return lambda device: vqcodec.load(preset, path=model_path, device=device)
+
+
+@main.command()
+@_images_options
+@_model_options
+@_device_option
+def entropy(folder, out, quick, limit, crop, model_path, preset, device) -> None:
+    """Bits per code of the code maps of the images in FOLDER: priors vs simple baselines."""
+    load = _loader(preset, model_path)
+    result = entropy_report(load(device), _samples(folder, quick, limit, crop))
+    out.mkdir(parents=True, exist_ok=True)
+    report.write_json(out / "entropy.json", result | {"command": _command_line()})
+    text = report.entropy_markdown(result)
+    (out / "entropy.md").write_text(text)
+    click.echo(text + f"wrote {out / 'entropy.json'}, {out / 'entropy.md'}")
+
+
+@main.command()
+@_images_options
+@_model_options
+@click.option("--devices", "device_names", type=click.Choice(["cpu", "cuda", "all"]), default="all",
+              show_default=True, help="all = the CPU, and CUDA when present.")  # fmt: skip
+@click.option("--decode/--no-decode", default=True, show_default=True, help="Also time the (slow) decoder.")
+@click.option("--repeats", type=click.IntRange(1), default=2, show_default=True, help="Timing runs, best kept.")
+@click.option("--threads", type=click.IntRange(1), help="torch threads on the CPU [default: torch's choice].")
+def speed(folder, out, quick, limit, crop, model_path, preset, device_names, decode, repeats, threads) -> None:
+    """Time per stage of vqcodec's encoder and decoder on the images in FOLDER."""
+    if threads:
+        torch.set_num_threads(threads)
+    load = _loader(preset, model_path)
+    names = devices() if device_names == "all" else [device_names]
+    rows = measure_speed(load, _samples(folder, quick, limit, crop), names, 1 if quick else repeats, decode)
+    out.mkdir(parents=True, exist_ok=True)
+    report.write_json(
+        out / "speed.json", {"command": _command_line(), "environment": report.environment(), "rows": rows}
+    )
+    text = report.speed_markdown(rows, _command_line())
+    (out / "speed.md").write_text(text)
+    click.echo(text + f"wrote {out / 'speed.json'}, {out / 'speed.md'}")
+
+
+if __name__ == "__main__":
+    main()

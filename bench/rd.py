@@ -1,0 +1,135 @@
+"""Rate-distortion sweeps: per-image measurements, averaged curves, BD-rates and same-size JPEG."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from .codecs import PillowCodec, RDCodec, Setting
+from .images import Sample
+from .metrics import bd_rate, ms_ssim, ms_ssim_db, psnr
+
+#: The reference codec for BD-rates and same-size comparisons.
+REFERENCE = "jpeg420"
+#: Averaged-curve metrics BD-rates are taken on (the anchors' two).
+BD_METRICS = {"psnr": "psnr-rgb", "ms-ssim-db": "ms-ssim-rgb-db"}
+
+
+def quality_metrics(original: np.ndarray, decoded: np.ndarray) -> dict[str, float | None]:
+    """PSNR, MS-SSIM and MS-SSIM in dB of a decoded image (MS-SSIM None for small images)."""
+    value = ms_ssim(original, decoded)
+    return {"psnr": psnr(original, decoded), "ms_ssim": value, "ms_ssim_db": ms_ssim_db(value)}
+
+
+def measure(codec: RDCodec, sample: Sample, setting: Setting, repeats: int) -> dict:
+    """One per-image record: sizes, rates, qualities and times of ``sample`` through ``codec``."""
+    coded = codec.run(sample.image, setting, repeats)
+    bits = 8 * len(coded.data)
+    return {
+        "codec": codec.name,
+        "setting": setting,
+        "image": sample.name,
+        "width": sample.image.width,
+        "height": sample.image.height,
+        "bytes": len(coded.data),
+        "bpp": bits / sample.pixels,
+        "bits_per_subpixel": bits / (3 * sample.pixels),
+        **quality_metrics(np.asarray(sample.image), coded.decoded),
+        "encode_s": coded.encode_s,
+        "decode_s": coded.decode_s,
+    }
+
+
+def sweep(codecs: Sequence[RDCodec], samples: Sequence[Sample], repeats: int) -> list[dict]:
+    """Per-image records of every codec at every setting on every sample, with a progress bar."""
+    jobs = [(codec, setting, sample) for codec in codecs for setting in codec.settings for sample in samples]
+    return [
+        measure(codec, sample, setting, repeats)
+        for codec, setting, sample in tqdm(jobs, desc="rd", unit="image", leave=False)
+    ]
+
+
+def mean(values: Sequence[float | None]) -> float | None:
+    """The mean, or None when any value is missing (an average over part of the images would mislead)."""
+    return None if not values or any(v is None for v in values) else statistics.fmean(values)
+
+
+def _mpx_per_s(rows: list[dict], key: str) -> float | None:
+    """Megapixels per second, averaged over images as in the anchors (mean of H*W/time)."""
+    return mean([None if r[key] is None else r["width"] * r["height"] / r[key] / 1e6 for r in rows])
+
+
+def average_curve(codec: RDCodec, records: Sequence[dict]) -> dict:
+    """The codec's curve in CompressAI's results layout: one entry per setting, means over images."""
+    per_setting = [[r for r in records if r["codec"] == codec.name and r["setting"] == s] for s in codec.settings]
+    columns: dict[str, Callable[[list[dict]], float | None]] = {
+        "bpp": lambda rows: mean([r["bpp"] for r in rows]),
+        "bits-per-subpixel": lambda rows: mean([r["bits_per_subpixel"] for r in rows]),
+        "psnr-rgb": lambda rows: mean([r["psnr"] for r in rows]),
+        "ms-ssim-rgb": lambda rows: mean([r["ms_ssim"] for r in rows]),
+        "ms-ssim-rgb-db": lambda rows: mean([r["ms_ssim_db"] for r in rows]),
+        "encoding_time": lambda rows: mean([r["encode_s"] for r in rows]),
+        "decoding_time": lambda rows: mean([r["decode_s"] for r in rows]),
+        "encoding_mpx_per_s": lambda rows: _mpx_per_s(rows, "encode_s"),
+        "decoding_mpx_per_s": lambda rows: _mpx_per_s(rows, "decode_s"),
+    }
+    results = {"setting": list(codec.settings)}
+    results |= {key: [fn(rows) for rows in per_setting] for key, fn in columns.items()}
+    return {"name": codec.name, "description": codec.description, "results": results}
+
+
+def bd_rates(curves: dict[str, dict]) -> dict[str, dict[str, dict | None]]:
+    """BD-rate (%) of every curve against ``REFERENCE`` on PSNR and MS-SSIM dB, with its interval."""
+    ref = curves[REFERENCE]["results"]
+    out: dict[str, dict[str, dict | None]] = {}
+    for name, curve in curves.items():
+        res = curve["results"]
+        out[name] = {}
+        for metric, key in BD_METRICS.items():
+            bd = bd_rate(ref["bpp"], ref[key], res["bpp"], res[key])
+            out[name][metric] = bd._asdict() if bd else None
+    return out
+
+
+def match_size(image: Image.Image, target_bytes: int, jpeg: PillowCodec) -> tuple[int, bytes]:
+    """The JPEG quality (1-100) and file whose size is closest to ``target_bytes`` without
+    exceeding it (found by bisection; quality 1 when even that is larger)."""
+    low, high = 1, 100
+    best = (1, jpeg.encode(image, 1))
+    while low <= high:
+        q = (low + high) // 2
+        data = jpeg.encode(image, q)
+        if len(data) <= target_bytes:
+            best, low = (q, data), q + 1
+        else:
+            high = q - 1
+    return best
+
+
+def same_size_jpeg(
+    records: Sequence[dict], samples: Sequence[Sample], codec_names: set[str], jpeg: PillowCodec
+) -> list[dict]:
+    """For each file of the named codecs, the JPEG of the same size and the quality differences
+    (codec minus JPEG; positive means the codec is better)."""
+    images = {s.name: s.image for s in samples}
+    rows = []
+    for r in (r for r in records if r["codec"] in codec_names):
+        image = images[r["image"]]
+        quality, data = match_size(image, r["bytes"], jpeg)
+        jpeg_q = quality_metrics(np.asarray(image), jpeg.decode(data))
+        rows.append({
+            "codec": r["codec"], "setting": r["setting"], "image": r["image"], "bytes": r["bytes"],
+            "jpeg_quality": quality, "jpeg_bytes": len(data),
+            "psnr": r["psnr"], "jpeg_psnr": jpeg_q["psnr"], "delta_psnr": _diff(r["psnr"], jpeg_q["psnr"]),
+            "ms_ssim": r["ms_ssim"], "jpeg_ms_ssim": jpeg_q["ms_ssim"],
+            "delta_ms_ssim": _diff(r["ms_ssim"], jpeg_q["ms_ssim"]),
+        })  # fmt: skip
+    return rows
+
+
+def _diff(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b

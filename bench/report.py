@@ -1,0 +1,279 @@
+"""Writing results: JSON (CompressAI's layout), markdown tables and rate-distortion plots."""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import statistics
+import sys
+from collections.abc import Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure
+
+from .metrics import quality_at
+from .rd import REFERENCE, mean
+from .speed import DECODE_STAGES, ENCODE_STAGES
+
+#: Rates at which the summary reads each averaged curve (as in the Kodak anchors).
+SUMMARY_BPP = (0.125, 0.25, 0.5, 0.75, 1.0)
+
+
+def fmt(value: float | None, digits: int = 2) -> str:
+    """A table cell: fixed-point, '-' for a missing value, 'inf' for an infinite one."""
+    if value is None:
+        return "-"
+    return "inf" if math.isinf(value) else f"{value:.{digits}f}"
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(map(str, row)) + " |" for row in rows])
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe data: non-finite floats become null, floats keep 6 significant digits."""
+    if isinstance(value, float):
+        return float(f"{value:.6g}") if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(_clean(value), allow_nan=False)
+
+
+def _block(value: Any) -> str:
+    """A value one level down: lists and dicts with one item per line, the items on one line each."""
+    if isinstance(value, list) and value:
+        return "[\n  " + ",\n  ".join(_dumps(v) for v in value) + "\n ]"
+    if isinstance(value, dict) and value:
+        return "{\n  " + ",\n  ".join(f"{_dumps(k)}: {_dumps(v)}" for k, v in value.items()) + "\n }"
+    return _dumps(value)
+
+
+def write_json(path: Path, data: dict) -> None:
+    """``data`` as strict JSON laid out two levels deep: compact, yet readable and diffable."""
+    path.write_text("{\n" + ",\n".join(f" {_dumps(k)}: {_block(v)}" for k, v in data.items()) + "\n}\n")
+
+
+def environment() -> dict[str, str | None]:
+    """Python, platform and the versions of the packages the numbers depend on."""
+    info: dict[str, str | None] = {"python": sys.version.split()[0], "platform": platform.platform()}
+    for package in ("vqcodec", "pillow", "numpy", "torch", "pytorch-msssim", "scipy", "pillow-jxl-plugin"):
+        try:
+            info[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            info[package] = None
+    return info
+
+
+SUMMARY_HEADER = ["codec", "points", "bpp range", *[f"PSNR@{b}" for b in SUMMARY_BPP],
+                  *[f"MS-SSIM@{b}" for b in SUMMARY_BPP], "BD-rate PSNR", "BD-rate MS-SSIM(dB)", "enc MP/s",
+                  "dec MP/s"]  # fmt: skip
+
+
+def summary_rows(curves: dict[str, dict], bd: dict[str, dict]) -> list[list[str]]:
+    """One row per codec: quality at fixed rates, BD-rates against the reference, speed."""
+    rows = []
+    for name, curve in curves.items():
+        res = curve["results"]
+        psnr = [fmt(quality_at(res["bpp"], res["psnr-rgb"], b)) for b in SUMMARY_BPP]
+        msssim = [fmt(quality_at(res["bpp"], res["ms-ssim-rgb"], b), 4) for b in SUMMARY_BPP]
+        bds = [fmt(bd[name][m]["percent"], 1) + "%" if bd[name][m] else "-" for m in ("psnr", "ms-ssim-db")]
+        speed = [_sig(_median(res[k])) for k in ("encoding_mpx_per_s", "decoding_mpx_per_s")]
+        bpp_range = f"{min(res['bpp']):.3f}-{max(res['bpp']):.3f}"
+        rows.append([name, str(len(res["bpp"])), bpp_range, *psnr, *msssim, *bds, *speed])
+    return rows
+
+
+def _sig(value: float | None) -> str:
+    """Three significant digits (speeds span several orders of magnitude)."""
+    return "-" if value is None else f"{value:.3g}"
+
+
+def _median(values: Sequence[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
+def curve_table(curve: dict) -> str:
+    """The averaged curve of one codec, one row per setting."""
+    res = curve["results"]
+    keys = ("bpp", "bits-per-subpixel", "psnr-rgb", "ms-ssim-rgb", "ms-ssim-rgb-db", "encoding_time", "decoding_time")
+    digits = (4, 4, 3, 5, 3, 1, 1)
+    scale = (1, 1, 1, 1, 1, 1000, 1000)
+    rows = []
+    for i, setting in enumerate(res["setting"]):
+        cells = [
+            fmt(None if res[k][i] is None else res[k][i] * s, d) for k, d, s in zip(keys, digits, scale, strict=True)
+        ]
+        rows.append([str(setting), *cells])
+    header = ["setting", "bpp", "bits/subpixel", "PSNR", "MS-SSIM", "MS-SSIM dB", "enc ms", "dec ms"]
+    return table(header, rows)
+
+
+def same_size_summary(rows: Sequence[dict]) -> list[dict]:
+    """Same-size JPEG comparisons averaged over images, per codec and setting."""
+    keys = sorted({(r["codec"], str(r["setting"])) for r in rows})
+    out = []
+    for codec, setting in keys:
+        group = [r for r in rows if r["codec"] == codec and str(r["setting"]) == setting]
+        out.append({
+            "codec": codec, "setting": setting, "images": len(group),
+            "bytes": mean([r["bytes"] for r in group]), "jpeg_bytes": mean([r["jpeg_bytes"] for r in group]),
+            "jpeg_quality": mean([r["jpeg_quality"] for r in group]),
+            "delta_psnr": mean([r["delta_psnr"] for r in group]),
+            "delta_ms_ssim": mean([r["delta_ms_ssim"] for r in group]),
+        })  # fmt: skip
+    return out
+
+
+def same_size_tables(rows: Sequence[dict]) -> str:
+    """Per-image and averaged tables of a codec against JPEG 4:2:0 at the same file size."""
+    per_image = [
+        [r["codec"], str(r["setting"]), r["image"], str(r["bytes"]), str(r["jpeg_bytes"]), str(r["jpeg_quality"]),
+         fmt(r["psnr"]), fmt(r["jpeg_psnr"]), fmt(r["delta_psnr"]),
+         fmt(r["ms_ssim"], 4), fmt(r["jpeg_ms_ssim"], 4), fmt(r["delta_ms_ssim"], 4)]
+        for r in rows
+    ]  # fmt: skip
+    averaged = [
+        [s["codec"], s["setting"], str(s["images"]), fmt(s["bytes"], 0), fmt(s["jpeg_bytes"], 0),
+         fmt(s["jpeg_quality"], 1), fmt(s["delta_psnr"]), fmt(s["delta_ms_ssim"], 4)]
+        for s in same_size_summary(rows)
+    ]  # fmt: skip
+    header = ["codec", "setting", "image", "bytes", "JPEG bytes", "JPEG q", "PSNR", "JPEG PSNR", "dPSNR",
+              "MS-SSIM", "JPEG MS-SSIM", "dMS-SSIM"]  # fmt: skip
+    avg_header = ["codec", "setting", "images", "bytes", "JPEG bytes", "JPEG q", "dPSNR", "dMS-SSIM"]
+    return table(avg_header, averaged) + "\n\nPer image:\n\n" + table(header, per_image)
+
+
+def markdown(run: dict) -> str:
+    """The whole report: set-up, summary, BD-rate intervals, curves and same-size JPEG."""
+    curves, bd = run["codecs"], run["bd_rate"]
+    sizes = sorted({f"{i['width']}x{i['height']}" for i in run["images"]})
+    parts = [
+        "# Rate-distortion benchmark",
+        f"Command: `{run['command']}`",
+        f"Images: {len(run['images'])} from `{run['dataset']}` ({', '.join(sizes)}).",
+        "Environment: " + ", ".join(f"{k}={v}" for k, v in run["environment"].items()),
+        "Conventions: bpp = whole file; PSNR = 8-bit RGB, peak 255, mean of per-image values; MS-SSIM ="
+        " pytorch-msssim `ms_ssim(data_range=255)` per channel, averaged; quality@bpp = PCHIP over log bpp on"
+        f" the averaged curve ('-' outside its range); BD-rate vs `{REFERENCE}` = PCHIP Bjontegaard on PSNR and"
+        " MS-SSIM dB; MP/s = mean over images of pixels / best time.",
+        "## Summary",
+        table(SUMMARY_HEADER, summary_rows(curves, bd)),
+        "BD-rate intervals (quality range integrated over):",
+        "\n".join(_interval_lines(bd)),
+    ]
+    if run["notes"]:
+        parts += ["Notes:", "\n".join(f"- {note}" for note in run["notes"])]
+    for name, curve in curves.items():
+        parts += [f"## {name}", curve["description"], curve_table(curve)]
+    if run["same_size_jpeg"]:
+        parts += [f"## Against {REFERENCE} at the same size", same_size_tables(run["same_size_jpeg"])]
+    return "\n\n".join(parts) + "\n"
+
+
+def _interval_lines(bd: dict[str, dict]) -> list[str]:
+    lines = []
+    for name, by_metric in bd.items():
+        for metric, value in by_metric.items():
+            if value:
+                lines.append(f"- `{name}` {metric}: [{value['low']:.2f}, {value['high']:.2f}]")
+    return lines
+
+
+def plot(curves: dict[str, dict], key: str, label: str, path: Path) -> None:
+    """A quality-vs-bpp plot of every averaged curve (PNG, no display needed)."""
+    fig = Figure(figsize=(7, 5), dpi=120)
+    ax = fig.add_subplot()
+    for name, curve in curves.items():
+        points = sorted(
+            (b, q) for b, q in zip(curve["results"]["bpp"], curve["results"][key], strict=True) if q is not None
+        )
+        if points:
+            ax.plot(*zip(*points, strict=True), marker="o", markersize=3, label=name)
+    ax.set(xlabel="bits per pixel", ylabel=label, title=f"{label} vs rate")
+    ax.grid(True, alpha=0.3)
+    if ax.lines:
+        ax.legend()
+    else:
+        ax.text(0.5, 0.5, "no data (MS-SSIM needs larger images)", ha="center", transform=ax.transAxes)
+    fig.savefig(path)
+
+
+def write_rd(run: dict, out: Path) -> list[Path]:
+    """Every output of an rd run into ``out``: rd.json, one CompressAI JSON per codec, rd.md, plots."""
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "rd.json", run)
+    paths = [out / "rd.json"]
+    for name, curve in run["codecs"].items():
+        write_json(out / f"{name}.json", curve)
+        paths.append(out / f"{name}.json")
+    (out / "rd.md").write_text(markdown(run))
+    plot(run["codecs"], "psnr-rgb", "PSNR (dB)", out / "rd_psnr.png")
+    plot(run["codecs"], "ms-ssim-rgb-db", "MS-SSIM (dB)", out / "rd_msssim.png")
+    return [*paths, out / "rd.md", out / "rd_psnr.png", out / "rd_msssim.png"]
+
+
+def entropy_markdown(report: dict) -> str:
+    """Bits per code (and per pixel) of each map under the priors and the simpler baselines."""
+    methods = ("uniform", "prior", "prior_ideal", "static", "zlib", "lzma")
+    names = ["uniform log2 K", "priors (real)", "priors (ideal)", "static histogram", "zlib -9", "LZMA2 -9e"]
+    books = report["codebooks"]
+    per_code = [
+        [r["map"], str(r["codes"]), f"{r['used_codes']}/{books[r['map']]}" if r["used_codes"] is not None else "-",
+         *[fmt(r[f"{m}_bits_per_code"], 3) for m in methods], fmt(r["overhead_pct"], 3)]
+        for r in report["maps"]
+    ]  # fmt: skip
+    per_pixel = [[r["map"], *[fmt(r[f"{m}_bpp"], 4) for m in methods]] for r in report["maps"]]
+    sizes = sorted({f"{i['width']}x{i['height']}" for i in report["images"]})
+    return "\n\n".join([
+        "# Code-map entropy",
+        f"Model: `{report['model']}`; {len(report['images'])} images ({', '.join(sizes)}); "
+        f"whole .vqc files: {report['file_bpp']:.4f} bpp.",
+        "Bits per code:",
+        table(["map", "codes", "used/K", *names, "coder overhead %"], per_code),
+        "Bits per pixel (all maps' bits over all pixels):",
+        table(["map", *names], per_pixel),
+    ]) + "\n"  # fmt: skip
+
+
+def speed_markdown(rows: Sequence[dict], command: str) -> str:
+    """Milliseconds per stage of encode and decode, throughput and memory, per device and image."""
+
+    def ms(seconds: float | None) -> str:
+        return fmt(None if seconds is None else 1000 * seconds, 1)
+
+    def memory(timing: dict | None) -> str:
+        return "-" if timing is None else f"{timing['peak_mib']:.0f} (+{timing['peak_mib'] - timing['before_mib']:.0f})"
+
+    body = []
+    for r in rows:
+        enc, dec = r["encode"], r["decode"]
+        dec_cells = [ms(dec["seconds"][s]) if dec else "-" for s in (*DECODE_STAGES, "total")]
+        body.append([
+            r["device"], str(r["threads"] or "-"), r["image"], f"{r['width']}x{r['height']}", fmt(r["bpp"], 3),
+            *[ms(enc["seconds"][s]) for s in (*ENCODE_STAGES, "total")],
+            fmt(r["width"] * r["height"] / enc["seconds"]["total"] / 1e6, 3), memory(enc), *dec_cells, memory(dec),
+        ])  # fmt: skip
+    header = ["device", "threads", "image", "size", "bpp", *[f"enc {s} ms" for s in ENCODE_STAGES], "enc total ms",
+              "enc MP/s", "enc peak MiB (+over start)", *[f"dec {s} ms" for s in DECODE_STAGES], "dec total ms",
+              "dec peak MiB (+over start)"]  # fmt: skip
+    return "\n\n".join([
+        "# vqcodec speed per stage",
+        f"Command: `{command}`",
+        "Best of N runs after a warm-up encode; enc total = `Codec.encode`, dec total = `Codec.decompress`"
+        " (the stages add up to about the total; the rest is padding, container and CRCs). Memory: the peak"
+        " while encoding (warm-up included) or decoding one image, and its rise over the start; CPU = the"
+        " process's resident set (Linux VmHWM, reset per phase), CUDA = torch's allocations.",
+        table(header, body),
+    ]) + "\n"  # fmt: skip

@@ -1,0 +1,227 @@
+"""The benchmark suite (bench/): metrics, BD-rates, JSON layout and the rd, entropy and speed commands."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+pytest.importorskip("pytorch_msssim")
+pytest.importorskip("scipy")
+pytest.importorskip("matplotlib")
+pytest.importorskip("tqdm")
+
+from click.testing import CliRunner
+from PIL import Image
+
+import vqcodec
+from bench.__main__ import main, spread
+from bench.codecs import VQCodec, classical_codecs
+from bench.metrics import MSSSIM_MIN_SIDE, bd_rate, ms_ssim, psnr, quality_at
+from bench.rd import match_size
+from bench.report import write_json
+from tests.conftest import smooth_image
+from vqcodec.weights import load_model
+
+# Kodak averages of jpeg420 and webp_m4 from shared/anchors/classical_kodak.md (bpp, PSNR).
+ANCHOR_JPEG = (
+    [0.0881, 0.1179, 0.1642, 0.2555, 0.3587, 0.5334, 0.7433, 0.9299, 1.2130, 1.5490, 2.3154],
+    [21.477, 22.809, 24.695, 26.672, 28.145, 29.893, 31.422, 32.515, 33.917, 35.370, 38.034],
+)
+ANCHOR_WEBP = (
+    [0.1086, 0.2046, 0.2724, 0.3529, 0.4608, 0.6207, 0.7709, 0.9343, 1.2163, 1.7798, 2.6949],
+    [25.852, 27.874, 28.846, 29.821, 30.939, 32.425, 33.607, 34.693, 36.369, 38.799, 41.308],
+)
+
+
+@pytest.fixture
+def image_dir(tmp_path, rng):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.fromarray(smooth_image(rng, 32, 40)).save(folder / "a.png")
+    Image.fromarray(smooth_image(rng, 24, 48)).save(folder / "b.png")
+    return folder
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+# -- metrics ----------------------------------------------------------------------------------
+
+
+def test_psnr_of_identical_images_is_infinite(rng):
+    image = smooth_image(rng, 8, 8)
+    assert psnr(image, image) == math.inf
+
+
+def test_psnr_of_known_mse():
+    a = np.zeros((4, 5, 3), np.uint8)
+    b = a.copy()
+    b[0, 0, 0] = 60  # MSE = 60^2 / 60 samples = 60
+    assert psnr(a, b) == pytest.approx(10 * math.log10(255**2 / 60))
+    assert psnr(a, a + 5) == pytest.approx(10 * math.log10(255**2 / 25))
+
+
+def test_ms_ssim_needs_large_enough_images(rng):
+    side = MSSSIM_MIN_SIDE
+    image = smooth_image(rng, side, side + 3)
+    assert ms_ssim(image, image) == pytest.approx(1.0, abs=1e-6)
+    noisy = np.clip(image.astype(int) + rng.integers(-20, 21, image.shape), 0, 255).astype(np.uint8)
+    assert 0 < ms_ssim(image, noisy) < 0.999
+    assert ms_ssim(image[:-1], image[:-1]) is None  # one row short of the five-scale minimum
+
+
+def test_bd_rate_of_a_curve_against_itself_is_zero():
+    bpp, quality = ANCHOR_JPEG
+    bd = bd_rate(bpp, quality, bpp, quality)
+    assert bd.percent == pytest.approx(0.0, abs=1e-12)
+    assert (bd.low, bd.high) == (min(quality), max(quality))
+
+
+def test_bd_rate_of_ten_percent_fewer_bits_is_minus_ten_percent():
+    bpp, quality = ANCHOR_JPEG
+    assert bd_rate(bpp, quality, [0.9 * b for b in bpp], quality).percent == pytest.approx(-10.0)
+
+
+def test_bd_rate_and_interpolation_reproduce_the_kodak_anchors():
+    bd = bd_rate(*ANCHOR_JPEG, *ANCHOR_WEBP)
+    assert bd.percent == pytest.approx(-34.9, abs=0.05)
+    assert (round(bd.low, 2), round(bd.high, 2)) == (25.85, 38.03)
+    assert quality_at(*ANCHOR_JPEG, 0.5) == pytest.approx(29.60, abs=0.005)
+    assert quality_at(*ANCHOR_WEBP, 0.125) == pytest.approx(26.29, abs=0.005)
+    assert quality_at(*ANCHOR_WEBP, 0.1) is None  # below the curve: no extrapolation
+
+
+def test_bd_rate_needs_two_points_and_an_overlap():
+    assert bd_rate([0.1, 0.2], [20.0, 25.0], [0.3], [30.0]) is None
+    assert bd_rate([0.1, 0.2], [20.0, 25.0], [0.3, 0.4], [30.0, 35.0]) is None
+    assert bd_rate([0.1, 0.2], [20.0, 25.0], [0.1, 0.2], [None, None]) is None
+
+
+def test_spread_keeps_both_ends():
+    assert spread([1, 2, 3, 4, 5, 6, 7], 4) == [1, 3, 5, 7]
+    assert spread([1, 2], 4) == [1, 2]
+
+
+def test_json_is_strict_with_missing_and_infinite_values(tmp_path):
+    write_json(tmp_path / "x.json", {"a": [1.0, math.inf, None, math.nan], "b": {"c": 1 / 3}})
+    assert json.loads((tmp_path / "x.json").read_text()) == {"a": [1.0, None, None, None], "b": {"c": 0.333333}}
+
+
+# -- codecs -----------------------------------------------------------------------------------
+
+
+def test_match_size_takes_the_largest_jpeg_quality_within_the_size(rng):
+    jpeg = next(c for c in classical_codecs() if c.name == "jpeg420")
+    image = Image.fromarray(smooth_image(rng, 40, 56))
+    sizes = {q: len(jpeg.encode(image, q)) for q in range(1, 101)}
+    for target in (sizes[30], sizes[75] + 1, sizes[1] - 1):
+        quality, data = match_size(image, target, jpeg)
+        within = [q for q, n in sizes.items() if n <= target]
+        assert quality == (max(within) if within else 1)
+        assert len(data) == sizes[quality]
+
+
+def test_vqcodec_without_decoding_gives_the_decoder_s_image(model_file, rng):
+    codec = vqcodec.Codec(load_model(model_file), device="cpu")
+    image = Image.fromarray(smooth_image(rng, 20, 28))
+    full = VQCodec("vq", "", {"m": codec}, decode=True).run(image, "m", 1)
+    fast = VQCodec("vq", "", {"m": codec}, decode=False).run(image, "m", 1)
+    assert full.data == fast.data and fast.decode_s is None and full.decode_s > 0
+    np.testing.assert_array_equal(full.decoded, fast.decoded)
+
+
+# -- commands ---------------------------------------------------------------------------------
+
+
+def test_rd_quick_run_writes_compressai_json_tables_and_plots(tmp_path, image_dir, model_file):
+    out = tmp_path / "out"
+    result = invoke(
+        "rd", image_dir, "--quick", "--codecs", "jpeg420", "--model", model_file, "--vq-decode", "--out", out
+    )
+    assert result.exit_code == 0, result.output
+    run = json.loads((out / "rd.json").read_text())
+    assert set(run["codecs"]) == {"jpeg420", "vqcodec-tiny"}
+
+    curve = json.loads((out / "jpeg420.json").read_text())
+    assert curve == run["codecs"]["jpeg420"]
+    assert set(curve) == {"name", "description", "results"}
+    results = curve["results"]
+    assert {"bpp", "psnr-rgb", "ms-ssim-rgb", "encoding_time", "decoding_time"} <= set(results)
+    assert len(results["setting"]) == 4 and all(len(v) == 4 for v in results.values())
+    assert results["ms-ssim-rgb"] == [None] * 4  # the images are too small for five scales
+    assert any("MS-SSIM needs" in note for note in run["notes"])
+
+    vq_rows = [r for r in run["per_image"] if r["codec"] == "vqcodec-tiny"]
+    assert [r["image"] for r in vq_rows] == ["a", "b"]
+    codec = vqcodec.Codec(load_model(model_file), device="cpu")
+    for row in vq_rows:
+        original = np.asarray(Image.open(image_dir / f"{row['image']}.png").convert("RGB"))
+        data = codec.compress(original)
+        assert row["bytes"] == len(data) and row["decode_s"] > 0
+        assert row["bpp"] == pytest.approx(8 * len(data) / (row["width"] * row["height"]), rel=1e-5)
+        assert row["bits_per_subpixel"] == pytest.approx(row["bpp"] / 3, rel=1e-5)
+        assert row["psnr"] == pytest.approx(psnr(original, np.asarray(codec.decompress(data))), rel=1e-5)
+
+    same = run["same_size_jpeg"]
+    assert [(r["codec"], r["image"]) for r in same] == [("vqcodec-tiny", "a"), ("vqcodec-tiny", "b")]
+    for r in same:
+        assert r["jpeg_bytes"] <= r["bytes"] or r["jpeg_quality"] == 1
+        assert r["delta_psnr"] == pytest.approx(r["psnr"] - r["jpeg_psnr"], abs=1e-4)
+    assert run["bd_rate"]["jpeg420"]["psnr"]["percent"] == 0
+    assert run["bd_rate"]["vqcodec-tiny"]["psnr"] is None  # one point is no curve
+
+    markdown = (out / "rd.md").read_text()
+    assert "## Summary" in markdown and "same size" in markdown
+    for plot in ("rd_psnr.png", "rd_msssim.png"):
+        assert (out / plot).read_bytes().startswith(b"\x89PNG")
+
+
+def test_rd_refuses_unknown_codecs(tmp_path, image_dir):
+    result = CliRunner().invoke(main, ["rd", str(image_dir), "--codecs", "gif", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "unknown or unavailable codec" in result.output
+
+
+def test_entropy_command_reports_every_map(tmp_path, image_dir, model_file):
+    out = tmp_path / "out"
+    result = invoke("entropy", image_dir, "--model", model_file, "--device", "cpu", "--out", out)
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "entropy.json").read_text())
+    rows = {r["map"]: r for r in report["maps"]}
+    assert set(rows) == {"top", "bottom", "total"}
+
+    codec = vqcodec.Codec(load_model(model_file), device="cpu")
+    encoded = [codec.encode(p) for p in sorted(image_dir.iterdir())]
+    for name in ("top", "bottom"):
+        row, stats = rows[name], [getattr(e, name) for e in encoded]
+        assert row["codes"] == sum(s.codes for s in stats)
+        assert row["prior_bits_per_code"] == pytest.approx(sum(s.real_bits for s in stats) / row["codes"], rel=1e-5)
+        assert row["uniform_bits_per_code"] == pytest.approx(4.0)  # 16 codes
+        assert 0 <= row["static_bits_per_code"] <= 4.0
+        assert row["zlib_bits_per_code"] > 0 and row["lzma_bits_per_code"] > 0
+    assert rows["total"]["codes"] == rows["top"]["codes"] + rows["bottom"]["codes"]
+    assert "coder overhead %" in (out / "entropy.md").read_text()
+
+
+def test_entropy_needs_a_model(tmp_path, image_dir):
+    result = CliRunner().invoke(main, ["entropy", str(image_dir), "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "--preset NAME or --model PATH" in result.output
+
+
+def test_speed_command_times_every_stage(tmp_path, image_dir, model_file):
+    out = tmp_path / "out"
+    result = invoke("speed", image_dir, "--model", model_file, "--devices", "cpu", "--repeats", "1", "--out", out)
+    assert result.exit_code == 0, result.output
+    rows = json.loads((out / "speed.json").read_text())["rows"]
+    assert [(r["device"], r["image"], r["width"], r["height"]) for r in rows] == [
+        ("cpu", "a", 40, 32),
+        ("cpu", "b", 48, 24),
+    ]
+    for r in rows:
+        assert set(r["encode"]["seconds"]) == {"analysis", "quantization", "prior", "entropy coding", "total"}
+        assert set(r["decode"]["seconds"]) == {"entropy decoding + prior replay", "synthesis", "total"}
+        assert r["encode"]["peak_mib"] > 0 and r["decode"]["peak_mib"] > 0
+    assert "enc prior ms" in (out / "speed.md").read_text()
