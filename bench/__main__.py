@@ -96,9 +96,9 @@ def _notes(samples: Sequence[Sample], learned: Sequence[VQCodec], decode: bool) 
 @click.option("--model", "models", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="A vqcodec model file to add as a codec (repeatable).")  # fmt: skip
 @click.option("--presets/--no-presets", default=True, show_default=True, help="Run the shipped vqcodec presets.")
-@click.option("--vq-decode/--no-vq-decode", default=None,
-              help="Run vqcodec's (slow) decoder [default: on, off with --quick]; when off, quality comes from "
-                   "the encoder's code maps and no decode time is given.")  # fmt: skip
+@click.option("--vq-decode/--no-vq-decode", default=True, show_default=True,
+              help="Run vqcodec's decoder; when off, quality comes from the encoder's code maps (which the "
+                   "decoder reproduces exactly) and no decode time is given.")  # fmt: skip
 @_device_option
 @click.option("--repeats", type=click.IntRange(1), help="Timing runs per file, best kept [default: 3, 1 with --quick].")
 @click.option("--threads", type=click.IntRange(1), default=1, show_default=True,
@@ -108,8 +108,7 @@ def rd(folder, out, quick, limit, crop, names, models, presets, vq_decode, devic
     torch.set_num_threads(threads)
     samples = _samples(folder, quick, limit, crop)
     classical = _pick_classical(names, quick)
-    decode = vq_decode if vq_decode is not None else not quick
-    learned = vqcodec_codecs(presets, models, device, decode)
+    learned = vqcodec_codecs(presets, models, device, vq_decode)
     codecs = [*classical, *learned]
     records = sweep(codecs, samples, repeats or (1 if quick else 3))
     curves = {c.name: average_curve(c, records) for c in codecs}
@@ -119,7 +118,7 @@ def rd(folder, out, quick, limit, crop, names, models, presets, vq_decode, devic
         "command": _command_line(), "dataset": str(folder), "environment": environment,
         "images": [{"name": s.name, "width": s.image.width, "height": s.image.height} for s in samples],
         "codecs": curves, "bd_rate": bd_rates(curves), "same_size_jpeg": same_size,
-        "same_size_jpeg_mean": report.same_size_summary(same_size), "notes": _notes(samples, learned, decode),
+        "same_size_jpeg_mean": report.same_size_summary(same_size), "notes": _notes(samples, learned, vq_decode),
         "per_image": records,
     }  # fmt: skip
     paths = report.write_rd(run, out)

@@ -159,7 +159,7 @@ def library_versions() -> dict[str, str | None]:
 class VQCodec:
     """vqcodec models as one codec: each setting names a loaded ``vqcodec.Codec``.
 
-    With ``decode`` False the decoder (a slow prior replay) is skipped: the reconstruction is
+    With ``decode`` False the decoder is skipped (for speed): the reconstruction is
     synthesised from the encoder's code maps, which the decoder reproduces exactly (the file's
     content CRC checks that), and no decode time is reported.
     """

@@ -1,10 +1,7 @@
 """Time per stage of vqcodec's encoder and decoder, with peak memory, on the CPU and on CUDA.
 
-The library has no stage hooks, so the encoder's stages are replayed here from its pieces (the
-VQ-VAE's analysis and quantizers, the priors' one causal pass, the range coder); the replay is
-checked to write exactly the streams ``Codec.encode`` writes, so the stages time the real work.
-The decoder's stages are public calls: ``decode_codes`` (entropy decoding with the prior replay)
-and ``reconstruct`` (synthesis).
+The stages are the codec's own (``vqcodec.timing``): ``Codec.encode`` and ``Codec.decompress``
+report them to a ``StageTimer``, summed over windows, batches and wavefront steps.
 """
 
 from __future__ import annotations
@@ -12,9 +9,7 @@ from __future__ import annotations
 import contextlib
 import resource
 import sys
-import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -23,53 +18,12 @@ import torch
 from tqdm import tqdm
 
 import vqcodec
-from vqcodec import container, entropy
-from vqcodec.image import to_tensor
+from vqcodec.timing import ANALYSIS, ENTROPY_CODING, PRIOR, QUANTIZATION, SYNTHESIS, StageTimer
 
 from .images import Sample
 
-ENCODE_STAGES = ("analysis", "quantization", "prior", "entropy coding")
-DECODE_STAGES = ("entropy decoding + prior replay", "synthesis")
-
-
-class StageTimer:
-    """Wall-clock seconds per named stage, waiting for the GPU at each boundary."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.seconds: dict[str, float] = {}
-
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
-    @contextmanager
-    def __call__(self, stage: str) -> Iterator[None]:
-        self._sync()
-        start = time.perf_counter()
-        yield
-        self._sync()
-        self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
-
-
-@torch.no_grad()
-def staged_encode(codec: vqcodec.Codec, rgb: np.ndarray, timer: StageTimer) -> tuple[bytes, bytes]:
-    """The top and bottom streams of ``rgb``, computed stage by stage under ``timer``."""
-    model, vq = codec.model, codec.model.vqvae
-    x = to_tensor(rgb, codec.top_stride).to(codec.device)
-    with timer("analysis"):
-        enc_b, z_t = vq._analyse(x)
-    with timer("quantization"):
-        top = vq.quantize_t.indices(z_t)
-        bottom = vq.quantize_b.indices(vq._bottom_latent(enc_b, vq.quantize_t.lookup(top)))
-    with timer("prior"):
-        cond = model.bottom_prior.condition(top)
-        top_probs = entropy.probabilities(model.top_prior.logits(top, None)[0].flatten(1).t())
-        bottom_probs = entropy.probabilities(model.bottom_prior.logits(bottom, cond)[0].flatten(1).t())
-    with timer("entropy coding"):
-        top_stream = entropy.encode(top[0].cpu().numpy().reshape(-1), top_probs)
-        bottom_stream = entropy.encode(bottom[0].cpu().numpy().reshape(-1), bottom_probs)
-    return top_stream, bottom_stream
+ENCODE_STAGES = (ANALYSIS, QUANTIZATION, PRIOR, ENTROPY_CODING)
+DECODE_STAGES = (PRIOR, ENTROPY_CODING, SYNTHESIS)
 
 
 def reset_peak_memory(device: torch.device) -> None:
@@ -114,31 +68,24 @@ def time_encode(codec: vqcodec.Codec, rgb: np.ndarray, repeats: int) -> tuple[Ti
     before = memory_mib(codec.device, peak=False)
     reset_peak_memory(codec.device)
     reference = codec.encode(rgb)  # also warms up (allocations, kernels)
-    _, streams = container.unpack(reference.data)
     runs = []
     for _ in range(max(1, repeats)):
         timer = StageTimer(codec.device)
-        if staged_encode(codec, rgb, timer) != (streams.top, streams.bottom):
-            raise RuntimeError("the staged encoder no longer matches Codec.encode: update bench/speed.py")
         with timer("total"):
-            codec.encode(rgb)
+            codec.encode(rgb, timer=timer)
         runs.append(timer.seconds)
     return Timing(_best(runs), memory_mib(codec.device, peak=True), before), reference.data
 
 
-def time_decode(codec: vqcodec.Codec, data: bytes, size: tuple[int, int], repeats: int) -> Timing:
+def time_decode(codec: vqcodec.Codec, data: bytes, repeats: int) -> Timing:
     """The decoder's timing per stage and in total."""
     before = memory_mib(codec.device, peak=False)
     reset_peak_memory(codec.device)
     runs = []
     for _ in range(max(1, repeats)):
         timer = StageTimer(codec.device)
-        with timer(DECODE_STAGES[0]):
-            codes = codec.decode_codes(data)
-        with timer(DECODE_STAGES[1]):
-            codec.reconstruct(codes, *size)
         with timer("total"):
-            codec.decompress(data)
+            codec.decompress(data, timer=timer)
         runs.append(timer.seconds)
     return Timing(_best(runs), memory_mib(codec.device, peak=True), before)
 
@@ -165,6 +112,6 @@ def measure_speed(
                 "device": name, "threads": torch.get_num_threads() if name == "cpu" else None,
                 "image": sample.name, "width": sample.image.width, "height": sample.image.height,
                 "bpp": 8 * len(data) / sample.pixels, "encode": asdict(encode),
-                "decode": asdict(time_decode(codec, data, sample.image.size, repeats)) if decode else None,
+                "decode": asdict(time_decode(codec, data, repeats)) if decode else None,
             })  # fmt: skip
     return rows
