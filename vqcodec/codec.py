@@ -184,10 +184,9 @@ class Codec:
             with timer(PRIOR):
                 state = prior.start(shapes, [r.half().take(cond) for r in batch] if cond is not None else None)
                 flat = np.concatenate([r.take(codes).reshape(-1) for r in batch])
-                every = np.arange(len(flat))
-                prior.set_codes(state, every, flat)
+                prior.set_codes(state, np.arange(len(flat)), flat)
                 order = prior.wavefronts(shapes)[0]
-                probs = np.ascontiguousarray(prior.probabilities(state, every)[order])
+                probs = prior.probabilities(state, order)  # every position, straight in coding order
             with timer(ENTROPY_CODING):
                 encoder.encode(flat[order], probs)
         data = encoder.data()

@@ -104,6 +104,14 @@ class Backend:
             return torch.round(x).clamp_(-limit, limit)
         return np.clip(np.rint(x, out=x), -limit, limit, out=x)
 
+    def clip_max(self, x: ArrayLike, limit: float) -> ArrayLike:
+        """min(x, limit), in place."""
+        return x.clamp_(max=limit) if self.torch else np.minimum(x, limit, out=x)
+
+    def small_index(self, x: ArrayLike) -> ArrayLike:
+        """Indices below 2^31: int32 where the library allows, which is faster."""
+        return x.long() if self.torch else x.astype(np.int32)
+
     def where(self, cond: ArrayLike, a: ArrayLike, b: float) -> ArrayLike:
         return torch.where(cond, a, b) if self.torch else np.where(cond, a, b)
 
@@ -194,7 +202,9 @@ class QConv:
     """y = round(sum(w * x) * scale + offset), clamped, over the input segments.
 
     Each segment (source, taps) owns a block of weight rows; every float32 product covers at most
-    ``CHUNK`` rows, and products are summed in float64 (float32 + float64 promotes exactly).
+    ``CHUNK`` rows, and products are summed in float64 (float32 + float64 promotes exactly). The
+    rescale is float32 when there is a single product, float64 otherwise: either way the same
+    correctly rounded IEEE operations on every device.
     """
 
     out: str
@@ -339,7 +349,10 @@ class _Builder:
             seg = weight[:, start : start + w[0].numel()].t().float()
             blocks += [seg[a : a + CHUNK].contiguous() for a in range(0, seg.shape[0], CHUNK)]
             start += w[0].numel()
-        self.ops.append(QConv(out, segments, blocks, w_scale / out_scale, offset, limit))
+        scale = w_scale / out_scale
+        if len(blocks) == 1:  # the product is an exact float32 integer: rescale in float32, faster
+            scale, offset = scale.float(), offset.float()
+        self.ops.append(QConv(out, segments, blocks, scale, offset, limit))
         self.scales[out] = out_scale
         return out
 
@@ -513,9 +526,8 @@ class IntegerPrior:
     def _table(self, logits: ArrayLike) -> ArrayLike:
         """Probability rows from integer logits (1/LOGIT_STEPS nat): 2^PROB_BITS exp(-distance to the max)."""
         xp = self.xp
-        dist = xp.reduce(logits, "max") - logits
-        dist[dist > len(self.probs) - 1] = len(self.probs) - 1
-        return self.probs[xp.index(dist)]
+        dist = xp.f32(xp.reduce(logits, "max") - logits)  # integers below 2^22: exact
+        return self.probs[xp.small_index(xp.clip_max(dist, len(self.probs) - 1))]
 
     @contextmanager
     def stepping(self) -> Iterator[None]:
