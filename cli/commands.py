@@ -193,10 +193,11 @@ def train_vqvae_command(folder: Path, out: Path, arch: str, **kwargs) -> None:
 @click.option("--vqvae", "vqvae_ckpt", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--data", "folder", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Finished model file.")
+@click.option("--arch", type=click.Choice(sorted(ARCHITECTURES)), help="Priors' architecture [default: the VQ-VAE's].")
 @_settings_options(DEFAULT_TILE, "Crop side in top-map codes (bottom crops are twice that).")
-def train_prior_command(vqvae_ckpt: Path, folder: Path, out: Path, **kwargs) -> None:
+def train_prior_command(vqvae_ckpt: Path, folder: Path, out: Path, arch: str | None, **kwargs) -> None:
     """Stage 2: train the priors on the code maps of DATA; writes the codec model OUT."""
     init_distributed()
     checkpoint = out.with_name(out.name + ".ckpt")
-    train_prior(vqvae_ckpt, folder, checkpoint, out, _settings(kwargs))
+    train_prior(vqvae_ckpt, folder, checkpoint, out, _settings(kwargs), arch)
     click.echo(f"model: {out} (checkpoint: {checkpoint}, log: {checkpoint.with_suffix('.jsonl')})")

@@ -31,6 +31,15 @@ class VQVAEConfig:
     def top_stride(self) -> int:
         return 2 * self.bottom_stride
 
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> VQVAEConfig:
+        try:
+            config = _build(cls, raw)
+        except (ValueError, TypeError) as exc:
+            raise ModelError(f"invalid VQ-VAE config: {exc}") from exc
+        config.validate()
+        return config
+
     def validate(self) -> None:
         s = self.bottom_stride
         if s < 2 or s & (s - 1):

@@ -13,7 +13,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +26,7 @@ from tqdm import tqdm
 from . import data
 from .checkpoint import load_checkpoint, load_modules, read_meta, save_checkpoint
 from .codec import DEFAULT_TILE
-from .config import ARCHITECTURES, ModelConfig
+from .config import ARCHITECTURES, ModelConfig, VQVAEConfig
 from .errors import ModelError
 from .image import padding
 from .model import CodecModel
@@ -139,7 +139,7 @@ def train_vqvae(folder: str | Path, out: str | Path, arch: str = "medium", setti
     config = _architecture(arch)
     device = _device()
     model = VQVAE2(config.vqvae).to(device)
-    run = _Run(out, {"vqvae": model}, settings, {"stage": "vqvae", "config": config.to_json()})
+    run = _Run(out, {"vqvae": model}, settings, {"stage": "vqvae", "arch": arch, "vqvae": asdict(config.vqvae)})
     run.resume()
     train_files, val_files = data.split(folder)
     sampler = data.CropSampler(data.load_rgb(train_files), settings.crop, run.generator)
@@ -180,13 +180,21 @@ def validate_vqvae(model: VQVAE2, images: list[np.ndarray]) -> dict[str, float]:
 # -- stage 2: the priors -----------------------------------------------------------------------
 
 
-def load_vqvae(checkpoint: str | Path) -> tuple[VQVAE2, ModelConfig]:
-    """The VQ-VAE of a stage-1 checkpoint, in eval mode."""
+def load_vqvae(checkpoint: str | Path, arch: str | None = None) -> tuple[VQVAE2, ModelConfig]:
+    """The VQ-VAE of a stage-1 checkpoint (eval mode) and the whole model's config: its VQ-VAE
+    with the priors of architecture ``arch`` (by default the one it was trained as)."""
     meta = read_meta(checkpoint)
     if meta.get("stage") != "vqvae":
         raise ModelError(f"{checkpoint} is not a VQ-VAE checkpoint (stage {meta.get('stage')!r})")
-    config = ModelConfig.from_json(meta["config"])
-    model = VQVAE2(config.vqvae)
+    vq = VQVAEConfig.from_dict(meta["vqvae"])
+    priors = _architecture(arch or meta["arch"])
+    config = ModelConfig(
+        vqvae=vq,
+        top_prior=replace(priors.top_prior, codes=vq.top_codes),
+        bottom_prior=replace(priors.bottom_prior, codes=vq.bottom_codes, cond_codes=vq.top_codes),
+    )
+    config.validate()
+    model = VQVAE2(vq)
     load_modules(checkpoint, {"vqvae": model})
     return model.eval(), config
 
@@ -243,11 +251,12 @@ def train_prior(
     out: str | Path,
     model_out: str | Path,
     settings: Settings = Settings(crop=DEFAULT_TILE),
+    arch: str | None = None,
 ) -> Path:
     """Train (or resume) both priors on the code maps of ``folder``; write the finished, calibrated
     codec model to ``model_out`` (the checkpoint for resuming goes to ``out``)."""
     out, model_out = Path(out), Path(model_out)
-    vqvae, config = load_vqvae(vqvae_checkpoint)
+    vqvae, config = load_vqvae(vqvae_checkpoint, arch)
     device = _device()
     top_prior, bottom_prior = PixelSNAIL(config.top_prior).to(device), PixelSNAIL(config.bottom_prior).to(device)
     run = _Run(out, {"top_prior": top_prior, "bottom_prior": bottom_prior}, settings, {"stage": "prior"})
