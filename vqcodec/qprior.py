@@ -5,8 +5,8 @@ A trained ``PixelSNAIL`` becomes a list of integer operations over the positions
 - weights and activations are integers in [-127, 127], held in float32 tensors. A matrix product
   sums at most ``CHUNK`` products per float32 pass, so every partial sum is an integer below 2^24
   and exact in any order, blocking, batch shape or device; chunks are added in float64;
-- scales between layers are applied in float64 with single, correctly rounded IEEE operations and
-  rounded half to even;
+- scales between layers are applied with single, correctly rounded IEEE operations (float64, or
+  float32 where the product is one exact float32 chunk), then rounded half to even;
 - ELU, sigmoid and exp are lookup tables built once from the model's scales.
 
 So the probabilities at a position are the same integers whether they are computed for the whole
