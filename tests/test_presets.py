@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 import vqcodec
-from tests.conftest import smooth_image
 from vqcodec.codec import DEFAULT_PRESET
 
 pytestmark = pytest.mark.skipif(not vqcodec.presets(), reason="no preset is installed")
@@ -19,10 +18,11 @@ def test_default_preset_is_shipped():
 @pytest.mark.parametrize("name", vqcodec.presets())
 def test_preset_round_trip(name):
     codec = vqcodec.load(name, device="cpu")
-    image = smooth_image(np.random.default_rng(0), 48, 64)
+    y, x = np.mgrid[0:48, 0:64]  # gentle gradients and waves, like a patch of a photo
+    image = np.stack([128 + 60 * np.sin(x / 9), 40 + 3 * y, 200 - 2 * x], -1).round().clip(0, 255).astype(np.uint8)
     encoded = codec.encode(image)
     out = np.asarray(codec.decompress(encoded.data))
     np.testing.assert_array_equal(out, codec.reconstruct(encoded.codes, 64, 48))
     psnr = 10 * np.log10(255**2 / ((out.astype(float) - image) ** 2).mean())
-    assert psnr > 18  # a trained model, not noise: smooth images come back recognisably
+    assert psnr > 22  # a trained model, not noise: smooth images come back recognisably
     assert encoded.bottom.ideal_bits / encoded.bottom.codes < np.log2(codec.model.config.vqvae.bottom_codes)
