@@ -140,7 +140,7 @@ def test_vqcodec_without_decoding_gives_the_decoder_s_image(model_file, rng):
 def test_rd_quick_run_writes_compressai_json_tables_and_plots(tmp_path, image_dir, model_file):
     out = tmp_path / "out"
     result = invoke(
-        "rd", image_dir, "--quick", "--codecs", "jpeg420", "--model", model_file, "--vq-decode", "--out", out
+        "rd", image_dir, "--quick", "--codecs", "jpeg420", "--model", model_file, "--no-presets", "--out", out
     )
     assert result.exit_code == 0, result.output
     run = json.loads((out / "rd.json").read_text())
