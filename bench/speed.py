@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 import vqcodec
-from vqcodec.timing import ANALYSIS, ENTROPY_CODING, PRIOR, QUANTIZATION, SYNTHESIS, StageTimer
+from vqcodec.timing import ANALYSIS, ENTROPY_CODING, PRIOR, QUANTIZATION, SYNTHESIS, StageTimer, no_timer
 
 from .images import Sample
 
@@ -63,31 +63,32 @@ def _best(runs: list[dict[str, float]]) -> dict[str, float]:
     return {stage: min(run[stage] for run in runs) for stage in runs[0]}
 
 
-def time_encode(codec: vqcodec.Codec, rgb: np.ndarray, repeats: int) -> tuple[Timing, bytes]:
-    """The encoder's timing per stage and in total, and the file it writes."""
+def _timed(codec: vqcodec.Codec, repeats: int, run: Callable[[StageTimer], object], warm_up: bool) -> Timing:
+    """Best-of-``repeats`` stage times of ``run(timer)``, with the peak memory since the start
+    (an untimed warm-up run first, when asked: allocations, kernels)."""
     before = memory_mib(codec.device, peak=False)
     reset_peak_memory(codec.device)
-    reference = codec.encode(rgb)  # also warms up (allocations, kernels)
+    if warm_up:
+        run(no_timer)
     runs = []
     for _ in range(max(1, repeats)):
         timer = StageTimer(codec.device)
         with timer("total"):
-            codec.encode(rgb, timer=timer)
+            run(timer)
         runs.append(timer.seconds)
-    return Timing(_best(runs), memory_mib(codec.device, peak=True), before), reference.data
+    return Timing(_best(runs), memory_mib(codec.device, peak=True), before)
+
+
+def time_encode(codec: vqcodec.Codec, rgb: np.ndarray, repeats: int) -> tuple[Timing, bytes]:
+    """The encoder's timing per stage and in total, and the file it writes."""
+    files: list[bytes] = []
+    timing = _timed(codec, repeats, lambda timer: files.append(codec.encode(rgb, timer=timer).data), warm_up=True)
+    return timing, files[0]
 
 
 def time_decode(codec: vqcodec.Codec, data: bytes, repeats: int) -> Timing:
     """The decoder's timing per stage and in total."""
-    before = memory_mib(codec.device, peak=False)
-    reset_peak_memory(codec.device)
-    runs = []
-    for _ in range(max(1, repeats)):
-        timer = StageTimer(codec.device)
-        with timer("total"):
-            codec.decompress(data, timer=timer)
-        runs.append(timer.seconds)
-    return Timing(_best(runs), memory_mib(codec.device, peak=True), before)
+    return _timed(codec, repeats, lambda timer: codec.decompress(data, timer=timer), warm_up=False)
 
 
 def devices() -> list[str]:
