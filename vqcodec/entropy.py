@@ -41,13 +41,6 @@ class Encoder:
         return self._encoder.get_compressed().astype("<u4").tobytes()
 
 
-def encode(symbols: np.ndarray, probs: np.ndarray) -> bytes:
-    """Range-code ``symbols`` (N,) under per-symbol probability rows ``probs`` (N, K) in one go."""
-    encoder = Encoder()
-    encoder.encode(symbols, probs)
-    return encoder.data()
-
-
 class Decoder:
     """Reads symbols back from ``encode``'s bytes, a chunk at a time, given the same probabilities."""
 
