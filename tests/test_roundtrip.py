@@ -157,3 +157,13 @@ def test_stage_timer_sees_every_stage(codec, rng):
     codec.decompress(data, timer=timer)
     assert set(timer.seconds) == {"prior", "entropy coding", "synthesis"}
     assert all(t >= 0 for t in timer.seconds.values())
+
+
+@pytest.mark.parametrize(
+    "fmt,suffix", [("PNG", "png"), ("JPEG", "jpg"), ("WEBP", "webp"), ("TIFF", "tif"), ("BMP", "bmp")]
+)
+def test_image_file_formats(codec, rng, tmp_path, fmt, suffix):
+    path = tmp_path / f"in.{suffix}"
+    Image.fromarray(smooth_image(rng, 18, 22)).save(path, format=fmt)
+    out = codec.decompress(codec.compress(path))
+    assert out.size == (22, 18) and out.mode == "RGB"
