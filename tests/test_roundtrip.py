@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import struct
+import zlib
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -167,3 +170,19 @@ def test_image_file_formats(codec, rng, tmp_path, fmt, suffix):
     Image.fromarray(smooth_image(rng, 18, 22)).save(path, format=fmt)
     out = codec.decompress(codec.compress(path))
     assert out.size == (22, 18) and out.mode == "RGB"
+
+
+def test_sixteen_bit_rgb_png_warns(codec, tmp_path):
+    """Pillow narrows 48-bit PNGs to 8 bits as it loads them: the user is told."""
+    h, w = 6, 7
+    rows = np.arange(h * w * 3, dtype=">u2").reshape(h, w, 3) * 1000
+    raw = b"".join(b"\0" + row.tobytes() for row in rows)
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+    (tmp_path / "rgb48.png").write_bytes(png)
+    with pytest.warns(UserWarning, match="16-bit"):
+        assert codec.decompress(codec.compress(tmp_path / "rgb48.png")).size == (w, h)

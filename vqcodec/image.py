@@ -18,6 +18,7 @@ ImageLike = Image.Image | np.ndarray | str | os.PathLike
 #: PIL modes read as RGB without alpha; anything with transparency goes through RGBA.
 _RGB_MODES = {"RGB", "CMYK", "YCbCr", "LAB", "HSV"}
 _HIGH_DEPTH_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
+_SIXTEEN_BIT_WARNING = "16-bit image reduced to 8 bits per channel"
 
 
 @dataclass(frozen=True)
@@ -44,10 +45,17 @@ def _check_size(width: int, height: int) -> None:
         )
 
 
+def _narrowed_on_load(img: Image.Image) -> bool:
+    """Whether Pillow keeps only the high byte of 16-bit samples as it loads (48-bit RGB PNG, TIFF)."""
+    return img.mode not in _HIGH_DEPTH_MODES and any(";16" in str(tile.args) for tile in img.tile or [])
+
+
 def _open(path: str | os.PathLike) -> Image.Image:
     try:
         with Image.open(path) as img:
             _check_size(*img.size)
+            if _narrowed_on_load(img):
+                warnings.warn(_SIXTEEN_BIT_WARNING, UserWarning, stacklevel=4)
             img.load()
             return ImageOps.exif_transpose(img)
     except FileNotFoundError as exc:
@@ -81,7 +89,7 @@ def _to_8bit(arr: np.ndarray) -> np.ndarray:
         return arr
     if arr.dtype.kind not in "iu" or (arr.size and (arr.min() < 0 or arr.max() > 65535)):
         raise InputError(f"image arrays must hold 8- or 16-bit unsigned values, got {arr.dtype}")
-    warnings.warn("16-bit image reduced to 8 bits per channel", UserWarning, stacklevel=4)
+    warnings.warn(_SIXTEEN_BIT_WARNING, UserWarning, stacklevel=4)
     return ((arr.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
 
 
