@@ -11,7 +11,7 @@ A trained ``PixelSNAIL`` becomes a list of integer operations over the positions
 
 So the probabilities at a position are the same integers whether they are computed for the whole
 map at once (the encoder) or a wavefront at a time (the decoder), on a CPU or a GPU. Positions are
-rows of per-source caches of shape (N + 1, C); row N stays zero and stands for "outside the map".
+rows of per-source caches of shape (N + 1, C); row N stays zero and stands for "outside the region".
 """
 
 from __future__ import annotations
@@ -296,8 +296,7 @@ class Attention:
         scores = (k @ q).reshape(s, h, t)  # exact: d * 127^2 < 2^24
         valid = (idx < state.n).reshape(s, 1, t)
         top = xp.reduce(xp.where(valid, scores, -math.inf), "max")
-        dist = xp.index(xp.where(valid, top - scores, 0.0))
-        dist[dist >= len(self.exp)] = len(self.exp) - 1
+        dist = xp.clip_max(xp.index(xp.where(valid, top - scores, 0.0)), len(self.exp) - 1)
         # Integer weights below 2^bits with T * 2^bits * 127 < 2^24 keep the float32 sums exact.
         weights = xp.f32(xp.where(valid, self.exp[dist], 0.0))  # (S, h, T)
         numer = xp.f64((weights.reshape(s, h, 1, t) @ v).reshape(s, h, -1))  # (S, h, d)
