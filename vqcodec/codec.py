@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -13,9 +14,9 @@ from PIL import Image
 from . import container, entropy, tiles
 from .container import Header, Streams
 from .errors import DecodeMismatchError, FormatError, ModelError, ModelMismatchError
-from .image import ImageLike, Picture, padding, read_image, to_pil, to_rgb, to_tensor
+from .image import ImageLike, Picture, pad_to, padding, read_image, to_pil, to_rgb, to_tensor
 from .model import CodecModel
-from .qprior import IntegerPrior
+from .qprior import IntegerPrior, MapState
 from .timing import ENTROPY_CODING, PRIOR, SYNTHESIS, Timer, no_timer
 from .weights import load_model, model_id
 
@@ -179,13 +180,11 @@ class Codec:
     ) -> tuple[bytes, MapStats]:
         """A map's stream: one pass of the prior per batch of regions, coded in decoding order."""
         encoder = entropy.Encoder()
-        for batch in tiles.batches(tiles.regions(*codes.shape, tile), MAX_BATCH_POSITIONS):
-            shapes = [r.shape for r in batch]
+        for batch, state in _batches(prior, codes.shape, cond, tile, timer):
             with timer(PRIOR):
-                state = prior.start(shapes, [r.half().take(cond) for r in batch] if cond is not None else None)
                 flat = np.concatenate([r.take(codes).reshape(-1) for r in batch])
                 prior.set_codes(state, np.arange(len(flat)), flat)
-                order = prior.wavefronts(shapes)[0]
+                order = prior.wavefronts(state.shapes)[0]
                 probs = prior.probabilities(state, order)  # every position, straight in coding order
             with timer(ENTROPY_CODING):
                 encoder.encode(flat[order], probs)
@@ -246,10 +245,8 @@ class Codec:
         """Decode a map batch by batch of regions, wavefront by wavefront within a batch."""
         decoder = entropy.Decoder(stream)
         codes = np.zeros(shape, dtype=np.int64)
-        for batch in tiles.batches(tiles.regions(*shape, tile), MAX_BATCH_POSITIONS):
-            shapes = [r.shape for r in batch]
-            state = prior.start(shapes, [r.half().take(cond) for r in batch] if cond is not None else None)
-            order, sizes = prior.wavefronts(shapes)
+        for batch, state in _batches(prior, shape, cond, tile, timer):
+            order, sizes = prior.wavefronts(state.shapes)
             flat = np.zeros(state.n, dtype=np.int64)
             start = 0
             with prior.stepping():
@@ -268,8 +265,7 @@ class Codec:
     def _analyse(self, rgb: np.ndarray, timer: Timer) -> tuple[np.ndarray, np.ndarray]:
         """Top and bottom code maps of an RGB image, window by window."""
         s = self.top_stride
-        h, w = rgb.shape[:2]
-        padded = np.pad(rgb, ((0, padding(h, s)), (0, padding(w, s)), (0, 0)), mode="edge")
+        padded = pad_to(rgb, s)
         top = np.zeros((padded.shape[0] // s, padded.shape[1] // s), dtype=np.int64)
         bottom = np.zeros((2 * top.shape[0], 2 * top.shape[1]), dtype=np.int64)
         for inner, outer in tiles.windows(*top.shape, WINDOW, WINDOW_MARGIN):
@@ -297,3 +293,16 @@ class Codec:
         codes, header, alpha = self._decode(data, timer)
         rgb = self.reconstruct(codes, header.width, header.height, timer)
         return to_pil(Picture(rgb, alpha, header.channels))
+
+
+def _batches(
+    prior: IntegerPrior, shape: tuple[int, int], cond: np.ndarray | None, tile: int, timer: Timer
+) -> Iterator[tuple[list[tiles.Region], MapState]]:
+    """The batches of regions a map is coded in, each with fresh prior caches (given its regions'
+    top codes, for the bottom prior): the same on both sides."""
+    for batch in tiles.batches(tiles.regions(*shape, tile), MAX_BATCH_POSITIONS):
+        with timer(PRIOR):
+            state = prior.start(
+                [r.shape for r in batch], [r.half().take(cond) for r in batch] if cond is not None else None
+            )
+        yield batch, state

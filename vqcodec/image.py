@@ -132,6 +132,12 @@ def padding(size: int, multiple: int) -> int:
     return -size % multiple
 
 
+def pad_to(rgb: np.ndarray, multiple: int) -> np.ndarray:
+    """(H, W, 3) edge-padded on the right and bottom to multiples of ``multiple``, as the codec codes it."""
+    h, w = rgb.shape[:2]
+    return np.pad(rgb, ((0, padding(h, multiple)), (0, padding(w, multiple)), (0, 0)), mode="edge")
+
+
 def to_tensor(rgb: np.ndarray) -> torch.Tensor:
     """(1, 3, H, W) floats in [-1, 1] from (H, W, 3) uint8."""
     return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).unsqueeze(0).float() / 127.5 - 1.0

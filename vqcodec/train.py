@@ -28,7 +28,7 @@ from .checkpoint import load_checkpoint, load_modules, read_meta, save_checkpoin
 from .codec import DEFAULT_TILE
 from .config import ARCHITECTURES, ModelConfig, VQVAEConfig
 from .errors import ModelError
-from .image import padding
+from .image import pad_to
 from .model import CodecModel
 from .prior import PixelSNAIL, calibrate
 from .vqvae import VQVAE2, loss
@@ -205,9 +205,7 @@ def code_maps(model: VQVAE2, images: list[np.ndarray]) -> list[tuple[np.ndarray,
     s = model.config.top_stride
     maps = []
     for img in images:
-        h, w = img.shape[:2]
-        padded = np.pad(img, ((0, padding(h, s)), (0, padding(w, s)), (0, 0)), mode="edge")
-        top, bottom = model.encode(data.to_batch([padded]))
+        top, bottom = model.encode(data.to_batch([pad_to(img, s)]))
         maps.append((top[0].numpy(), bottom[0].numpy()))
     return maps
 
