@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -43,6 +44,13 @@ def test_split_is_fixed_and_disjoint(folder):
     train, val = split(folder)
     assert set(train).isdisjoint(val) and len(train) + len(val) == 12
     assert split(folder) == (train, val)
+
+
+def test_learning_rate_holds_then_decays_to_zero():
+    s = Settings(steps=100, lr=1e-3)
+    lrs = [s.lr_at(step) for step in range(101)]
+    assert lrs[:80] == [1e-3] * 80 and lrs[-1] == 0
+    assert all(a > b for a, b in itertools.pairwise(lrs[80:]))
 
 
 def test_vqvae_resumes_exactly(folder, vqvae_ckpt, tmp_path):

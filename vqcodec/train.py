@@ -34,6 +34,9 @@ from .prior import PixelSNAIL, calibrate
 from .vqvae import VQVAE2, loss
 from .weights import save_model
 
+#: Share of the steps at the end of a run over which the learning rate decays to zero.
+DECAY_SHARE = 0.2
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -46,6 +49,14 @@ class Settings:
     seed: int = 0
     val_every: int = 500
     checkpoint_every: int = 1000
+
+    def lr_at(self, step: int) -> float:
+        """Constant ``lr``, then a linear decay to zero over the last ``DECAY_SHARE`` of the steps
+        (a schedule of the step alone, so resuming stays exact and longer runs share a prefix)."""
+        decay_start = (1 - DECAY_SHARE) * self.steps
+        if step < decay_start:
+            return self.lr
+        return self.lr * max(0.0, (self.steps - step) / (self.steps - decay_start))
 
 
 def _rank() -> int:
@@ -97,6 +108,8 @@ class _Run:
         bar = tqdm(total=s.steps, initial=self.step, disable=_rank() != 0, dynamic_ncols=True)
         running = None
         while self.step < s.steps:
+            for group in self.optimizer.param_groups:
+                group["lr"] = s.lr_at(self.step)
             metrics = train_step()
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
@@ -105,7 +118,7 @@ class _Run:
             bar.update(1)
             bar.set_postfix(loss=f"{running:.4f}")
             if self.step % 50 == 0:
-                self.log("train", metrics)
+                self.log("train", {**metrics, "lr": s.lr_at(self.step - 1)})
             if self.step % s.val_every == 0 or self.step == s.steps:
                 self.log("val", validate())
             if self.step % s.checkpoint_every == 0 or self.step == s.steps:
