@@ -14,8 +14,14 @@ def nearest_code(x: torch.Tensor, codebook: torch.Tensor, max_entries: int = MAX
     """Index of the nearest codebook row (squared Euclidean) for every row of ``x``.
 
     ``x`` is (N, D), ``codebook`` (K, D). The distance matrix is built ``max_entries // K`` rows
-    at a time, so memory stays bounded whatever N is. Ties go to the lowest index.
+    at a time, so memory stays bounded whatever N is. Ties go to the lowest index. On a GPU with
+    Triton, the fused kernel of ``kernels`` does the same without any distance matrix.
     """
+    if x.is_cuda:
+        from . import kernels  # here, not at the top: importing Triton takes a while and helps only on a GPU
+
+        if kernels.available(x):
+            return kernels.nearest_code_fused(x, codebook)
     n, k = x.shape[0], codebook.shape[0]
     rows = max(1, max_entries // k)
     code_norms = codebook.pow(2).sum(1)
