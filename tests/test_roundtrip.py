@@ -104,6 +104,24 @@ def test_many_batches_round_trip(codec, rng, monkeypatch):
     assert_round_trip(vqcodec.Codec(make_model(seed=9), device="cpu", tile=2), smooth_image(rng, 70, 50))
 
 
+@pytest.mark.parametrize("max_positions", [40, 1 << 15])
+def test_batched_images_give_the_files_of_single_images(rng, monkeypatch, max_positions):
+    """Maps of several images share batches (pooled whole, also when a map needs several), yet
+    each file is byte for byte the one coded alone, and files with different tiles decode together."""
+    monkeypatch.setattr(vqcodec.codec, "MAX_BATCH_POSITIONS", max_positions)
+    model = make_model(seed=5)
+    codecs = [vqcodec.Codec(model, device="cpu", tile=t) for t in (2, 3)]
+    images = [smooth_image(rng, h, w, c) for h, w, c in [(70, 50, 3), (9, 24, 1), (17, 33, 4), (1, 1, 3)]]
+    alone = [codecs[0].encode(image) for image in images]
+    together = codecs[0].encode_many(images)
+    assert [e.data for e in together] == [e.data for e in alone]
+    files = [e.data for e in alone] + [codecs[1].compress(images[0])]
+    decoded = codecs[1].decompress_many(files)
+    for out, data in zip(decoded, files, strict=True):
+        assert out.tobytes() == codecs[0].decompress(data).tobytes()
+    assert codecs[0].encode_many([]) == [] and codecs[0].decompress_many([]) == []
+
+
 def test_windowed_vqvae_matches_whole_image(rng, monkeypatch):
     """Analysis and synthesis in small windows with margins give the whole-image result."""
     codec = vqcodec.Codec(make_model(seed=12), device="cpu")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -143,53 +143,66 @@ class Codec:
     def encode(self, image: ImageLike, timer: Timer = no_timer) -> Encoded:
         """Compress ``image`` and report its code maps and the bits each map took (``timer``: see
         ``vqcodec.timing``)."""
-        pic = read_image(image)
-        width, height = pic.size
-        top_np, bottom_np = self._analyse(pic.rgb, timer)
-        top_stream, top_stats = self._encode_map(self.top_prior, top_np, None, self.tile, timer)
-        bottom_stream, bottom_stats = self._encode_map(self.bottom_prior, bottom_np, top_np, 2 * self.tile, timer)
-        streams = Streams(
-            top_stream,
-            bottom_stream,
-            container.compress_alpha(pic.alpha) if pic.alpha is not None else b"",
-        )
-        header = Header(
-            channels=pic.channels, tile=self.tile, model_id=self.model_id, width=width, height=height,
-            pad_x=padding(width, self.top_stride), pad_y=padding(height, self.top_stride),
-            top_shape=top_np.shape, bottom_shape=bottom_np.shape,
-            top_len=0, bottom_len=0, alpha_len=0, payload_crc=0,
-            content_crc=container.content_crc(top_np, bottom_np, pic.alpha),
-        )  # fmt: skip
-        data = container.pack(header, streams)
-        return Encoded(
-            data,
-            CodeMaps(top_np, bottom_np),
-            top_stats,
-            bottom_stats,
-            width,
-            height,
-        )
+        return self.encode_many([image], timer)[0]
+
+    @torch.no_grad()
+    def encode_many(self, images: Sequence[ImageLike], timer: Timer = no_timer) -> list[Encoded]:
+        """``encode`` several images at once: their maps share the priors' batches (more positions
+        per step, which a GPU needs to be busy). Each file is the one ``encode`` would write."""
+        pics = [read_image(image) for image in images]
+        tops, bottoms = zip(*(self._analyse(pic.rgb, timer) for pic in pics), strict=True) if pics else ((), ())
+        top_maps = [_Map(t.shape, self.tile) for t in tops]
+        bottom_maps = [_Map(b.shape, 2 * self.tile, t) for t, b in zip(tops, bottoms, strict=True)]
+        top_coded = self._encode_maps(self.top_prior, tops, top_maps, timer)
+        bottom_coded = self._encode_maps(self.bottom_prior, bottoms, bottom_maps, timer)
+        return [self._pack(*args) for args in zip(pics, tops, bottoms, top_coded, bottom_coded, strict=True)]
 
     def compress(self, image: ImageLike) -> bytes:
         """``.vqc`` bytes of a PIL image, an HxW(xC) uint8 array or an image file path."""
         return self.encode(image).data
 
+    def _pack(
+        self,
+        pic: Picture,
+        top: np.ndarray,
+        bottom: np.ndarray,
+        top_coded: tuple[bytes, MapStats],
+        bottom_coded: tuple[bytes, MapStats],
+    ) -> Encoded:
+        width, height = pic.size
+        streams = Streams(
+            top_coded[0], bottom_coded[0], container.compress_alpha(pic.alpha) if pic.alpha is not None else b""
+        )
+        header = Header(
+            channels=pic.channels, tile=self.tile, model_id=self.model_id, width=width, height=height,
+            pad_x=padding(width, self.top_stride), pad_y=padding(height, self.top_stride),
+            top_shape=top.shape, bottom_shape=bottom.shape,
+            top_len=0, bottom_len=0, alpha_len=0, payload_crc=0,
+            content_crc=container.content_crc(top, bottom, pic.alpha),
+        )  # fmt: skip
+        data = container.pack(header, streams)
+        return Encoded(data, CodeMaps(top, bottom), top_coded[1], bottom_coded[1], width, height)
+
     @staticmethod
-    def _encode_map(
-        prior: IntegerPrior, codes: np.ndarray, cond: np.ndarray | None, tile: int, timer: Timer
-    ) -> tuple[bytes, MapStats]:
-        """A map's stream: one pass of the prior per batch of regions, coded in decoding order."""
-        encoder = entropy.Encoder()
-        for batch, state in _batches(prior, codes.shape, cond, tile, timer):
+    def _encode_maps(
+        prior: IntegerPrior, codes: Sequence[np.ndarray], maps: list[_Map], timer: Timer
+    ) -> list[tuple[bytes, MapStats]]:
+        """Each map's stream: one pass of the prior per batch of regions, coded in decoding order."""
+        encoders = [entropy.Encoder() for _ in maps]
+        for batch, owner, state in _batches(prior, maps, timer):
             with timer(PRIOR):
-                flat = np.concatenate([r.take(codes).reshape(-1) for r in batch])
+                flat = np.concatenate([region.take(codes[i]).reshape(-1) for i, region in batch])
                 prior.set_codes(state, np.arange(len(flat)), flat)
                 order = prior.wavefronts(state.shapes)[0]
                 probs = prior.probabilities(state, order)  # every position, straight in coding order
             with timer(ENTROPY_CODING):
-                encoder.encode(flat[order], probs)
-        data = encoder.data()
-        return data, MapStats(encoder.symbols, 8 * len(data), encoder.ideal_bits)
+                for i, mine in _by_owner(owner[order]):
+                    encoders[i].encode(flat[order[mine]], probs[mine])
+        coded = []
+        for encoder in encoders:
+            data = encoder.data()
+            coded.append((data, MapStats(encoder.symbols, 8 * len(data), encoder.ideal_bits)))
+        return coded
 
     # -- decoding ---------------------------------------------------------------------------
 
@@ -216,37 +229,38 @@ class Codec:
     @torch.no_grad()
     def decode_codes(self, data: bytes, timer: Timer = no_timer) -> CodeMaps:
         """Entropy-decode the code maps of a ``.vqc`` file, checking them against its content CRC."""
-        return self._decode(data, timer)[0]
+        return self._decode([data], timer)[0][0]
 
     @torch.no_grad()
-    def _decode(self, data: bytes, timer: Timer) -> tuple[CodeMaps, Header, np.ndarray | None]:
-        header = self.read_header(data)
-        _, streams = container.unpack(data)
-        top = self._decode_map(self.top_prior, streams.top, header.top_shape, None, header.tile, timer)
-        bottom = self._decode_map(self.bottom_prior, streams.bottom, header.bottom_shape, top, 2 * header.tile, timer)
-        alpha = container.decompress_alpha(streams.alpha, (header.height, header.width)) if header.has_alpha else None
-        codes = CodeMaps(top, bottom)
-        if container.content_crc(codes.top, codes.bottom, alpha) != header.content_crc:
-            raise DecodeMismatchError(
-                "decoded content fails its checksum: the decoder's probabilities differ from the "
-                "encoder's (different hardware or software?); no image was written"
+    def _decode(self, files: Sequence[bytes], timer: Timer) -> list[tuple[CodeMaps, Header, np.ndarray | None]]:
+        """Code maps, header and alpha of each file; every header is checked before any decoding."""
+        headers = [self.read_header(data) for data in files]
+        streams = [container.unpack(data)[1] for data in files]
+        top_maps = [_Map(h.top_shape, h.tile) for h in headers]
+        tops = self._decode_maps(self.top_prior, [s.top for s in streams], top_maps, timer)
+        bottom_maps = [_Map(h.bottom_shape, 2 * h.tile, top) for h, top in zip(headers, tops, strict=True)]
+        bottoms = self._decode_maps(self.bottom_prior, [s.bottom for s in streams], bottom_maps, timer)
+        decoded = []
+        for header, stream, top, bottom in zip(headers, streams, tops, bottoms, strict=True):
+            alpha = (
+                container.decompress_alpha(stream.alpha, (header.height, header.width)) if header.has_alpha else None
             )
-        return codes, header, alpha
+            if container.content_crc(top, bottom, alpha) != header.content_crc:
+                raise DecodeMismatchError(
+                    "decoded content fails its checksum: the decoder's probabilities differ from the "
+                    "encoder's (different hardware or software?); no image was written"
+                )
+            decoded.append((CodeMaps(top, bottom), header, alpha))
+        return decoded
 
-    def _decode_map(
-        self,
-        prior: IntegerPrior,
-        stream: bytes,
-        shape: tuple[int, int],
-        cond: np.ndarray | None,
-        tile: int,
-        timer: Timer,
-    ) -> np.ndarray:
-        """Decode a map batch by batch of regions, wavefront by wavefront within a batch."""
-        decoder = entropy.Decoder(stream)
-        codes = np.zeros(shape, dtype=np.int64)
-        for batch, state in _batches(prior, shape, cond, tile, timer):
+    @staticmethod
+    def _decode_maps(prior: IntegerPrior, streams: Sequence[bytes], maps: list[_Map], timer: Timer) -> list[np.ndarray]:
+        """Decode maps batch by batch of regions, wavefront by wavefront within a batch."""
+        decoders = [entropy.Decoder(stream) for stream in streams]
+        codes = [np.zeros(m.shape, dtype=np.int64) for m in maps]
+        for batch, owner, state in _batches(prior, maps, timer):
             order, sizes = prior.wavefronts(state.shapes)
+            owner = owner[order]
             flat = np.zeros(state.n, dtype=np.int64)
             start = 0
             with prior.stepping():
@@ -255,11 +269,12 @@ class Codec:
                     with timer(PRIOR):
                         probs = prior.probabilities(state, rows)
                     with timer(ENTROPY_CODING):
-                        flat[rows] = decoder.decode(probs)
+                        for i, mine in _by_owner(owner[start : start + size]):
+                            flat[rows[mine]] = decoders[i].decode(probs[mine])
                     prior.set_codes(state, rows, flat[rows])
                     start += size
-            for region, base in zip(batch, state.bases, strict=True):
-                region.take(codes)[...] = flat[base : base + region.h * region.w].reshape(region.shape)
+            for (i, region), base in zip(batch, state.bases, strict=True):
+                region.take(codes[i])[...] = flat[base : base + region.positions].reshape(region.shape)
         return codes
 
     def _analyse(self, rgb: np.ndarray, timer: Timer) -> tuple[np.ndarray, np.ndarray]:
@@ -290,19 +305,57 @@ class Codec:
 
     def decompress(self, data: bytes, timer: Timer = no_timer) -> Image.Image:
         """The image stored in ``.vqc`` bytes (mode L, LA, RGB or RGBA, as compressed)."""
-        codes, header, alpha = self._decode(data, timer)
-        rgb = self.reconstruct(codes, header.width, header.height, timer)
-        return to_pil(Picture(rgb, alpha, header.channels))
+        return self.decompress_many([data], timer)[0]
+
+    def decompress_many(self, files: Sequence[bytes], timer: Timer = no_timer) -> list[Image.Image]:
+        """``decompress`` several files at once, their maps sharing the priors' batches."""
+        return [
+            to_pil(Picture(self.reconstruct(codes, header.width, header.height, timer), alpha, header.channels))
+            for codes, header, alpha in self._decode(files, timer)
+        ]
+
+
+@dataclass(frozen=True)
+class _Map:
+    """A code map to code: its size, the side of its regions and, for a bottom map, its top map."""
+
+    shape: tuple[int, int]
+    tile: int
+    cond: np.ndarray | None = None
 
 
 def _batches(
-    prior: IntegerPrior, shape: tuple[int, int], cond: np.ndarray | None, tile: int, timer: Timer
-) -> Iterator[tuple[list[tiles.Region], MapState]]:
-    """The batches of regions a map is coded in, each with fresh prior caches (given its regions'
-    top codes, for the bottom prior): the same on both sides."""
-    for batch in tiles.batches(tiles.regions(*shape, tile), MAX_BATCH_POSITIONS):
+    prior: IntegerPrior, maps: list[_Map], timer: Timer
+) -> Iterator[tuple[list[tuple[int, tiles.Region]], np.ndarray, MapState]]:
+    """The batches of (map index, region) that maps are coded in, with the map index of each
+    position and fresh prior caches (given the regions' top codes, for the bottom prior): the
+    same on both sides.
+
+    Each map is cut into its own batches, and consecutive ones are pooled up to
+    ``MAX_BATCH_POSITIONS``. Two consecutive batches of one map never fit together, so a map's
+    positions keep the order they have when it is coded alone: a file does not depend on what it
+    was batched with.
+    """
+    units = [
+        [(i, region) for region in batch]
+        for i, m in enumerate(maps)
+        for batch in tiles.batches(tiles.regions(*m.shape, m.tile), MAX_BATCH_POSITIONS)
+    ]
+    for pooled in tiles.batches(units, MAX_BATCH_POSITIONS, lambda unit: sum(r.positions for _, r in unit)):
+        batch = [pair for unit in pooled for pair in unit]
+        owner = np.repeat([i for i, _ in batch], [r.positions for _, r in batch])
         with timer(PRIOR):
-            state = prior.start(
-                [r.shape for r in batch], [r.half().take(cond) for r in batch] if cond is not None else None
-            )
-        yield batch, state
+            conds = [r.half().take(maps[i].cond) for i, r in batch] if maps[0].cond is not None else None
+            state = prior.start([r.shape for _, r in batch], conds)
+        yield batch, owner, state
+
+
+def _by_owner(owner: np.ndarray) -> Iterator[tuple[int, np.ndarray | slice]]:
+    """Each map index in ``owner`` with the entries that are its own, in order (all of them as a
+    slice when there is one map, which saves copying its probability rows)."""
+    ids = np.unique(owner)
+    if len(ids) == 1:
+        yield int(ids[0]), slice(None)
+        return
+    for i in ids:
+        yield int(i), np.flatnonzero(owner == i)

@@ -8,9 +8,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -25,6 +29,10 @@ class Region:
     @property
     def shape(self) -> tuple[int, int]:
         return self.h, self.w
+
+    @property
+    def positions(self) -> int:
+        return self.h * self.w
 
     def take(self, m: np.ndarray) -> np.ndarray:
         """The region's part of map ``m``."""
@@ -52,16 +60,18 @@ def regions(h: int, w: int, size: int) -> list[Region]:
     ]
 
 
-def batches(items: list[Region], max_positions: int) -> list[list[Region]]:
-    """Consecutive groups of regions with at most ``max_positions`` positions each (at least one region)."""
-    groups: list[list[Region]] = []
+def batches(items: list[T], max_positions: int, size: Callable[[T], int] = lambda r: r.positions) -> list[list[T]]:
+    """Consecutive groups of items (regions by default) with at most ``max_positions`` positions
+    each, at least one item per group. Two consecutive groups never fit in one together."""
+    groups: list[list[T]] = []
     count = max_positions
-    for region in items:
-        if count + region.h * region.w > max_positions:
+    for item in items:
+        n = size(item)
+        if count + n > max_positions:
             groups.append([])
             count = 0
-        groups[-1].append(region)
-        count += region.h * region.w
+        groups[-1].append(item)
+        count += n
     return groups
 
 
