@@ -166,13 +166,15 @@ def entropy(folder, out, quick, limit, crop, model_path, preset, device) -> None
 @click.option("--decode/--no-decode", default=True, show_default=True, help="Also time the (slow) decoder.")
 @click.option("--repeats", type=click.IntRange(1), default=2, show_default=True, help="Timing runs, best kept.")
 @click.option("--threads", type=click.IntRange(1), help="torch threads on the CPU [default: torch's choice].")
-def speed(folder, out, quick, limit, crop, model_path, preset, device_names, decode, repeats, threads) -> None:
+@click.option("--batch", type=click.IntRange(1), default=1, show_default=True,
+              help="Images coded together (Codec.encode_many); times are per image.")  # fmt: skip
+def speed(folder, out, quick, limit, crop, model_path, preset, device_names, decode, repeats, threads, batch) -> None:
     """Time per stage of vqcodec's encoder and decoder on the images in FOLDER."""
     if threads:
         torch.set_num_threads(threads)
     load = _loader(preset, model_path)
     names = devices() if device_names == "all" else [device_names]
-    rows = measure_speed(load, _samples(folder, quick, limit, crop), names, 1 if quick else repeats, decode)
+    rows = measure_speed(load, _samples(folder, quick, limit, crop), names, 1 if quick else repeats, decode, batch)
     out.mkdir(parents=True, exist_ok=True)
     report.write_json(
         out / "speed.json", {"command": _command_line(), "environment": report.environment(), "rows": rows}

@@ -263,7 +263,7 @@ def speed_markdown(rows: Sequence[dict], command: str) -> str:
         body.append([
             r["device"], str(r["threads"] or "-"), r["image"], f"{r['width']}x{r['height']}", fmt(r["bpp"], 3),
             *[ms(enc["seconds"][s]) for s in (*ENCODE_STAGES, "total")],
-            fmt(r["width"] * r["height"] / enc["seconds"]["total"] / 1e6, 3), memory(enc), *dec_cells, memory(dec),
+            fmt(r["pixels"] / enc["seconds"]["total"] / 1e6, 3), memory(enc), *dec_cells, memory(dec),
         ])  # fmt: skip
     header = ["device", "threads", "image", "size", "bpp", *[f"enc {s} ms" for s in ENCODE_STAGES], "enc total ms",
               "enc MP/s", "enc peak MiB (+over start)", *[f"dec {s} ms" for s in DECODE_STAGES], "dec total ms",
@@ -271,9 +271,10 @@ def speed_markdown(rows: Sequence[dict], command: str) -> str:
     return "\n\n".join([
         "# vqcodec speed per stage",
         f"Command: `{command}`",
-        "Best of N runs after a warm-up encode; enc total = `Codec.encode`, dec total = `Codec.decompress`"
-        " (the stages add up to about the total; the rest is padding, container and CRCs). Memory: the peak"
-        " while encoding (warm-up included) or decoding one image, and its rise over the start; CPU = the"
+        "Best of N runs after a warm-up encode; enc total = `Codec.encode_many`, dec total ="
+        " `Codec.decompress_many`, per image of a batch (size: its first image's; the stages add up to about"
+        " the total; the rest is padding, container and CRCs). Memory: the peak"
+        " while encoding (warm-up included) or decoding a batch, and its rise over the start; CPU = the"
         " process's resident set (Linux VmHWM, reset per phase), CUDA = torch's allocations.",
         table(header, body),
     ]) + "\n"  # fmt: skip

@@ -1,7 +1,8 @@
 """Time per stage of vqcodec's encoder and decoder, with peak memory, on the CPU and on CUDA.
 
-The stages are the codec's own (``vqcodec.timing``): ``Codec.encode`` and ``Codec.decompress``
-report them to a ``StageTimer``, summed over windows, batches and wavefront steps.
+The stages are the codec's own (``vqcodec.timing``): ``Codec.encode_many`` and
+``Codec.decompress_many`` report them to a ``StageTimer``, summed over windows, batches and
+wavefront steps. Images are coded ``batch`` at a time; times are per image.
 """
 
 from __future__ import annotations
@@ -79,16 +80,24 @@ def _timed(codec: vqcodec.Codec, repeats: int, run: Callable[[StageTimer], objec
     return Timing(_best(runs), memory_mib(codec.device, peak=True), before)
 
 
-def time_encode(codec: vqcodec.Codec, rgb: np.ndarray, repeats: int) -> tuple[Timing, bytes]:
-    """The encoder's timing per stage and in total, and the file it writes."""
-    files: list[bytes] = []
-    timing = _timed(codec, repeats, lambda timer: files.append(codec.encode(rgb, timer=timer).data), warm_up=True)
-    return timing, files[0]
+def _per_image(timing: Timing, n: int) -> Timing:
+    return Timing({stage: t / n for stage, t in timing.seconds.items()}, timing.peak_mib, timing.before_mib)
 
 
-def time_decode(codec: vqcodec.Codec, data: bytes, repeats: int) -> Timing:
-    """The decoder's timing per stage and in total."""
-    return _timed(codec, repeats, lambda timer: codec.decompress(data, timer=timer), warm_up=False)
+def time_encode(codec: vqcodec.Codec, images: list[np.ndarray], repeats: int) -> tuple[Timing, list[bytes]]:
+    """The encoder's timing per stage and in total, per image of the batch ``images``, and the files it writes."""
+    files: list[list[bytes]] = []
+
+    def run(timer: StageTimer) -> None:
+        files.append([encoded.data for encoded in codec.encode_many(images, timer=timer)])
+
+    return _per_image(_timed(codec, repeats, run, warm_up=True), len(images)), files[0]
+
+
+def time_decode(codec: vqcodec.Codec, files: list[bytes], repeats: int) -> Timing:
+    """The decoder's timing per stage and in total, per image of the batch ``files``."""
+    timing = _timed(codec, repeats, lambda timer: codec.decompress_many(files, timer=timer), warm_up=False)
+    return _per_image(timing, len(files))
 
 
 def devices() -> list[str]:
@@ -102,17 +111,22 @@ def measure_speed(
     device_names: Sequence[str],
     repeats: int,
     decode: bool,
+    batch: int = 1,
 ) -> list[dict]:
-    """One row per device and image: size, rate, and the encoder's (and decoder's) ``Timing``."""
+    """One row per device and batch of images (one image by default): size, rate, and the
+    encoder's (and decoder's) ``Timing`` per image."""
     rows = []
+    groups = [samples[i : i + batch] for i in range(0, len(samples), batch)]
     for name in device_names:
         codec = load(name)
-        for sample in tqdm(samples, desc=f"speed {name}", unit="image", leave=False):
-            encode, data = time_encode(codec, np.asarray(sample.image), repeats)
+        for group in tqdm(groups, desc=f"speed {name}", unit="batch" if batch > 1 else "image", leave=False):
+            encode, files = time_encode(codec, [np.asarray(s.image) for s in group], repeats)
+            pixels = sum(s.pixels for s in group)
             rows.append({
                 "device": name, "threads": torch.get_num_threads() if name == "cpu" else None,
-                "image": sample.name, "width": sample.image.width, "height": sample.image.height,
-                "bpp": 8 * len(data) / sample.pixels, "encode": asdict(encode),
-                "decode": asdict(time_decode(codec, data, repeats)) if decode else None,
+                "image": "+".join(s.name for s in group), "batch": len(group),
+                "width": group[0].image.width, "height": group[0].image.height, "pixels": pixels / len(group),
+                "bpp": 8 * sum(len(f) for f in files) / pixels, "encode": asdict(encode),
+                "decode": asdict(time_decode(codec, files, repeats)) if decode else None,
             })  # fmt: skip
     return rows

@@ -225,3 +225,12 @@ def test_speed_command_times_every_stage(tmp_path, image_dir, model_file):
         assert set(r["decode"]["seconds"]) == {"prior", "entropy coding", "synthesis", "total"}
         assert r["encode"]["peak_mib"] > 0 and r["decode"]["peak_mib"] > 0
     assert "enc prior ms" in (out / "speed.md").read_text()
+
+
+def test_speed_of_batches_is_per_image(tmp_path, image_dir, model_file):
+    out = tmp_path / "out"
+    result = invoke("speed", image_dir, "--model", model_file, "--devices", "cpu", "--batch", "2", "--out", out)
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads((out / "speed.json").read_text())["rows"]
+    assert (row["image"], row["batch"], row["pixels"]) == ("a+b", 2, (40 * 32 + 48 * 24) / 2)
+    assert row["encode"]["seconds"]["total"] > 0 and row["decode"]["seconds"]["total"] > 0
