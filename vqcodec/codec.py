@@ -161,6 +161,10 @@ class Codec:
         """``.vqc`` bytes of a PIL image, an HxW(xC) uint8 array or an image file path."""
         return self.encode(image).data
 
+    def compress_many(self, images: Sequence[ImageLike]) -> list[bytes]:
+        """``compress`` several images at once (see ``encode_many``)."""
+        return [encoded.data for encoded in self.encode_many(images)]
+
     def _pack(
         self,
         pic: Picture,
