@@ -3,13 +3,15 @@ wavefront, never looks at later wavefronts, and stays close to the float prior i
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
 
 from tests.conftest import make_model
 from vqcodec.config import PriorConfig
-from vqcodec.prior import PixelSNAIL, calibrate, causal_offsets
+from vqcodec.prior import PixelSNAIL, WindowAttention, attention_offsets, calibrate, causal_offsets
 from vqcodec.qprior import IntegerPrior
 
 
@@ -130,3 +132,24 @@ def test_training_pass_gives_gradients():
     assert logits.shape == (2, 16, 4, 6)
     torch.nn.functional.cross_entropy(logits, codes).backward()
     assert prior.embed.weight.grad is not None
+
+
+def test_window_attention_matches_a_position_by_position_loop():
+    torch.manual_seed(0)
+    offsets = attention_offsets(2, 2, 1)
+    attn = WindowAttention(5, 6, 4, 2, offsets, 0.0)
+    query, key = torch.randn(2, 5, 3, 4), torch.randn(2, 6, 3, 4)
+    with torch.no_grad():
+        out = attn(query, key)
+        q, k, v = attn.query(query), attn.key(key), attn.value(key)
+        d = 4 // 2
+        for y, x in itertools.product(range(3), range(4)):
+            taps = [(y + dy, x + dx) for dy, dx in offsets if 0 <= y + dy < 3 and 0 <= x + dx < 4]
+            for head in range(2):
+                ch = slice(head * d, (head + 1) * d)
+                expected = torch.zeros(2, d)
+                if taps:
+                    scores = torch.stack([(q[:, ch, y, x] * k[:, ch, ty, tx]).sum(1) for ty, tx in taps], 1)
+                    weights = torch.softmax(scores / d**0.5, 1)
+                    expected = sum(weights[:, i, None] * v[:, ch, ty, tx] for i, (ty, tx) in enumerate(taps))
+                torch.testing.assert_close(out[:, ch, y, x], expected)
