@@ -173,6 +173,11 @@ def _settings_options(crop_default: int, crop_help: str):
     return wrap
 
 
+_init_option = click.option(
+    "--init", metavar="PRESET|PATH", help="Fine-tune: start from the weights of a shipped preset or model file."
+)
+
+
 def _settings(kwargs: dict) -> Settings:
     return Settings(**{k: kwargs.pop(k) for k in list(kwargs) if k in Settings.__dataclass_fields__})
 
@@ -181,11 +186,12 @@ def _settings(kwargs: dict) -> Settings:
 @click.option("--data", "folder", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Checkpoint file.")
 @click.option("--arch", type=click.Choice(sorted(ARCHITECTURES)), default="medium", show_default=True)
+@_init_option
 @_settings_options(128, "Crop side in pixels.")
-def train_vqvae_command(folder: Path, out: Path, arch: str, **kwargs) -> None:
+def train_vqvae_command(folder: Path, out: Path, arch: str, init: str | None, **kwargs) -> None:
     """Stage 1: train a VQ-VAE on the images in DATA (resumes from OUT if it exists)."""
     init_distributed()
-    train_vqvae(folder, out, arch, _settings(kwargs))
+    train_vqvae(folder, out, arch, _settings(kwargs), init)
     click.echo(f"VQ-VAE checkpoint: {out} (log: {out.with_suffix('.jsonl')})")
 
 
@@ -194,10 +200,13 @@ def train_vqvae_command(folder: Path, out: Path, arch: str, **kwargs) -> None:
 @click.option("--data", "folder", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Finished model file.")
 @click.option("--arch", type=click.Choice(sorted(ARCHITECTURES)), help="Priors' architecture [default: the VQ-VAE's].")
+@_init_option
 @_settings_options(DEFAULT_TILE, "Crop side in top-map codes (bottom crops are twice that).")
-def train_prior_command(vqvae_ckpt: Path, folder: Path, out: Path, arch: str | None, **kwargs) -> None:
+def train_prior_command(
+    vqvae_ckpt: Path, folder: Path, out: Path, arch: str | None, init: str | None, **kwargs
+) -> None:
     """Stage 2: train the priors on the code maps of DATA; writes the codec model OUT."""
     init_distributed()
     checkpoint = out.with_name(out.name + ".ckpt")
-    train_prior(vqvae_ckpt, folder, checkpoint, out, _settings(kwargs), arch)
+    train_prior(vqvae_ckpt, folder, checkpoint, out, _settings(kwargs), arch, init)
     click.echo(f"model: {out} (checkpoint: {checkpoint}, log: {checkpoint.with_suffix('.jsonl')})")

@@ -84,6 +84,33 @@ def test_prior_stage_writes_a_working_codec(folder, vqvae_ckpt, tmp_path):
     assert codec.decompress(codec.compress(image)).size == (41, 30)
 
 
+def _parameters_close(trained: torch.nn.Module, source: torch.nn.Module) -> bool:
+    """Equal to fp16 precision (finished model files store fp16)."""
+    pairs = zip(trained.parameters(), source.parameters(), strict=True)
+    return all(torch.allclose(a, b, rtol=1e-3, atol=1e-4) for a, b in pairs)
+
+
+def test_init_fine_tunes_a_model_file(folder, model_file, tmp_path):
+    """--init starts both stages from a finished model's weights (a learning rate near zero keeps them)."""
+    source = load_model(model_file)
+    still = Settings(**{**SETTINGS.__dict__, "steps": 1, "lr": 1e-12})
+    ckpt = train_vqvae(folder, tmp_path / "ft.ckpt", "tiny", still, init=model_file)
+    prior_settings = Settings(**{**still.__dict__, "crop": 2})
+    tuned_path = train_prior(ckpt, folder, tmp_path / "t.ckpt", tmp_path / "t.st", prior_settings, init=model_file)
+    tuned = load_model(tuned_path)
+    for name in ("vqvae", "top_prior", "bottom_prior"):
+        assert _parameters_close(getattr(tuned, name), getattr(source, name)), name
+    fresh = load_model(train_prior(ckpt, folder, tmp_path / "f.ckpt", tmp_path / "f.st", prior_settings))
+    assert not _parameters_close(fresh.top_prior, source.top_prior)
+
+
+def test_init_refuses_another_architecture(folder, tmp_path):
+    with pytest.raises(vqcodec.ModelError, match="vqvae"):
+        train_vqvae(folder, tmp_path / "x.ckpt", "tiny", SETTINGS, init=vqcodec.presets()[0])
+    with pytest.raises(vqcodec.ModelError, match="unknown preset"):
+        train_vqvae(folder, tmp_path / "x.ckpt", "tiny", SETTINGS, init="no-such-preset")
+
+
 def test_cli_train_commands(folder, tmp_path):
     runner = CliRunner()
     ckpt, model = tmp_path / "v.ckpt", tmp_path / "m.safetensors"

@@ -89,12 +89,19 @@ def presets() -> list[str]:
 
 
 def _preset_path(name: str) -> Path:
+    """The file of the shipped preset ``name``."""
     available = presets()
     if name not in available:
         if not available:
             raise ModelError(f"no trained model ships with this vqcodec yet: {TRAINING_HINT}")
         raise ModelError(f"unknown preset {name!r}; available: {', '.join(available)}")
     return Path(str(resources.files("vqcodec") / "models" / f"{name}{_MODEL_SUFFIX}"))
+
+
+def model_file(preset_or_path: str | Path) -> Path:
+    """``preset_or_path`` itself if it is a file, else the file of the shipped preset of that name."""
+    path = Path(preset_or_path)
+    return path if path.is_file() else _preset_path(str(preset_or_path))
 
 
 def resolve_device(device: str | torch.device) -> torch.device:

@@ -25,14 +25,14 @@ from tqdm import tqdm
 
 from . import data
 from .checkpoint import load_checkpoint, load_modules, read_meta, save_checkpoint
-from .codec import DEFAULT_TILE
+from .codec import DEFAULT_TILE, model_file
 from .config import ARCHITECTURES, ModelConfig, VQVAEConfig
 from .errors import ModelError
 from .image import pad_to
 from .model import CodecModel
 from .prior import PixelSNAIL, calibrate
 from .vqvae import VQVAE2, loss
-from .weights import save_model
+from .weights import load_model, save_model
 
 #: Share of the steps at the end of a run over which the learning rate decays to zero.
 DECAY_SHARE = 0.2
@@ -85,6 +85,18 @@ class _Run:
         self.generator = torch.Generator().manual_seed(self.settings.seed + _rank())
         self.step = 0
         self.log_path = self.out.with_suffix(".jsonl")
+
+    def start_from(self, init: str | Path | None) -> None:
+        """Fine-tune: take the weights of each module from the same-named part of a finished model
+        file or shipped preset ``init``. A run that resumes from its checkpoint ignores ``init``."""
+        if init is None or self.out.exists():
+            return
+        source = load_model(model_file(init))
+        for name, module in self.modules.items():
+            part = getattr(source, name)
+            if part.config != module.config:
+                raise ModelError(f"{init}: its {name} is {part.config}, this run trains {module.config}")
+            module.load_state_dict(part.state_dict())
 
     def resume(self) -> None:
         """Continue from ``out`` if it exists (other processes than 0 draw fresh crops)."""
@@ -146,13 +158,21 @@ def codebook_use(codes: list[np.ndarray], size: int) -> dict[str, float]:
 # -- stage 1: the VQ-VAE -----------------------------------------------------------------------
 
 
-def train_vqvae(folder: str | Path, out: str | Path, arch: str = "medium", settings: Settings = Settings()) -> Path:
-    """Train (or resume) a VQ-VAE on the images of ``folder``; the checkpoint goes to ``out``."""
+def train_vqvae(
+    folder: str | Path,
+    out: str | Path,
+    arch: str = "medium",
+    settings: Settings = Settings(),
+    init: str | Path | None = None,
+) -> Path:
+    """Train (or resume) a VQ-VAE on the images of ``folder``; the checkpoint goes to ``out``.
+    ``init`` (a model file or preset of the same architecture) fine-tunes its VQ-VAE instead."""
     out = Path(out)
     config = _architecture(arch)
     device = _device()
     model = VQVAE2(config.vqvae).to(device)
     run = _Run(out, {"vqvae": model}, settings, {"stage": "vqvae", "arch": arch, "vqvae": asdict(config.vqvae)})
+    run.start_from(init)
     run.resume()
     train_files, val_files = data.split(folder)
     sampler = data.CropSampler(data.load_rgb(train_files), settings.crop, run.generator)
@@ -263,14 +283,17 @@ def train_prior(
     model_out: str | Path,
     settings: Settings = Settings(crop=DEFAULT_TILE),
     arch: str | None = None,
+    init: str | Path | None = None,
 ) -> Path:
     """Train (or resume) both priors on the code maps of ``folder``; write the finished, calibrated
-    codec model to ``model_out`` (the checkpoint for resuming goes to ``out``)."""
+    codec model to ``model_out`` (the checkpoint for resuming goes to ``out``). ``init`` (a model
+    file or preset with the same priors) fine-tunes its priors, e.g. after fine-tuning its VQ-VAE."""
     out, model_out = Path(out), Path(model_out)
     vqvae, config = load_vqvae(vqvae_checkpoint, arch)
     device = _device()
     top_prior, bottom_prior = PixelSNAIL(config.top_prior).to(device), PixelSNAIL(config.bottom_prior).to(device)
     run = _Run(out, {"top_prior": top_prior, "bottom_prior": bottom_prior}, settings, {"stage": "prior"})
+    run.start_from(init)
     run.resume()
     train_files, val_files = data.split(folder)
     train_maps = code_maps(vqvae, data.load_rgb(train_files))
