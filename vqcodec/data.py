@@ -77,12 +77,3 @@ class CropSampler:
 def to_batch(images: list[np.ndarray]) -> torch.Tensor:
     """(B, 3, H, W) floats in [-1, 1] from same-sized (H, W, 3) uint8 arrays."""
     return torch.cat([to_tensor(img) for img in images])
-
-
-def centre_crops(images: list[np.ndarray], size: int) -> list[np.ndarray]:
-    """The central size x size crop of each image (for a fixed validation batch)."""
-    out = []
-    for img in images:
-        top, left = (img.shape[0] - size) // 2, (img.shape[1] - size) // 2
-        out.append(img[top : top + size, left : left + size])
-    return out

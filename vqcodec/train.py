@@ -28,7 +28,7 @@ from .checkpoint import load_checkpoint, load_modules, read_meta, save_checkpoin
 from .codec import DEFAULT_TILE, model_file
 from .config import ARCHITECTURES, ModelConfig, VQVAEConfig
 from .errors import ModelError
-from .image import pad_to
+from .image import pad_to, to_rgb, to_tensor
 from .model import CodecModel
 from .prior import PixelSNAIL, calibrate
 from .vqvae import VQVAE2, loss
@@ -176,7 +176,7 @@ def train_vqvae(
     run.resume()
     train_files, val_files = data.split(folder)
     sampler = data.CropSampler(data.load_rgb(train_files), settings.crop, run.generator)
-    val_images = data.centre_crops(data.load_rgb(val_files), settings.crop)
+    val_images = data.load_rgb(val_files)
     net = _ddp(model)
 
     def train_step() -> dict[str, float]:
@@ -194,14 +194,22 @@ def train_vqvae(
 
 @torch.no_grad()
 def validate_vqvae(model: VQVAE2, images: list[np.ndarray]) -> dict[str, float]:
-    """PSNR of the 8-bit reconstructions and codebook use of both maps, over fixed crops."""
+    """PSNR of the 8-bit reconstructions (MSE pooled over all pixels) and codebook use of both
+    maps, over whole validation images padded as the codec pads them (crops would see too few
+    codes to tell how many are in use)."""
     model.eval()
-    x = data.to_batch(images).to(next(model.parameters()).device)
-    top, bottom = model.encode(x)
-    recon = ((model.decode(top, bottom) + 1) * 127.5).round().clamp(0, 255)
-    mse = ((recon - (x + 1) * 127.5).round() ** 2).mean().item()
-    use_t = codebook_use([top.cpu().numpy()], model.config.top_codes)
-    use_b = codebook_use([bottom.cpu().numpy()], model.config.bottom_codes)
+    device = next(model.parameters()).device
+    squared_error, values, tops, bottoms = 0.0, 0, [], []
+    for img in images:
+        top, bottom = model.encode(to_tensor(pad_to(img, model.config.top_stride)).to(device))
+        recon = to_rgb(model.decode(top, bottom))[: img.shape[0], : img.shape[1]]
+        squared_error += float(((recon.astype(np.float64) - img) ** 2).sum())
+        values += img.size
+        tops.append(top.cpu().numpy())
+        bottoms.append(bottom.cpu().numpy())
+    mse = squared_error / values
+    use_t = codebook_use(tops, model.config.top_codes)
+    use_b = codebook_use(bottoms, model.config.bottom_codes)
     return {
         "mse": mse,
         "psnr": _psnr(mse),
