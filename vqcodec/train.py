@@ -86,24 +86,23 @@ class _Run:
         self.step = 0
         self.log_path = self.out.with_suffix(".jsonl")
 
-    def start_from(self, init: str | Path | None) -> None:
-        """Fine-tune: take the weights of each module from the same-named part of a finished model
-        file or shipped preset ``init``. A run that resumes from its checkpoint ignores ``init``."""
-        if init is None or self.out.exists():
-            return
-        source = load_model(model_file(init))
-        for name, module in self.modules.items():
-            part = getattr(source, name)
-            if part.config != module.config:
-                raise ModelError(f"{init}: its {name} is {part.config}, this run trains {module.config}")
-            module.load_state_dict(part.state_dict())
-
-    def resume(self) -> None:
-        """Continue from ``out`` if it exists (other processes than 0 draw fresh crops)."""
+    def resume(self, init: str | Path | None = None) -> None:
+        """Continue from ``out`` if it exists (other processes than 0 draw fresh crops); else, with
+        ``init``, start from the weights of a finished model file or shipped preset (fine-tuning)."""
         if self.out.exists():
             self.step = load_checkpoint(self.out, self.modules, self.optimizer, self.generator)["step"]
             if _rank():
                 self.generator.manual_seed(self.settings.seed + 1_000_003 * _rank() + self.step)
+        elif init is not None:
+            self._take_weights(load_model(model_file(init)), str(init))
+
+    def _take_weights(self, source: CodecModel, name: str) -> None:
+        """Each module's weights from the same-named part of ``source``, which must match it."""
+        for part_name, module in self.modules.items():
+            part = getattr(source, part_name)
+            if part.config != module.config:
+                raise ModelError(f"{name}: its {part_name} is {part.config}, this run trains {module.config}")
+            module.load_state_dict(part.state_dict())
 
     def log(self, split: str, metrics: dict[str, float]) -> None:
         if _rank() == 0:
@@ -172,8 +171,7 @@ def train_vqvae(
     device = _device()
     model = VQVAE2(config.vqvae).to(device)
     run = _Run(out, {"vqvae": model}, settings, {"stage": "vqvae", "arch": arch, "vqvae": asdict(config.vqvae)})
-    run.start_from(init)
-    run.resume()
+    run.resume(init)
     train_files, val_files = data.split(folder)
     sampler = data.CropSampler(data.load_rgb(train_files), settings.crop, run.generator)
     val_images = data.load_rgb(val_files)
@@ -301,8 +299,7 @@ def train_prior(
     device = _device()
     top_prior, bottom_prior = PixelSNAIL(config.top_prior).to(device), PixelSNAIL(config.bottom_prior).to(device)
     run = _Run(out, {"top_prior": top_prior, "bottom_prior": bottom_prior}, settings, {"stage": "prior"})
-    run.start_from(init)
-    run.resume()
+    run.resume(init)
     train_files, val_files = data.split(folder)
     train_maps = code_maps(vqvae, data.load_rgb(train_files))
     val_maps = code_maps(vqvae, data.load_rgb(val_files))
