@@ -197,17 +197,16 @@ def validate_vqvae(model: VQVAE2, images: list[np.ndarray]) -> dict[str, float]:
     codes to tell how many are in use)."""
     model.eval()
     device = next(model.parameters()).device
-    squared_error, values, tops, bottoms = 0.0, 0, [], []
-    for img in images:
-        top, bottom = model.encode(to_tensor(pad_to(img, model.config.top_stride)).to(device))
+    maps = code_maps(model, images)
+    squared_error = 0.0
+    for img, codes in zip(images, maps, strict=True):
+        top, bottom = (torch.from_numpy(m).unsqueeze(0).to(device) for m in codes)
         recon = to_rgb(model.decode(top, bottom))[: img.shape[0], : img.shape[1]]
         squared_error += float(((recon.astype(np.float64) - img) ** 2).sum())
-        values += img.size
-        tops.append(top.cpu().numpy())
-        bottoms.append(bottom.cpu().numpy())
-    mse = squared_error / values
-    use_t = codebook_use(tops, model.config.top_codes)
-    use_b = codebook_use(bottoms, model.config.bottom_codes)
+    mse = squared_error / sum(img.size for img in images)
+    tops, bottoms = zip(*maps, strict=True)
+    use_t = codebook_use(list(tops), model.config.top_codes)
+    use_b = codebook_use(list(bottoms), model.config.bottom_codes)
     return {
         "mse": mse,
         "psnr": _psnr(mse),
@@ -241,11 +240,11 @@ def load_vqvae(checkpoint: str | Path, arch: str | None = None) -> tuple[VQVAE2,
 @torch.no_grad()
 def code_maps(model: VQVAE2, images: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
     """(top, bottom) code maps of whole images, edge-padded as the codec pads them."""
-    s = model.config.top_stride
+    s, device = model.config.top_stride, next(model.parameters()).device
     maps = []
     for img in images:
-        top, bottom = model.encode(data.to_batch([pad_to(img, s)]))
-        maps.append((top[0].numpy(), bottom[0].numpy()))
+        top, bottom = model.encode(to_tensor(pad_to(img, s)).to(device))
+        maps.append((top[0].cpu().numpy(), bottom[0].cpu().numpy()))
     return maps
 
 
