@@ -29,7 +29,7 @@ def nearest_code(x: torch.Tensor, codebook: torch.Tensor, max_entries: int = MAX
     for start in range(0, n, rows):
         chunk = x[start : start + rows]
         # ||x||^2 is constant per row, so it does not change the argmin and is left out.
-        dist = code_norms.unsqueeze(0) - 2.0 * (chunk @ codebook.t())
+        dist = torch.addmm(code_norms, chunk, codebook.t(), alpha=-2.0)  # one pass less than - 2 * (x @ c)
         out[start : start + rows] = dist.argmin(1)
     return out
 
@@ -77,8 +77,9 @@ class VectorQuantizer(nn.Module):
         if not self.initialised:
             self._init_from(flat)
             idx = self.indices(z)
-        onehot = F.one_hot(idx.reshape(-1), self.codes).type(flat.dtype)
-        counts, sums = onehot.sum(0), onehot.t() @ flat
+        idx = idx.reshape(-1)
+        counts = torch.bincount(idx, minlength=self.codes).type(flat.dtype)
+        sums = flat.new_zeros(self.codes, self.dim).index_add_(0, idx, flat)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(counts)
             torch.distributed.all_reduce(sums)
