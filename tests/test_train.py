@@ -19,9 +19,11 @@ import vqcodec
 from tests.conftest import smooth_image
 from vqcodec.checkpoint import read_meta
 from vqcodec.cli import main
+from vqcodec.config import tiny_config
 from vqcodec.data import split
-from vqcodec.train import Settings, codebook_use, train_prior, train_vqvae
-from vqcodec.weights import load_model
+from vqcodec.model import CodecModel
+from vqcodec.train import Settings, codebook_use, load_vqvae, train_prior, train_vqvae
+from vqcodec.weights import load_model, save_model
 
 SETTINGS = Settings(steps=4, batch=2, crop=32, val_every=100, checkpoint_every=100)
 
@@ -102,6 +104,20 @@ def test_init_fine_tunes_a_model_file(folder, model_file, tmp_path):
         assert _parameters_close(getattr(tuned, name), getattr(source, name)), name
     fresh = load_model(train_prior(ckpt, folder, tmp_path / "f.ckpt", tmp_path / "f.st", prior_settings))
     assert not _parameters_close(fresh.top_prior, source.top_prior)
+
+
+def test_init_across_codebook_sizes_keeps_the_other_layers(folder, tmp_path, capsys):
+    """A warm start into other codebook sizes: layers sized by a codebook start fresh, the rest is
+    taken over, and the resized codebook is drawn from the data again."""
+    torch.manual_seed(0)
+    source_path = tmp_path / "eight.safetensors"
+    save_model(CodecModel(tiny_config(codes=8)), source_path)
+    source = load_model(source_path).vqvae
+    still = Settings(**{**SETTINGS.__dict__, "steps": 1, "lr": 1e-12})
+    tuned, _ = load_vqvae(train_vqvae(folder, tmp_path / "warm.ckpt", "tiny", still, init=source_path))
+    assert "quantize_t, quantize_b start fresh" in capsys.readouterr().out
+    assert _parameters_close(tuned.enc_b, source.enc_b) and _parameters_close(tuned.dec, source.dec)
+    assert tuned.quantize_b.embed.shape == (16, 8) and bool(tuned.quantize_b.initialised)
 
 
 def test_init_refuses_another_architecture(folder, tmp_path):

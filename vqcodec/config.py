@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from .errors import ModelError
@@ -183,10 +183,17 @@ def _fast_priors(codes: int) -> tuple[PriorConfig, PriorConfig]:
     return prior, PriorConfig(**{**asdict(prior), "cond_codes": codes})
 
 
-def _small_vqvae(bottom_stride: int) -> ModelConfig:
-    vqvae = VQVAEConfig(channels=64, res_blocks=2, res_channels=32, embed_dim=32, bottom_stride=bottom_stride)
+def _small_vqvae(bottom_stride: int, bottom_codes: int = 512) -> ModelConfig:
+    vqvae = VQVAEConfig(
+        channels=64,
+        res_blocks=2,
+        res_channels=32,
+        embed_dim=32,
+        bottom_codes=bottom_codes,
+        bottom_stride=bottom_stride,
+    )
     top, bottom = _fast_priors(512)
-    return ModelConfig(vqvae=vqvae, top_prior=top, bottom_prior=bottom)
+    return ModelConfig(vqvae=vqvae, top_prior=top, bottom_prior=replace(bottom, codes=bottom_codes))
 
 
 def medium_config() -> ModelConfig:
@@ -199,5 +206,10 @@ def low_config() -> ModelConfig:
     return _small_vqvae(8)
 
 
+def high_config() -> ModelConfig:
+    """The high-rate architecture: as ``medium`` with a bottom codebook of 4096 codes."""
+    return _small_vqvae(4, bottom_codes=4096)
+
+
 #: Named architectures for ``vqcodec train``.
-ARCHITECTURES = {"tiny": tiny_config, "low": low_config, "medium": medium_config}
+ARCHITECTURES = {"tiny": tiny_config, "low": low_config, "medium": medium_config, "high": high_config}

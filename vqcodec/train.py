@@ -97,12 +97,15 @@ class _Run:
             self._take_weights(load_model(model_file(init)), str(init))
 
     def _take_weights(self, source: CodecModel, name: str) -> None:
-        """Each module's weights from the same-named part of ``source``, which must match it."""
+        """Each module's weights from the same-named part of ``source``, which must match it in all
+        but codebook sizes; layers sized by a changed codebook start fresh (a warm start)."""
         for part_name, module in self.modules.items():
             part = getattr(source, part_name)
-            if part.config != module.config:
+            if _sizes_but_codebooks(part.config) != _sizes_but_codebooks(module.config):
                 raise ModelError(f"{name}: its {part_name} is {part.config}, this run trains {module.config}")
-            module.load_state_dict(part.state_dict())
+            fresh = _load_matching(module, part)
+            if fresh and _rank() == 0:
+                tqdm.write(f"{name}: {part_name} layers {', '.join(fresh)} start fresh (codebook sizes differ)")
 
     def log(self, split: str, metrics: dict[str, float]) -> None:
         if _rank() == 0:
@@ -137,6 +140,33 @@ class _Run:
         bar.close()
 
 
+#: Config fields that ``--init`` may change: the layers they size start fresh.
+_CODEBOOK_FIELDS = frozenset({"top_codes", "bottom_codes", "codes", "cond_codes"})
+
+
+def _sizes_but_codebooks(config: object) -> dict:
+    return {k: v for k, v in asdict(config).items() if k not in _CODEBOOK_FIELDS}
+
+
+@torch.no_grad()
+def _load_matching(module: nn.Module, source: nn.Module) -> list[str]:
+    """Copy from ``source`` every layer whose own tensors all have the shapes of ``module``'s;
+    return the names of the layers left as they were. A layer moves as a whole, so a resized
+    codebook keeps its own usage statistics and is initialised from data again."""
+    theirs = dict(source.named_modules())
+    fresh = []
+    for layer_name, layer in module.named_modules():
+        own = {**dict(layer.named_parameters(recurse=False)), **dict(layer.named_buffers(recurse=False))}
+        other = theirs[layer_name]
+        other_tensors = {**dict(other.named_parameters(recurse=False)), **dict(other.named_buffers(recurse=False))}
+        if all(other_tensors[k].shape == t.shape for k, t in own.items()):
+            for k, t in own.items():
+                t.copy_(other_tensors[k])
+        else:
+            fresh.append(layer_name)
+    return fresh
+
+
 def _ddp(module: nn.Module) -> nn.Module:
     if dist.is_available() and dist.is_initialized():
         return nn.parallel.DistributedDataParallel(module)
@@ -165,7 +195,8 @@ def train_vqvae(
     init: str | Path | None = None,
 ) -> Path:
     """Train (or resume) a VQ-VAE on the images of ``folder``; the checkpoint goes to ``out``.
-    ``init`` (a model file or preset of the same architecture) fine-tunes its VQ-VAE instead."""
+    ``init`` (a model file or preset of the same architecture, codebook sizes aside) fine-tunes its
+    VQ-VAE instead."""
     out = Path(out)
     config = _architecture(arch)
     device = _device()
