@@ -16,7 +16,7 @@ from .container import Header, Streams
 from .errors import DecodeMismatchError, FormatError, ModelError, ModelMismatchError
 from .image import ImageLike, Picture, pad_to, padding, read_image, to_pil, to_rgb, to_tensor
 from .model import CodecModel
-from .qprior import IntegerPrior, MapState
+from .qprior import ROW_CHUNK, IntegerPrior, MapState
 from .timing import ENTROPY_CODING, PRIOR, SYNTHESIS, Timer, no_timer
 from .weights import load_model, model_id
 
@@ -205,10 +205,14 @@ class Codec:
                 flat = np.concatenate([region.take(codes[i]).reshape(-1) for i, region in batch])
                 prior.set_codes(state, np.arange(len(flat)), flat)
                 order = prior.wavefronts(state.shapes)[0]
-                probs = prior.probabilities(state, order)  # every position, straight in coding order
-            with timer(ENTROPY_CODING):
-                for i, mine in _by_owner(owner[order]):
-                    encoders[i].encode(flat[order[mine]], probs[mine])
+                prior.prepare(state, order)  # every position at once, in coding order
+            for start in range(0, len(order), ROW_CHUNK):
+                rows = order[start : start + ROW_CHUNK]
+                with timer(PRIOR):
+                    probs = prior.tables(state, rows)
+                with timer(ENTROPY_CODING):
+                    for i, mine in _by_owner(owner[rows]):
+                        encoders[i].encode(flat[rows[mine]], probs[mine])
         coded = []
         for encoder in encoders:
             data = encoder.data()

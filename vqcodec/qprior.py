@@ -511,6 +511,11 @@ class IntegerPrior:
 
     def probabilities(self, state: MapState, rows: np.ndarray) -> np.ndarray:
         """(len(rows), K) integer probability rows (float32) for positions whose context is set."""
+        self.prepare(state, rows)
+        return self.tables(state, rows)
+
+    def prepare(self, state: MapState, rows: np.ndarray) -> None:
+        """Run every layer but the head at ``rows``, whose context must be set."""
         xp = self.xp
         # Each op runs over ROW_CHUNK rows at a time, which bounds its temporaries; an op's rows
         # depend only on earlier ops, so the split does not change any result.
@@ -519,6 +524,13 @@ class IntegerPrior:
             for op in self.ops:
                 for chunk in chunks:
                     op(state, chunk)
+
+    def tables(self, state: MapState, rows: np.ndarray) -> np.ndarray:
+        """The probability rows of ``prepare``d positions. An encoder asks for them a slice of rows
+        at a time, since a whole map's tables take positions x K x 4 bytes."""
+        xp = self.xp
+        chunks = [xp.array(rows[a : a + ROW_CHUNK]) for a in range(0, len(rows), ROW_CHUNK)]
+        with xp.exact():
             tables = [xp.numpy(self._table(self.head.compute(state, chunk))) for chunk in chunks]
         return np.ascontiguousarray(tables[0] if len(tables) == 1 else np.concatenate(tables))
 
