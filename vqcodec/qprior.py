@@ -46,6 +46,8 @@ ROW_CHUNK = 4096
 #: float32 sums would pass 2^24).
 ATTN_BITS = 12
 _MAX_TABLE = 1 << 20
+#: Row count from which a CPU product is handed to torch (below it, the call overhead dominates).
+_TORCH_MATMUL_ROWS = 1024
 
 
 def _table(values: list[float]) -> torch.Tensor:
@@ -95,9 +97,6 @@ class Backend:
     def f64(self, x: ArrayLike) -> ArrayLike:
         return x.double() if self.torch else x.astype(np.float64)
 
-    def index(self, x: ArrayLike) -> ArrayLike:
-        return x.long() if self.torch else x.astype(np.int64)
-
     def rint(self, x: ArrayLike, limit: float) -> ArrayLike:
         """Round half to even, then clamp to [-limit, limit], in place (``x`` must be a temporary)."""
         if self.torch:
@@ -108,9 +107,17 @@ class Backend:
         """min(x, limit), in place."""
         return x.clamp_(max=limit) if self.torch else np.minimum(x, limit, out=x)
 
-    def small_index(self, x: ArrayLike) -> ArrayLike:
-        """Indices below 2^31: int32 where the library allows, which is faster."""
-        return x.long() if self.torch else x.astype(np.int32)
+    def take(self, table: ArrayLike, x: ArrayLike) -> ArrayLike:
+        """``table[x]`` for a 1-D table and integer-valued ``x`` of any shape (np.take with native
+        integers is about twice as fast as indexing)."""
+        return torch.take(table, x.long()) if self.torch else np.take(table, x.astype(np.intp))
+
+    def matmul(self, a: ArrayLike, b: ArrayLike) -> ArrayLike:
+        """a @ b. On the CPU, large products go to torch's BLAS, about twice as fast as numpy's on
+        these shapes; both are exact here, since every partial sum is an integer below 2^24."""
+        if self.torch or a.shape[0] < _TORCH_MATMUL_ROWS:
+            return a @ b
+        return (torch.from_numpy(a) @ torch.from_numpy(b)).numpy()
 
     def where(self, cond: ArrayLike, a: ArrayLike, b: float) -> ArrayLike:
         return torch.where(cond, a, b) if self.torch else np.where(cond, a, b)
@@ -220,7 +227,7 @@ class QConv:
         for name, offsets in self.segments:
             x = state.gather(name, offsets, rows)
             for a in range(0, x.shape[1], CHUNK):
-                part = x[:, a : a + CHUNK] @ next(weights)
+                part = xp.matmul(x[:, a : a + CHUNK], next(weights))
                 acc = part if acc is None else xp.f64(acc) + part
         return xp.rint(acc * self.scale + self.offset, self.limit)
 
@@ -237,7 +244,7 @@ class Lut:
     table: ArrayLike
 
     def __call__(self, state: MapState, rows: ArrayLike) -> None:
-        state.write(self.out, rows, self.table[state.xp.index(state.caches[self.src][rows]) + QMAX])
+        state.write(self.out, rows, state.xp.take(self.table, state.caches[self.src][rows] + QMAX))
 
 
 @dataclass
@@ -269,7 +276,7 @@ class Glu:
         xp = state.xp
         g = state.caches[self.src][rows]
         half = g.shape[1] // 2
-        product = xp.f64(g[:, :half]) * self.sigmoid[xp.index(g[:, half:]) + QMAX]
+        product = xp.f64(g[:, :half]) * xp.take(self.sigmoid, g[:, half:] + QMAX)
         state.write(self.out, rows, xp.rint(product * self.scale, QMAX))
 
 
@@ -296,9 +303,9 @@ class Attention:
         scores = (k @ q).reshape(s, h, t)  # exact: d * 127^2 < 2^24
         valid = (idx < state.n).reshape(s, 1, t)
         top = xp.reduce(xp.where(valid, scores, -math.inf), "max")
-        dist = xp.clip_max(xp.index(xp.where(valid, top - scores, 0.0)), len(self.exp) - 1)
+        dist = xp.clip_max(xp.where(valid, top - scores, 0.0), len(self.exp) - 1)
         # Integer weights below 2^bits with T * 2^bits * 127 < 2^24 keep the float32 sums exact.
-        weights = xp.f32(xp.where(valid, self.exp[dist], 0.0))  # (S, h, T)
+        weights = xp.f32(xp.where(valid, xp.take(self.exp, dist), 0.0))  # (S, h, T)
         numer = xp.f64((weights.reshape(s, h, 1, t) @ v).reshape(s, h, -1))  # (S, h, d)
         denom = xp.f64(xp.reduce(weights, "sum"))
         out = xp.where(denom > 0, numer / xp.where(denom > 0, denom, 1.0) * self.scale, 0.0)
@@ -538,7 +545,7 @@ class IntegerPrior:
         """Probability rows from integer logits (1/LOGIT_STEPS nat): 2^PROB_BITS exp(-distance to the max)."""
         xp = self.xp
         dist = xp.f32(xp.reduce(logits, "max") - logits)  # integers below 2^22: exact
-        return self.probs[xp.small_index(xp.clip_max(dist, len(self.probs) - 1))]
+        return xp.take(self.probs, xp.clip_max(dist, len(self.probs) - 1))
 
     @contextmanager
     def stepping(self) -> Iterator[None]:
