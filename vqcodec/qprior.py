@@ -46,8 +46,6 @@ ROW_CHUNK = 4096
 #: float32 sums would pass 2^24).
 ATTN_BITS = 12
 _MAX_TABLE = 1 << 20
-#: Row count from which a CPU product is handed to torch (below it, the call overhead dominates).
-_TORCH_MATMUL_ROWS = 1024
 
 
 def _table(values: list[float]) -> torch.Tensor:
@@ -73,8 +71,9 @@ def exp_table(step: float, bits: int, floor: int) -> torch.Tensor:
 
 
 class Backend:
-    """The array library the integer prior runs on: numpy on the CPU (lowest per-call overhead),
-    torch on a GPU. Both carry out the same IEEE operations, so they give the same integers."""
+    """The array library the integer prior runs on: numpy (lowest per-call overhead, for small
+    steps on the CPU) or torch (on a GPU, or for large one-pass work on the CPU). Both carry out
+    the same IEEE operations, so they give the same integers."""
 
     def __init__(self, device: torch.device, use_torch: bool | None = None):
         self.device = device
@@ -111,13 +110,6 @@ class Backend:
         """``table[x]`` for a 1-D table and integer-valued ``x`` of any shape (np.take with native
         integers is about twice as fast as indexing)."""
         return torch.take(table, x.long()) if self.torch else np.take(table, x.astype(np.intp))
-
-    def matmul(self, a: ArrayLike, b: ArrayLike) -> ArrayLike:
-        """a @ b. On the CPU, large products go to torch's BLAS, about twice as fast as numpy's on
-        these shapes; both are exact here, since every partial sum is an integer below 2^24."""
-        if self.torch or a.shape[0] < _TORCH_MATMUL_ROWS:
-            return a @ b
-        return (torch.from_numpy(a) @ torch.from_numpy(b)).numpy()
 
     def where(self, cond: ArrayLike, a: ArrayLike, b: float) -> ArrayLike:
         return torch.where(cond, a, b) if self.torch else np.where(cond, a, b)
@@ -227,7 +219,7 @@ class QConv:
         for name, offsets in self.segments:
             x = state.gather(name, offsets, rows)
             for a in range(0, x.shape[1], CHUNK):
-                part = xp.matmul(x[:, a : a + CHUNK], next(weights))
+                part = x[:, a : a + CHUNK] @ next(weights)
                 acc = part if acc is None else xp.f64(acc) + part
         return xp.rint(acc * self.scale + self.offset, self.limit)
 
