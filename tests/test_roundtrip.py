@@ -104,6 +104,15 @@ def test_many_batches_round_trip(codec, rng, monkeypatch):
     assert_round_trip(vqcodec.Codec(make_model(seed=9), device="cpu", tile=2), smooth_image(rng, 70, 50))
 
 
+def test_tables_in_slices_give_the_same_file(codec, rng, monkeypatch):
+    """The encoder asks for probability tables a slice of rows at a time (bounding their memory);
+    the slicing does not change a byte of the file."""
+    image = smooth_image(rng, 70, 50)
+    whole = codec.compress(image)
+    monkeypatch.setattr(vqcodec.codec, "ROW_CHUNK", 7)
+    assert codec.compress(image) == whole
+
+
 @pytest.mark.parametrize("max_positions", [40, 1 << 15])
 def test_batched_images_give_the_files_of_single_images(rng, monkeypatch, max_positions):
     """Maps of several images share batches (pooled whole, also when a map needs several), yet
