@@ -156,15 +156,17 @@ def _load_matching(module: nn.Module, source: nn.Module) -> list[str]:
     theirs = dict(source.named_modules())
     fresh = []
     for layer_name, layer in module.named_modules():
-        own = {**dict(layer.named_parameters(recurse=False)), **dict(layer.named_buffers(recurse=False))}
-        other = theirs[layer_name]
-        other_tensors = {**dict(other.named_parameters(recurse=False)), **dict(other.named_buffers(recurse=False))}
-        if all(other_tensors[k].shape == t.shape for k, t in own.items()):
+        own, other = _own_tensors(layer), _own_tensors(theirs[layer_name])
+        if all(other[k].shape == t.shape for k, t in own.items()):
             for k, t in own.items():
-                t.copy_(other_tensors[k])
+                t.copy_(other[k])
         else:
             fresh.append(layer_name)
     return fresh
+
+
+def _own_tensors(layer: nn.Module) -> dict[str, torch.Tensor]:
+    return {**dict(layer.named_parameters(recurse=False)), **dict(layer.named_buffers(recurse=False))}
 
 
 def _ddp(module: nn.Module) -> nn.Module:
