@@ -518,7 +518,7 @@ class IntegerPrior:
         xp = self.xp
         # Each op runs over ROW_CHUNK rows at a time, which bounds its temporaries; an op's rows
         # depend only on earlier ops, so the split does not change any result.
-        chunks = [xp.array(rows[a : a + ROW_CHUNK]) for a in range(0, len(rows), ROW_CHUNK)]
+        chunks = self._row_chunks(rows)
         with xp.exact():
             for op in self.ops:
                 for chunk in chunks:
@@ -528,10 +528,13 @@ class IntegerPrior:
         """The probability rows of ``prepare``d positions. An encoder asks for them a slice of rows
         at a time, since a whole map's tables take positions x K x 4 bytes."""
         xp = self.xp
-        chunks = [xp.array(rows[a : a + ROW_CHUNK]) for a in range(0, len(rows), ROW_CHUNK)]
+        chunks = self._row_chunks(rows)
         with xp.exact():
             tables = [xp.numpy(self._table(self.head.compute(state, chunk))) for chunk in chunks]
         return np.ascontiguousarray(tables[0] if len(tables) == 1 else np.concatenate(tables))
+
+    def _row_chunks(self, rows: np.ndarray) -> list[ArrayLike]:
+        return [self.xp.array(rows[a : a + ROW_CHUNK]) for a in range(0, len(rows), ROW_CHUNK)]
 
     def _table(self, logits: ArrayLike) -> ArrayLike:
         """Probability rows from integer logits (1/LOGIT_STEPS nat): 2^PROB_BITS exp(-distance to the max)."""
