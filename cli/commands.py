@@ -18,7 +18,7 @@ from vqcodec import container
 from vqcodec.codec import DEFAULT_TILE
 from vqcodec.config import ARCHITECTURES
 from vqcodec.files import write_atomic
-from vqcodec.train import Settings, init_distributed, train_prior, train_vqvae
+from vqcodec.train import Settings, init_distributed, train_decoder, train_prior, train_vqvae
 
 EXIT_BAD_INPUT = 1
 EXIT_INTERNAL = 3
@@ -152,7 +152,8 @@ def list_presets() -> None:
 
 @main.group()
 def train() -> None:
-    """Train models: `train vqvae` first, then `train prior` on its code maps."""
+    """Train models: `train vqvae` first, then `train prior` on its code maps; `train decoder`
+    fine-tunes a finished model's synthesis."""
 
 
 def _settings_options(crop_default: int, crop_help: str):
@@ -209,4 +210,22 @@ def train_prior_command(
     init_distributed()
     checkpoint = out.with_name(out.name + ".ckpt")
     train_prior(vqvae_ckpt, folder, checkpoint, out, _settings(kwargs), arch, init)
+    _report_model(out, checkpoint)
+
+
+@train.command(name="decoder")
+@click.option("--model", "source", required=True, metavar="PRESET|PATH", help="The finished model to fine-tune.")
+@click.option("--data", "folder", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Tuned model file.")
+@_settings_options(128, "Crop side in pixels.")
+def train_decoder_command(source: str, folder: Path, out: Path, **kwargs) -> None:
+    """Stage 3: fine-tune MODEL's synthesis on its own codes of DATA; codes and file sizes stay
+    the same, only the reconstruction changes. Writes the tuned model OUT."""
+    init_distributed()
+    checkpoint = out.with_name(out.name + ".ckpt")
+    train_decoder(source, folder, checkpoint, out, _settings(kwargs))
+    _report_model(out, checkpoint)
+
+
+def _report_model(out: Path, checkpoint: Path) -> None:
     click.echo(f"model: {out} (checkpoint: {checkpoint}, log: {checkpoint.with_suffix('.jsonl')})")

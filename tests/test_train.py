@@ -1,4 +1,4 @@
-"""Training: both stages run end to end on tiny data, resume exactly, and give a working codec."""
+"""Training: all three stages run end to end on tiny data, resume exactly, and give a working codec."""
 
 from __future__ import annotations
 
@@ -16,13 +16,13 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import vqcodec
-from tests.conftest import smooth_image
+from tests.conftest import make_model, smooth_image
 from vqcodec.checkpoint import read_meta
 from vqcodec.cli import main
 from vqcodec.config import tiny_config
 from vqcodec.data import split
 from vqcodec.model import CodecModel
-from vqcodec.train import Settings, codebook_use, load_vqvae, train_prior, train_vqvae
+from vqcodec.train import Settings, codebook_use, load_vqvae, train_decoder, train_prior, train_vqvae
 from vqcodec.weights import load_model, save_model
 
 SETTINGS = Settings(steps=4, batch=2, crop=32, val_every=100, checkpoint_every=100)
@@ -127,6 +127,37 @@ def test_init_refuses_another_architecture(folder, tmp_path):
         train_vqvae(folder, tmp_path / "x.ckpt", "tiny", SETTINGS, init="no-such-preset")
 
 
+def _as_stored(t: torch.Tensor) -> torch.Tensor:
+    """A tensor as a finished model file stores it (floats in fp16)."""
+    return t.half().to(t.dtype) if t.is_floating_point() else t
+
+
+def test_decoder_stage_tunes_the_synthesis_alone(folder, model_file, tmp_path):
+    """Stage 3 moves the synthesis layers and nothing that decides the codes or their rates."""
+    source = load_model(model_file)
+    tuned = load_model(train_decoder(model_file, folder, tmp_path / "d.ckpt", tmp_path / "d.st", SETTINGS))
+    moved = set()
+    for name, t in tuned.state_dict().items():
+        if not torch.equal(t, _as_stored(source.state_dict()[name])):
+            moved.add(name.split(".")[1])
+    assert moved == {"dec", "upsample_t"}
+    image = smooth_image(np.random.default_rng(2), 24, 40)
+    a, b = (vqcodec.Codec(m, device="cpu").encode(image) for m in (source, tuned))
+    assert np.array_equal(a.codes.top, b.codes.top) and np.array_equal(a.codes.bottom, b.codes.bottom)
+    assert len(a.data) == len(b.data)
+
+
+def test_decoder_stage_resumes_only_its_own_source(folder, model_file, tmp_path):
+    ckpt = tmp_path / "d.ckpt"
+    train_decoder(model_file, folder, ckpt, tmp_path / "d.st", Settings(**{**SETTINGS.__dict__, "steps": 2}))
+    other = tmp_path / "other.safetensors"
+    save_model(make_model(seed=1), other)
+    with pytest.raises(vqcodec.ModelError, match="another model"):
+        train_decoder(other, folder, ckpt, tmp_path / "d.st", SETTINGS)
+    train_decoder(model_file, folder, ckpt, tmp_path / "d.st", SETTINGS)
+    assert read_meta(ckpt)["step"] == SETTINGS.steps
+
+
 def test_cli_train_commands(folder, tmp_path):
     runner = CliRunner()
     ckpt, model = tmp_path / "v.ckpt", tmp_path / "m.safetensors"
@@ -138,6 +169,11 @@ def test_cli_train_commands(folder, tmp_path):
                                   "--crop", "2", *common])  # fmt: skip
     assert result.exit_code == 0, result.output
     assert load_model(model).config.vqvae.top_codes == 16
+    tuned = tmp_path / "tuned.safetensors"
+    result = runner.invoke(main, ["train", "decoder", "--model", str(model), "--data", str(folder), "--out", str(tuned),
+                                  "--crop", "32", *common])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert load_model(tuned).config == load_model(model).config
     bad = runner.invoke(main, ["train", "prior", "--vqvae", str(model), "--data", str(folder), "--out", str(model)])
     assert bad.exit_code == 1 and "checkpoint" in bad.output
 

@@ -1,4 +1,5 @@
-"""Training: stage 1 learns the VQ-VAE, stage 2 the two priors on its code maps.
+"""Training: stage 1 learns the VQ-VAE, stage 2 the two priors on its code maps, and an optional
+stage 3 fine-tunes a finished model's synthesis on its own, frozen codes.
 
 Both stages draw random crops from a folder of images (a fixed split holds out one image in
 ``data.VALIDATION_EVERY`` for validation), write JSON lines of training and validation metrics,
@@ -31,8 +32,8 @@ from .errors import ModelError
 from .image import pad_to, to_rgb, to_tensor
 from .model import CodecModel
 from .prior import PixelSNAIL, calibrate
-from .vqvae import VQVAE2, loss
-from .weights import load_model, save_model
+from .vqvae import VQVAE2, VQVAEOutput, loss
+from .weights import load_model, model_id, save_model
 
 #: Share of the steps at the end of a run over which the learning rate decays to zero.
 DECAY_SHARE = 0.2
@@ -214,13 +215,17 @@ def train_vqvae(
         model.train()
         x = sampler.sample(settings.batch).to(device)
         result = net(x)
-        total = loss(result, x)
-        total.backward()
-        mse = F.mse_loss(result.recon.detach(), x).item()
-        return {"loss": total.item(), "mse": mse, "psnr": _psnr(mse * 127.5**2)}
+        return _reconstruction_step(loss(result, x), result, x)
 
     run.loop(train_step, lambda: validate_vqvae(model, val_images))
     return out
+
+
+def _reconstruction_step(total: torch.Tensor, result: VQVAEOutput, x: torch.Tensor) -> dict[str, float]:
+    """Backpropagate ``total``; the step's metrics (MSE on [-1, 1], PSNR on 8-bit)."""
+    total.backward()
+    mse = F.mse_loss(result.recon.detach(), x).item()
+    return {"loss": total.item(), "mse": mse, "psnr": _psnr(mse * 127.5**2)}
 
 
 @torch.no_grad()
@@ -246,6 +251,47 @@ def validate_vqvae(model: VQVAE2, images: list[np.ndarray]) -> dict[str, float]:
         **{f"top_{k}": v for k, v in use_t.items()},
         **{f"bottom_{k}": v for k, v in use_b.items()},
     }
+
+
+# -- stage 3: the synthesis on frozen codes --------------------------------------------------------
+
+
+def train_decoder(
+    source: str | Path, folder: str | Path, out: str | Path, model_out: str | Path, settings: Settings = Settings()
+) -> Path:
+    """Fine-tune the synthesis of a finished model (file or preset) on its own codes; write the
+    tuned model to ``model_out`` (the checkpoint for resuming goes to ``out``).
+
+    The analysis, the codebooks and the priors stay exactly as they are, so every code map and
+    every file size does too: only the reconstruction improves. That makes a long run cheap (no
+    prior to retrain) and safe (the rates the priors were trained for still hold).
+    """
+    out, model_out = Path(out), Path(model_out)
+    model = load_model(model_file(source))
+    source_id = model_id(model).hex()
+    if out.exists() and read_meta(out).get("source") != source_id:
+        raise ModelError(f"{out} fine-tunes another model than {source}; resume it with its own source")
+    device = _device()
+    vqvae = model.vqvae.to(device).eval()  # eval: the codebooks take no EMA updates
+    vqvae.requires_grad_(False)
+    for part in (vqvae.upsample_t, vqvae.dec):
+        part.requires_grad_(True)
+    run = _Run(out, {"vqvae": vqvae}, settings, {"stage": "decoder", "source": source_id})
+    run.resume()
+    train_files, val_files = data.split(folder)
+    sampler = data.CropSampler(data.load_rgb(train_files), settings.crop, run.generator)
+    val_images = data.load_rgb(val_files)
+    net = _ddp(vqvae)
+
+    def train_step() -> dict[str, float]:
+        x = sampler.sample(settings.batch).to(device)
+        result = net(x)
+        return _reconstruction_step(F.mse_loss(result.recon, x), result, x)
+
+    run.loop(train_step, lambda: validate_vqvae(vqvae, val_images))
+    if _rank() == 0:
+        save_model(model, model_out, half=True)
+    return model_out
 
 
 # -- stage 2: the priors -----------------------------------------------------------------------
