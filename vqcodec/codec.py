@@ -212,7 +212,7 @@ class Codec:
                 flat = np.concatenate([region.take(codes[i]).reshape(-1) for i, region in batch])
                 prior.set_codes(state, np.arange(len(flat)), flat)
                 order = prior.wavefronts(state.shapes)[0]
-                prior.prepare(state, order)  # every position at once, in coding order
+                prior.prepare(state)  # every position at once
             for start in range(0, len(order), ROW_CHUNK):
                 rows = order[start : start + ROW_CHUNK]
                 with timer(PRIOR):

@@ -30,6 +30,8 @@ from torch import nn
 from .prior import ActRange, GatedResBlock, Offsets, PixelSNAIL, WindowAttention, background, neighbours
 
 ArrayLike = np.ndarray | torch.Tensor
+#: Positions an op runs at: an index array, or a slice of contiguous ones.
+Rows = ArrayLike | slice
 Shape = tuple[int, int]
 
 QMAX = 127
@@ -49,7 +51,11 @@ _MAX_TABLE = 1 << 20
 
 
 def _table(values: list[float]) -> torch.Tensor:
-    return torch.tensor(values, dtype=torch.float64)
+    """A lookup table of integers up to 2^24, so exact in float32 (whose lookups run twice as fast
+    as float64's)."""
+    table = torch.tensor(values, dtype=torch.float64)
+    assert table.abs().max() <= 1 << 24, "table entries must be exact in float32"
+    return table.float()
 
 
 def elu_table(scale: float) -> torch.Tensor:
@@ -111,6 +117,37 @@ class Backend:
         integers is about twice as fast as indexing)."""
         return torch.take(table, x.long()) if self.torch else np.take(table, x.astype(np.intp))
 
+    def rows(self, x: ArrayLike, idx: Rows) -> ArrayLike:
+        """``x[idx]`` for row indices of any shape, or a slice. A take along the first axis runs two
+        to three times as fast as indexing, on both libraries."""
+        if isinstance(idx, slice):
+            return x[idx]
+        if self.torch:
+            return x.index_select(0, idx.reshape(-1)).reshape(*idx.shape, *x.shape[1:])
+        return np.take(x, idx, axis=0)
+
+    def put_rows(self, x: ArrayLike, idx: Rows, values: ArrayLike) -> None:
+        """``x[idx] = values`` for a 1-D index array or a slice."""
+        if self.torch and not isinstance(idx, slice):
+            x.index_copy_(0, idx, values)
+        else:
+            x[idx] = values
+
+    def head_dots(self, k: ArrayLike, q: ArrayLike) -> ArrayLike:
+        """(S, h, T) products of keys (S, T, h, d) with queries (S, h, d), head by head. Sums of
+        integers below 2^24, so any order gives the same result: each library gets its fastest."""
+        if self.torch:
+            return (k * q.unsqueeze(1)).sum(-1).transpose(1, 2)
+        return (k.swapaxes(1, 2) @ q[..., None])[..., 0]
+
+    def head_sums(self, w: ArrayLike, v: ArrayLike) -> ArrayLike:
+        """(S, h, d) sums of values (S, T, h, d) weighted by (S, h, T), head by head (exact as above;
+        torch runs fastest with every head's weights on every head's values, keeping the diagonal)."""
+        if self.torch:
+            s, t, h, d = v.shape
+            return torch.diagonal((w @ v.reshape(s, t, h * d)).reshape(s, h, h, d), dim1=1, dim2=2).transpose(1, 2)
+        return (w[:, :, None, :] @ v.swapaxes(1, 2))[:, :, 0, :]
+
     def where(self, cond: ArrayLike, a: ArrayLike, b: float) -> ArrayLike:
         return torch.where(cond, a, b) if self.torch else np.where(cond, a, b)
 
@@ -166,10 +203,10 @@ class MapState:
         self.n = sum(sizes)
         self.caches: dict[str, ArrayLike] = {}
         self._tables: dict[Offsets, ArrayLike] = {}
-        self._rows: ArrayLike | None = None
+        self._rows: Rows | None = None
         self._step: dict[Offsets, ArrayLike] = {}
 
-    def neighbours(self, offsets: Offsets, rows: ArrayLike) -> ArrayLike:
+    def neighbours(self, offsets: Offsets, rows: Rows) -> ArrayLike:
         """(S, T) indices of the neighbours of ``rows``; N where they fall outside their region."""
         if rows is not self._rows:
             self._rows, self._step = rows, {}
@@ -180,19 +217,23 @@ class MapState:
                     local = _local_neighbours(offsets, h, w)
                     parts.append(np.where(local == h * w, self.n, local + base))
                 self._tables[offsets] = self.xp.array(np.concatenate(parts))
-            self._step[offsets] = self._tables[offsets][rows]
+            self._step[offsets] = self.xp.rows(self._tables[offsets], rows)
         return self._step[offsets]
 
-    def write(self, name: str, rows: ArrayLike, values: ArrayLike) -> None:
+    def write(self, name: str, rows: Rows, values: ArrayLike) -> None:
         if name not in self.caches:
             self.caches[name] = self.xp.zeros(self.n + 1, values.shape[1])
-        self.caches[name][rows] = self.xp.f32(values)
+        self.xp.put_rows(self.caches[name], rows, self.xp.f32(values))
 
-    def gather(self, name: str, offsets: Offsets, rows: ArrayLike) -> ArrayLike:
+    def read(self, name: str, rows: Rows) -> ArrayLike:
+        """The values of ``name`` at ``rows`` (indices of any shape, or a slice)."""
+        return self.xp.rows(self.caches[name], rows)
+
+    def gather(self, name: str, offsets: Offsets, rows: Rows) -> ArrayLike:
         """(S, T * C) values of ``name`` at each row's neighbours, tap-major."""
         if offsets == ((0, 0),):
-            return self.caches[name][rows]
-        taps = self.caches[name][self.neighbours(offsets, rows)]
+            return self.read(name, rows)
+        taps = self.read(name, self.neighbours(offsets, rows))
         return taps.reshape(taps.shape[0], -1)
 
 
@@ -213,7 +254,7 @@ class QConv:
     offset: ArrayLike  # (C_out,) float64
     limit: int = QMAX
 
-    def compute(self, state: MapState, rows: ArrayLike) -> ArrayLike:
+    def compute(self, state: MapState, rows: Rows) -> ArrayLike:
         """The (S, C_out) outputs at ``rows``, without caching them."""
         xp, acc, weights = state.xp, None, iter(self.weights)
         for name, offsets in self.segments:
@@ -223,7 +264,7 @@ class QConv:
                 acc = part if acc is None else xp.f64(acc) + part
         return xp.rint(acc * self.scale + self.offset, self.limit)
 
-    def __call__(self, state: MapState, rows: ArrayLike) -> None:
+    def __call__(self, state: MapState, rows: Rows) -> None:
         state.write(self.out, rows, self.compute(state, rows))
 
 
@@ -235,8 +276,8 @@ class Lut:
     src: str
     table: ArrayLike
 
-    def __call__(self, state: MapState, rows: ArrayLike) -> None:
-        state.write(self.out, rows, state.xp.take(self.table, state.caches[self.src][rows] + QMAX))
+    def __call__(self, state: MapState, rows: Rows) -> None:
+        state.write(self.out, rows, state.xp.take(self.table, state.read(self.src, rows) + QMAX))
 
 
 @dataclass
@@ -249,9 +290,9 @@ class Add:
     scale_a: float
     scale_b: float
 
-    def __call__(self, state: MapState, rows: ArrayLike) -> None:
+    def __call__(self, state: MapState, rows: Rows) -> None:
         xp = state.xp
-        a, b = xp.f64(state.caches[self.a][rows]), xp.f64(state.caches[self.b][rows])
+        a, b = xp.f64(state.read(self.a, rows)), xp.f64(state.read(self.b, rows))
         state.write(self.out, rows, xp.rint(a * self.scale_a + b * self.scale_b, QMAX))
 
 
@@ -264,9 +305,9 @@ class Glu:
     sigmoid: ArrayLike
     scale: float
 
-    def __call__(self, state: MapState, rows: ArrayLike) -> None:
+    def __call__(self, state: MapState, rows: Rows) -> None:
         xp = state.xp
-        g = state.caches[self.src][rows]
+        g = state.read(self.src, rows)
         half = g.shape[1] // 2
         product = xp.f64(g[:, :half]) * xp.take(self.sigmoid, g[:, half:] + QMAX)
         state.write(self.out, rows, xp.rint(product * self.scale, QMAX))
@@ -285,26 +326,26 @@ class Attention:
     exp: ArrayLike
     scale: float
 
-    def __call__(self, state: MapState, rows: ArrayLike) -> None:
-        xp, s, h = state.xp, rows.shape[0], self.heads
-        idx = state.neighbours(self.offsets, rows)  # (S, T)
-        t = idx.shape[1]
-        q = state.caches[self.query][rows].reshape(s, h, -1, 1)
-        k = state.caches[self.key][idx].reshape(s, t, h, -1).swapaxes(1, 2)  # (S, h, T, d)
-        v = state.caches[self.value][idx].reshape(s, t, h, -1).swapaxes(1, 2)
-        scores = (k @ q).reshape(s, h, t)  # exact: d * 127^2 < 2^24
+    def __call__(self, state: MapState, rows: Rows) -> None:
+        xp, h = state.xp, self.heads
+        idx = state.neighbours(self.offsets, rows)
+        s, t = idx.shape
+        q = state.read(self.query, rows).reshape(s, h, -1)
+        k = state.read(self.key, idx).reshape(s, t, h, -1)
+        v = state.read(self.value, idx).reshape(s, t, h, -1)
+        scores = xp.head_dots(k, q)  # exact: d * 127^2 < 2^24
         valid = (idx < state.n).reshape(s, 1, t)
         top = xp.reduce(xp.where(valid, scores, -math.inf), "max")
         dist = xp.clip_max(xp.where(valid, top - scores, 0.0), len(self.exp) - 1)
         # Integer weights below 2^bits with T * 2^bits * 127 < 2^24 keep the float32 sums exact.
         weights = xp.f32(xp.where(valid, xp.take(self.exp, dist), 0.0))  # (S, h, T)
-        numer = xp.f64((weights.reshape(s, h, 1, t) @ v).reshape(s, h, -1))  # (S, h, d)
+        numer = xp.f64(xp.head_sums(weights, v))
         denom = xp.f64(xp.reduce(weights, "sum"))
         out = xp.where(denom > 0, numer / xp.where(denom > 0, denom, 1.0) * self.scale, 0.0)
         state.write(self.out, rows, xp.rint(out.reshape(s, -1), QMAX))
 
 
-Op = Callable[[MapState, ArrayLike], None]
+Op = Callable[[MapState, Rows], None]
 
 
 class _Builder:
@@ -454,7 +495,7 @@ class IntegerPrior:
                     setattr(op, key, [self.xp.array(v) for v in value])
         self.embed = self.xp.array(embed)
         self.cond_embed = self.xp.array(cond_embed) if cond_embed is not None else None
-        self.probs = self.xp.f32(self.xp.array(exp_table(1.0 / LOGIT_STEPS, PROB_BITS, 1)))
+        self.probs = self.xp.array(exp_table(1.0 / LOGIT_STEPS, PROB_BITS, 1))
 
     @staticmethod
     def _cond_net(b: _Builder, prior: PixelSNAIL) -> str:
@@ -468,15 +509,12 @@ class IntegerPrior:
             h = b.add(h, c, _scale(r_h))
         return h
 
-    def _every(self, n: int) -> ArrayLike:
-        return self.xp.array(np.arange(n))
-
     def start(self, shapes: list[Shape], cond_codes: list[np.ndarray] | None = None) -> MapState:
         """Fresh caches for a batch of regions of these (h, w) shapes; the bottom prior also needs
         the (h/2, w/2) top codes of each region."""
         xp = self.xp
         state = MapState(shapes, xp)
-        every = self._every(state.n)
+        every = slice(0, state.n)
         bg = np.concatenate([background(h, w).flatten(1).t().numpy() for h, w in shapes])
         state.write("bg", every, xp.array(np.rint(bg * QMAX)))
         state.write("emb", every, xp.zeros(state.n, self.embed.shape[1]))
@@ -492,9 +530,9 @@ class IntegerPrior:
         if [(2 * h, 2 * w) for h, w in top_shapes] != list(state.shapes):
             raise ValueError(f"top regions {top_shapes} do not match bottom regions {state.shapes}")
         top = MapState(top_shapes, self.xp)
-        every = self._every(top.n)
+        every = slice(0, top.n)
         flat = np.concatenate([c.reshape(-1) for c in cond_codes]).astype(np.int64)
-        top.write("cond_emb", every, self.cond_embed[self.xp.array(flat)])
+        top.write("cond_emb", every, self.xp.rows(self.cond_embed, self.xp.array(flat)))
         with self.xp.exact():
             for op in self.cond_ops:
                 op(top, every)
@@ -502,23 +540,26 @@ class IntegerPrior:
         region = np.repeat(np.arange(len(state.shapes)), [h * w for h, w in state.shapes])
         widths = np.array([w for _, w in top_shapes])
         upsample = top.bases[region] + (r // 2) * widths[region] + c // 2
-        return top.caches[self.cond_out][self.xp.array(upsample)]
+        return top.read(self.cond_out, self.xp.array(upsample))
 
     def set_codes(self, state: MapState, rows: np.ndarray, codes: np.ndarray) -> None:
         """Record the codes at flat positions ``rows`` (known to the encoder, just decoded by the decoder)."""
-        state.write("emb", self.xp.array(rows), self.embed[self.xp.array(np.asarray(codes, dtype=np.int64))])
+        xp = self.xp
+        state.write("emb", xp.array(rows), xp.rows(self.embed, xp.array(np.asarray(codes, dtype=np.int64))))
 
     def probabilities(self, state: MapState, rows: np.ndarray) -> np.ndarray:
         """(len(rows), K) integer probability rows (float32) for positions whose context is set."""
         self.prepare(state, rows)
         return self.tables(state, rows)
 
-    def prepare(self, state: MapState, rows: np.ndarray) -> None:
-        """Run every layer but the head at ``rows``, whose context must be set."""
+    def prepare(self, state: MapState, rows: np.ndarray | None = None) -> None:
+        """Run every layer but the head at ``rows``, whose context must be set; by default at
+        every position (an encoder, which knows every code: contiguous rows read and write the
+        caches as slices instead of gathers and scatters)."""
         xp = self.xp
         # Each op runs over ROW_CHUNK rows at a time, which bounds its temporaries; an op's rows
         # depend only on earlier ops, so the split does not change any result.
-        chunks = self._row_chunks(rows)
+        chunks = self._row_chunks(rows) if rows is not None else self._slices(state.n)
         with xp.exact():
             for op in self.ops:
                 for chunk in chunks:
@@ -535,6 +576,10 @@ class IntegerPrior:
 
     def _row_chunks(self, rows: np.ndarray) -> list[ArrayLike]:
         return [self.xp.array(rows[a : a + ROW_CHUNK]) for a in range(0, len(rows), ROW_CHUNK)]
+
+    @staticmethod
+    def _slices(n: int) -> list[slice]:
+        return [slice(a, min(a + ROW_CHUNK, n)) for a in range(0, n, ROW_CHUNK)]
 
     def _table(self, logits: ArrayLike) -> ArrayLike:
         """Probability rows from integer logits (1/LOGIT_STEPS nat): 2^PROB_BITS exp(-distance to the max)."""
