@@ -43,7 +43,7 @@ LOGIT_LIMIT = 1 << 20
 #: Probability tables are integers up to 2^PROB_BITS, at least 1, so no code is ever impossible.
 PROB_BITS = 24
 #: Rows an op handles at once in a single pass over a map (bounds temporary memory).
-ROW_CHUNK = 4096
+ROW_CHUNK = 2048
 #: Attention weights are integers up to 2^ATTN_BITS (fewer for windows so large that their
 #: float32 sums would pass 2^24).
 ATTN_BITS = 12
@@ -114,8 +114,11 @@ class Backend:
 
     def take(self, table: ArrayLike, x: ArrayLike) -> ArrayLike:
         """``table[x]`` for a 1-D table and integer-valued ``x`` of any shape (np.take with native
-        integers is about twice as fast as indexing)."""
-        return torch.take(table, x.long()) if self.torch else np.take(table, x.astype(np.intp))
+        integers is about twice as fast as indexing; torch's index_select takes 32-bit indices, a
+        quarter faster than its take)."""
+        if self.torch:
+            return table.index_select(0, x.int().reshape(-1)).reshape(x.shape)
+        return np.take(table, x.astype(np.intp))
 
     def rows(self, x: ArrayLike, idx: Rows) -> ArrayLike:
         """``x[idx]`` for row indices of any shape, or a slice. A take along the first axis runs two
