@@ -105,7 +105,7 @@ class Backend:
     def rint(self, x: ArrayLike, limit: float) -> ArrayLike:
         """Round half to even, then clamp to [-limit, limit], in place (``x`` must be a temporary)."""
         if self.torch:
-            return torch.round(x).clamp_(-limit, limit)
+            return x.round_().clamp_(-limit, limit)
         return np.clip(np.rint(x, out=x), -limit, limit, out=x)
 
     def clip_max(self, x: ArrayLike, limit: float) -> ArrayLike:
@@ -265,7 +265,10 @@ class QConv:
             for a in range(0, x.shape[1], CHUNK):
                 part = x[:, a : a + CHUNK] @ next(weights)
                 acc = part if acc is None else xp.f64(acc) + part
-        return xp.rint(acc * self.scale + self.offset, self.limit)
+        # In place (acc is a temporary): the same two IEEE operations, never fused, no copies.
+        acc *= self.scale
+        acc += self.offset
+        return xp.rint(acc, self.limit)
 
     def __call__(self, state: MapState, rows: Rows) -> None:
         state.write(self.out, rows, self.compute(state, rows))
@@ -296,7 +299,10 @@ class Add:
     def __call__(self, state: MapState, rows: Rows) -> None:
         xp = state.xp
         a, b = xp.f64(state.read(self.a, rows)), xp.f64(state.read(self.b, rows))
-        state.write(self.out, rows, xp.rint(a * self.scale_a + b * self.scale_b, QMAX))
+        a *= self.scale_a
+        b *= self.scale_b
+        a += b
+        state.write(self.out, rows, xp.rint(a, QMAX))
 
 
 @dataclass
@@ -313,7 +319,8 @@ class Glu:
         g = state.read(self.src, rows)
         half = g.shape[1] // 2
         product = xp.f64(g[:, :half]) * xp.take(self.sigmoid, g[:, half:] + QMAX)
-        state.write(self.out, rows, xp.rint(product * self.scale, QMAX))
+        product *= self.scale
+        state.write(self.out, rows, xp.rint(product, QMAX))
 
 
 @dataclass
