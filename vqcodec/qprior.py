@@ -48,6 +48,9 @@ ROW_CHUNK = 2048
 #: float32 sums would pass 2^24).
 ATTN_BITS = 12
 _MAX_TABLE = 1 << 20
+#: Attention score of a tap outside the region: 2^26 below any real score (|score| < 2^24), so
+#: past the end of any exp table (at most 2^20 entries), and exact in float32.
+_OUTSIDE = -float(1 << 26)
 
 
 def _table(values: list[float]) -> torch.Tensor:
@@ -344,14 +347,16 @@ class Attention:
         k = state.read(self.key, idx).reshape(s, t, h, -1)
         v = state.read(self.value, idx).reshape(s, t, h, -1)
         scores = xp.head_dots(k, q)  # exact: d * 127^2 < 2^24
-        valid = (idx < state.n).reshape(s, 1, t)
-        top = xp.reduce(xp.where(valid, scores, -math.inf), "max")
-        dist = xp.clip_max(xp.where(valid, top - scores, 0.0), len(self.exp) - 1)
+        # Taps outside the region score _OUTSIDE, so far below the best tap that they fall off the
+        # exp table's end, whose last entry is 0. With no tap inside, all weigh alike, but all
+        # read the zero row: the output is 0 either way, and the sum of weights is never 0.
+        scores = xp.where((idx < state.n).reshape(s, 1, t), scores, _OUTSIDE)
+        dist = xp.clip_max(xp.reduce(scores, "max") - scores, len(self.exp) - 1)
         # Integer weights below 2^bits with T * 2^bits * 127 < 2^24 keep the float32 sums exact.
-        weights = xp.f32(xp.where(valid, xp.take(self.exp, dist), 0.0))  # (S, h, T)
-        numer = xp.f64(xp.head_sums(weights, v))
-        denom = xp.f64(xp.reduce(weights, "sum"))
-        out = xp.where(denom > 0, numer / xp.where(denom > 0, denom, 1.0) * self.scale, 0.0)
+        weights = xp.take(self.exp, dist)  # (S, h, T)
+        out = xp.f64(xp.head_sums(weights, v))
+        out /= xp.f64(xp.reduce(weights, "sum"))
+        out *= self.scale
         state.write(self.out, rows, xp.rint(out.reshape(s, -1), QMAX))
 
 
@@ -446,6 +451,8 @@ class _Builder:
         keys = len(attn.offsets)
         bits = min(ATTN_BITS, int(math.log2((1 << 24) / (keys * QMAX))))
         table = exp_table(step, bits, 0)
+        if table[-1] != 0:  # a table cut short at _MAX_TABLE entries: outside taps need a 0 to land on
+            table = torch.cat([table, table.new_zeros(1)])
         self.ops.append(
             Attention(out, q, kv[0], kv[1], attn.offsets, attn.heads, table, self.scales[kv[1]] / _scale(attn.r_out))
         )
