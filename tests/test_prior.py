@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from tests.conftest import make_model
+from vqcodec import qprior
 from vqcodec.config import PriorConfig
 from vqcodec.prior import PixelSNAIL, WindowAttention, attention_offsets, calibrate, causal_offsets
 from vqcodec.qprior import IntegerPrior
@@ -59,6 +60,31 @@ def test_numpy_and_torch_backends_agree(which):
     on_numpy = one_pass(IntegerPrior(getattr(model, which)), codes, top)
     on_torch = by_wavefront(IntegerPrior(getattr(model, which), use_torch=True), codes, top)
     np.testing.assert_array_equal(on_numpy, on_torch)
+
+
+@pytest.mark.parametrize("which", ["top_prior", "bottom_prior"])
+def test_encoders_whole_map_pass_matches_wavefronts(which, monkeypatch):
+    """The encoder's pass (every position, in slices of ROW_CHUNK rows, on torch) gives the
+    decoder's integers (wavefront by wavefront, on numpy), also where slices split a map."""
+    monkeypatch.setattr(qprior, "ROW_CHUNK", 7)
+    model = make_model(seed=4)
+    prior = IntegerPrior(getattr(model, which), use_torch=True)
+    codes, top = random_maps(prior, 6, 10, seed=8)
+    state = prior.start([codes.shape], None if top is None else [top])
+    every = np.arange(codes.size)
+    prior.set_codes(state, every, codes.reshape(-1))
+    prior.prepare(state)
+    np.testing.assert_array_equal(
+        prior.tables(state, every), by_wavefront(IntegerPrior(getattr(model, which)), codes, top)
+    )
+
+
+def test_attention_tables_end_in_zero():
+    """Taps outside a region land on an exp table's last entry, which must weigh nothing."""
+    model = make_model(seed=6)
+    for p in (model.top_prior, model.bottom_prior):
+        tables = [op.exp for op in IntegerPrior(p).ops if isinstance(op, qprior.Attention)]
+        assert tables and all(t[-1] == 0 for t in tables)
 
 
 @pytest.mark.parametrize("which", ["top_prior", "bottom_prior"])
