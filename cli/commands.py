@@ -197,19 +197,25 @@ def train_vqvae_command(folder: Path, out: Path, arch: str, init: str | None, **
 
 
 @train.command(name="prior")
-@click.option("--vqvae", "vqvae_ckpt", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--vqvae",
+    "vqvae_source",
+    required=True,
+    metavar="CKPT|PRESET|PATH",
+    help="A stage-1 checkpoint, or a finished model whose VQ-VAE to keep (its priors are retrained).",
+)
 @click.option("--data", "folder", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Finished model file.")
 @click.option("--arch", type=click.Choice(sorted(ARCHITECTURES)), help="Priors' architecture [default: the VQ-VAE's].")
 @_init_option
 @_settings_options(DEFAULT_TILE, "Crop side in top-map codes (bottom crops are twice that).")
 def train_prior_command(
-    vqvae_ckpt: Path, folder: Path, out: Path, arch: str | None, init: str | None, **kwargs
+    vqvae_source: str, folder: Path, out: Path, arch: str | None, init: str | None, **kwargs
 ) -> None:
     """Stage 2: train the priors on the code maps of DATA; writes the codec model OUT."""
     init_distributed()
     checkpoint = out.with_name(out.name + ".ckpt")
-    train_prior(vqvae_ckpt, folder, checkpoint, out, _settings(kwargs), arch, init)
+    train_prior(vqvae_source, folder, checkpoint, out, _settings(kwargs), arch, init)
     _report_model(out, checkpoint)
 
 

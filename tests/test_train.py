@@ -106,6 +106,19 @@ def test_init_fine_tunes_a_model_file(folder, model_file, tmp_path):
     assert not _parameters_close(fresh.top_prior, source.top_prior)
 
 
+def test_prior_stage_retrains_the_priors_of_a_finished_model(folder, model_file, tmp_path):
+    """--vqvae MODEL keeps that model's whole VQ-VAE, fine-tuned synthesis included, bit for bit
+    (so its code maps too) and trains only the priors."""
+    source = load_model(model_file)
+    settings = Settings(steps=2, batch=2, crop=2, val_every=100, checkpoint_every=100)
+    tuned_path = train_prior(model_file, folder, tmp_path / "p.ckpt", tmp_path / "p.st", settings, init=model_file)
+    tuned = load_model(tuned_path)
+    assert tuned.config == source.config
+    for name, t in tuned.vqvae.state_dict().items():
+        assert torch.equal(t, _as_stored(source.vqvae.state_dict()[name])), name
+    assert not _parameters_close(tuned.bottom_prior, source.bottom_prior)
+
+
 def test_init_across_codebook_sizes_keeps_the_other_layers(folder, tmp_path, capsys):
     """A warm start into other codebook sizes: layers sized by a codebook start fresh, the rest is
     taken over, and the resized codebook is drawn from the data again."""
@@ -174,8 +187,9 @@ def test_cli_train_commands(folder, tmp_path):
                                   "--crop", "32", *common])  # fmt: skip
     assert result.exit_code == 0, result.output
     assert load_model(tuned).config == load_model(model).config
-    bad = runner.invoke(main, ["train", "prior", "--vqvae", str(model), "--data", str(folder), "--out", str(model)])
-    assert bad.exit_code == 1 and "checkpoint" in bad.output
+    decoder_ckpt = str(tuned) + ".ckpt"
+    bad = runner.invoke(main, ["train", "prior", "--vqvae", decoder_ckpt, "--data", str(folder), "--out", str(model)])
+    assert bad.exit_code == 1 and "not a VQ-VAE checkpoint" in bad.output
 
 
 def test_codebook_use():

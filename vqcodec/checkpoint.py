@@ -44,6 +44,15 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     return json.loads(_metadata(path)["meta"])
 
 
+def is_checkpoint(path: str | Path) -> bool:
+    """Whether ``path`` is a safetensors file written by ``save_checkpoint``."""
+    try:
+        _metadata(path)
+    except ModelError:
+        return False
+    return True
+
+
 def _metadata(path: str | Path) -> dict[str, str]:
     try:
         with safe_open(str(path), framework="pt") as f:

@@ -25,7 +25,7 @@ from torch import nn
 from tqdm import tqdm
 
 from . import data
-from .checkpoint import load_checkpoint, load_modules, read_meta, save_checkpoint
+from .checkpoint import is_checkpoint, load_checkpoint, load_modules, read_meta, save_checkpoint
 from .codec import DEFAULT_TILE, model_file
 from .config import ARCHITECTURES, ModelConfig, VQVAEConfig
 from .errors import ModelError
@@ -297,22 +297,33 @@ def train_decoder(
 # -- stage 2: the priors -----------------------------------------------------------------------
 
 
-def load_vqvae(checkpoint: str | Path, arch: str | None = None) -> tuple[VQVAE2, ModelConfig]:
-    """The VQ-VAE of a stage-1 checkpoint (eval mode) and the whole model's config: its VQ-VAE
-    with the priors of architecture ``arch`` (by default the one it was trained as)."""
-    meta = read_meta(checkpoint)
-    if meta.get("stage") != "vqvae":
-        raise ModelError(f"{checkpoint} is not a VQ-VAE checkpoint (stage {meta.get('stage')!r})")
-    vq = VQVAEConfig.from_dict(meta["vqvae"])
-    priors = _architecture(arch or meta["arch"])
+def load_vqvae(source: str | Path, arch: str | None = None) -> tuple[VQVAE2, ModelConfig]:
+    """The VQ-VAE (eval mode) of ``source`` and the whole model's config: that VQ-VAE with the
+    priors of architecture ``arch``.
+
+    ``source`` is a stage-1 checkpoint (``arch`` defaults to the one it was trained as) or a
+    finished model, file or preset (``arch`` defaults to its own priors): retraining the priors of
+    a finished model keeps its VQ-VAE, fine-tuned synthesis included, and so its code maps.
+    """
+    path = Path(source)
+    if path.is_file() and is_checkpoint(path):
+        meta = read_meta(path)
+        if meta.get("stage") != "vqvae":
+            raise ModelError(f"{path} is not a VQ-VAE checkpoint (stage {meta.get('stage')!r})")
+        model = VQVAE2(VQVAEConfig.from_dict(meta["vqvae"]))
+        load_modules(path, {"vqvae": model})
+        priors = _architecture(arch or meta["arch"])
+    else:
+        finished = load_model(model_file(source))
+        model = finished.vqvae
+        priors = _architecture(arch) if arch else finished.config
+    vq = model.config
     config = ModelConfig(
         vqvae=vq,
         top_prior=replace(priors.top_prior, codes=vq.top_codes),
         bottom_prior=replace(priors.bottom_prior, codes=vq.bottom_codes, cond_codes=vq.top_codes),
     )
     config.validate()
-    model = VQVAE2(vq)
-    load_modules(checkpoint, {"vqvae": model})
     return model.eval(), config
 
 
@@ -361,7 +372,7 @@ def _crops(maps: list[tuple[np.ndarray, np.ndarray]], size: int) -> Iterator[tup
 
 
 def train_prior(
-    vqvae_checkpoint: str | Path,
+    vqvae_source: str | Path,
     folder: str | Path,
     out: str | Path,
     model_out: str | Path,
@@ -373,7 +384,7 @@ def train_prior(
     codec model to ``model_out`` (the checkpoint for resuming goes to ``out``). ``init`` (a model
     file or preset with the same priors) fine-tunes its priors, e.g. after fine-tuning its VQ-VAE."""
     out, model_out = Path(out), Path(model_out)
-    vqvae, config = load_vqvae(vqvae_checkpoint, arch)
+    vqvae, config = load_vqvae(vqvae_source, arch)
     device = _device()
     top_prior, bottom_prior = PixelSNAIL(config.top_prior).to(device), PixelSNAIL(config.bottom_prior).to(device)
     run = _Run(out, {"top_prior": top_prior, "bottom_prior": bottom_prior}, settings, {"stage": "prior"})
