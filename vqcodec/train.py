@@ -306,7 +306,7 @@ def load_vqvae(source: str | Path, arch: str | None = None) -> tuple[VQVAE2, Mod
     a finished model keeps its VQ-VAE, fine-tuned synthesis included, and so its code maps.
     """
     path = Path(source)
-    if path.is_file() and is_checkpoint(path):
+    if is_checkpoint(path):
         meta = read_meta(path)
         if meta.get("stage") != "vqvae":
             raise ModelError(f"{path} is not a VQ-VAE checkpoint (stage {meta.get('stage')!r})")
