@@ -18,7 +18,7 @@ from vqcodec import container
 from vqcodec.codec import DEFAULT_TILE
 from vqcodec.config import ARCHITECTURES
 from vqcodec.files import write_atomic
-from vqcodec.train import Settings, init_distributed, train_decoder, train_prior, train_vqvae
+from vqcodec.train import Settings, combine, init_distributed, train_decoder, train_prior, train_vqvae
 
 EXIT_BAD_INPUT = 1
 EXIT_INTERNAL = 3
@@ -153,7 +153,7 @@ def list_presets() -> None:
 @main.group()
 def train() -> None:
     """Train models: `train vqvae` first, then `train prior` on its code maps; `train decoder`
-    fine-tunes a finished model's synthesis."""
+    fine-tunes a finished model's synthesis, `train combine` joins it to retrained priors."""
 
 
 def _settings_options(crop_default: int, crop_help: str):
@@ -231,6 +231,17 @@ def train_decoder_command(source: str, folder: Path, out: Path, **kwargs) -> Non
     checkpoint = out.with_name(out.name + ".ckpt")
     train_decoder(source, folder, checkpoint, out, _settings(kwargs))
     _report_model(out, checkpoint)
+
+
+@train.command(name="combine")
+@click.option("--priors", required=True, metavar="PRESET|PATH", help="The model whose priors (and codes) to keep.")
+@click.option("--synthesis", required=True, metavar="PRESET|PATH", help="The model whose synthesis to take.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Combined model file.")
+def train_combine_command(priors: str, synthesis: str, out: Path) -> None:
+    """Join a `train prior` run and a `train decoder` run made side by side on one model: the
+    priors of the first with the synthesis of the second. Both must code images alike."""
+    combine(priors, synthesis, out)
+    click.echo(f"model: {out}")
 
 
 def _report_model(out: Path, checkpoint: Path) -> None:

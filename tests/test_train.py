@@ -22,7 +22,16 @@ from vqcodec.cli import main
 from vqcodec.config import tiny_config
 from vqcodec.data import split
 from vqcodec.model import CodecModel
-from vqcodec.train import Settings, codebook_use, load_vqvae, train_decoder, train_prior, train_vqvae
+from vqcodec.train import (
+    Settings,
+    codebook_use,
+    combine,
+    load_vqvae,
+    train_decoder,
+    train_prior,
+    train_vqvae,
+)
+from vqcodec.vqvae import VQVAE2
 from vqcodec.weights import load_model, save_model
 
 SETTINGS = Settings(steps=4, batch=2, crop=32, val_every=100, checkpoint_every=100)
@@ -171,6 +180,26 @@ def test_decoder_stage_resumes_only_its_own_source(folder, model_file, tmp_path)
     assert read_meta(ckpt)["step"] == SETTINGS.steps
 
 
+def test_combine_joins_priors_and_synthesis_trained_side_by_side(folder, model_file, tmp_path):
+    """The combined model has the retrained priors and the tuned synthesis, each bit for bit; a
+    synthesis from a model that codes images otherwise is refused."""
+    settings = Settings(steps=2, batch=2, crop=2, val_every=100, checkpoint_every=100)
+    priors = load_model(train_prior(model_file, folder, tmp_path / "p.ckpt", tmp_path / "p.st", settings))
+    synthesis = load_model(train_decoder(model_file, folder, tmp_path / "d.ckpt", tmp_path / "d.st", SETTINGS))
+    joined = load_model(combine(tmp_path / "p.st", tmp_path / "d.st", tmp_path / "j.st"))
+    assert joined.config == priors.config
+    for name, t in joined.state_dict().items():
+        part, layer = name.split(".")[:2]
+        source = synthesis if part == "vqvae" and layer in VQVAE2.SYNTHESIS else priors
+        assert torch.equal(t, source.state_dict()[name]), name
+    assert not torch.equal(joined.vqvae.dec.net[0].weight, priors.vqvae.dec.net[0].weight)
+    other = tmp_path / "other.safetensors"
+    save_model(make_model(seed=1), other)
+    with pytest.raises(vqcodec.ModelError, match="codes images differently"):
+        combine(tmp_path / "p.st", other, tmp_path / "bad.st")
+    assert not (tmp_path / "bad.st").exists()
+
+
 def test_cli_train_commands(folder, tmp_path):
     runner = CliRunner()
     ckpt, model = tmp_path / "v.ckpt", tmp_path / "m.safetensors"
@@ -187,6 +216,11 @@ def test_cli_train_commands(folder, tmp_path):
                                   "--crop", "32", *common])  # fmt: skip
     assert result.exit_code == 0, result.output
     assert load_model(tuned).config == load_model(model).config
+    joined = tmp_path / "joined.safetensors"
+    result = runner.invoke(main, ["train", "combine", "--priors", str(model), "--synthesis", str(tuned),
+                                  "--out", str(joined)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert load_model(joined).config == load_model(model).config
     decoder_ckpt = str(tuned) + ".ckpt"
     bad = runner.invoke(main, ["train", "prior", "--vqvae", decoder_ckpt, "--data", str(folder), "--out", str(model)])
     assert bad.exit_code == 1 and "not a VQ-VAE checkpoint" in bad.output

@@ -274,8 +274,8 @@ def train_decoder(
     device = _device()
     vqvae = model.vqvae.to(device).eval()  # eval: the codebooks take no EMA updates
     vqvae.requires_grad_(False)
-    for part in (vqvae.upsample_t, vqvae.dec):
-        part.requires_grad_(True)
+    for name in VQVAE2.SYNTHESIS:
+        getattr(vqvae, name).requires_grad_(True)
     run = _Run(out, {"vqvae": vqvae}, settings, {"stage": "decoder", "source": source_id})
     run.resume()
     train_files, val_files = data.split(folder)
@@ -292,6 +292,24 @@ def train_decoder(
     if _rank() == 0:
         save_model(model, model_out, half=True)
     return model_out
+
+
+def combine(priors_source: str | Path, synthesis_source: str | Path, model_out: str | Path) -> Path:
+    """Write to ``model_out`` the model ``priors_source`` with the synthesis of
+    ``synthesis_source``: how a stage-2 and a stage-3 run made side by side on one model join
+    (stage 2 keeps the VQ-VAE as it is, stage 3 the codes). Refused unless both models code
+    images to the same maps, the maps the priors were trained on."""
+    model, synthesis = (load_model(model_file(source)) for source in (priors_source, synthesis_source))
+    theirs = synthesis.vqvae.state_dict()
+    analysis = {name: t for name, t in model.vqvae.state_dict().items() if name.split(".")[0] not in VQVAE2.SYNTHESIS}
+    if model.config.vqvae != synthesis.config.vqvae or any(
+        not torch.equal(t, theirs[name]) for name, t in analysis.items()
+    ):
+        raise ModelError(f"{synthesis_source} codes images differently from {priors_source}: nothing to combine")
+    for name in VQVAE2.SYNTHESIS:
+        getattr(model.vqvae, name).load_state_dict(getattr(synthesis.vqvae, name).state_dict())
+    save_model(model, model_out, half=True)
+    return Path(model_out)
 
 
 # -- stage 2: the priors -----------------------------------------------------------------------

@@ -94,6 +94,9 @@ class VQVAE2(nn.Module):
     the bottom codes only carry what the top codes miss.
     """
 
+    #: The layers that only turn codes into pixels: changing them leaves every code map as it is.
+    SYNTHESIS = ("upsample_t", "dec")
+
     def __init__(self, config: VQVAEConfig):
         super().__init__()
         config.validate()
