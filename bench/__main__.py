@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 import vqcodec
+from vqcodec.cli.commands import rdo_option
 
 from . import report
 from .codecs import PillowCodec, VQCodec, classical_codecs, library_versions, vqcodec_codecs
@@ -100,15 +101,16 @@ def _notes(samples: Sequence[Sample], learned: Sequence[VQCodec], decode: bool) 
               help="Run vqcodec's decoder; when off, quality comes from the encoder's code maps (which the "
                    "decoder reproduces exactly) and no decode time is given.")  # fmt: skip
 @_device_option
+@rdo_option
 @click.option("--repeats", type=click.IntRange(1), help="Timing runs per file, best kept [default: 3, 1 with --quick].")
 @click.option("--threads", type=click.IntRange(1), default=1, show_default=True,
               help="torch threads (vqcodec on the CPU, MS-SSIM); the classical codecs run on one thread.")  # fmt: skip
-def rd(folder, out, quick, limit, crop, names, models, presets, vq_decode, device, repeats, threads) -> None:
+def rd(folder, out, quick, limit, crop, names, models, presets, vq_decode, device, rdo, repeats, threads) -> None:
     """Rate-distortion of vqcodec and classical codecs on the images in FOLDER."""
     torch.set_num_threads(threads)
     samples = _samples(folder, quick, limit, crop)
     classical = _pick_classical(names, quick)
-    learned = vqcodec_codecs(presets, models, device, vq_decode)
+    learned = vqcodec_codecs(presets, models, device, vq_decode, rdo)
     codecs = [*classical, *learned]
     records = sweep(codecs, samples, repeats or (1 if quick else 3))
     curves = {c.name: average_curve(c, records) for c in codecs}
@@ -128,11 +130,12 @@ def rd(folder, out, quick, limit, crop, names, models, presets, vq_decode, devic
 
 def _model_options(f):
     f = click.option("--preset", help="A shipped vqcodec preset.")(f)
+    f = rdo_option(f)
     return click.option("--model", "model_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
                         help="A vqcodec model file (.safetensors).")(f)  # fmt: skip
 
 
-def _loader(preset: str | None, model_path: Path | None):
+def _loader(preset: str | None, model_path: Path | None, rdo: float):
     """A function from a device name to a loaded codec; exactly one of preset and model is needed."""
     if (preset is None) == (model_path is None):
         raise click.UsageError("give exactly one of --preset NAME or --model PATH")
@@ -140,16 +143,16 @@ def _loader(preset: str | None, model_path: Path | None):
         vqcodec.load(preset, path=model_path, device="cpu")  # fail early, with vqcodec's message
     except vqcodec.VQCodecError as exc:
         raise click.UsageError(str(exc)) from exc
-    return lambda device: vqcodec.load(preset, path=model_path, device=device)
+    return lambda device: vqcodec.load(preset, path=model_path, device=device, rdo=rdo)
 
 
 @main.command()
 @_images_options
 @_model_options
 @_device_option
-def entropy(folder, out, quick, limit, crop, model_path, preset, device) -> None:
+def entropy(folder, out, quick, limit, crop, model_path, rdo, preset, device) -> None:
     """Bits per code of the code maps of the images in FOLDER: priors vs simple baselines."""
-    load = _loader(preset, model_path)
+    load = _loader(preset, model_path, rdo)
     result = entropy_report(load(device), _samples(folder, quick, limit, crop))
     out.mkdir(parents=True, exist_ok=True)
     report.write_json(out / "entropy.json", result | {"command": _command_line()})
@@ -168,11 +171,13 @@ def entropy(folder, out, quick, limit, crop, model_path, preset, device) -> None
 @click.option("--threads", type=click.IntRange(1), help="torch threads on the CPU [default: torch's choice].")
 @click.option("--batch", type=click.IntRange(1), default=1, show_default=True,
               help="Images coded together (Codec.encode_many); times are per image.")  # fmt: skip
-def speed(folder, out, quick, limit, crop, model_path, preset, device_names, decode, repeats, threads, batch) -> None:
+def speed(
+    folder, out, quick, limit, crop, model_path, rdo, preset, device_names, decode, repeats, threads, batch
+) -> None:
     """Time per stage of vqcodec's encoder and decoder on the images in FOLDER."""
     if threads:
         torch.set_num_threads(threads)
-    load = _loader(preset, model_path)
+    load = _loader(preset, model_path, rdo)
     names = devices() if device_names == "all" else [device_names]
     rows = measure_speed(load, _samples(folder, quick, limit, crop), names, 1 if quick else repeats, decode, batch)
     out.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image, features
 
 import vqcodec
+from vqcodec.rdo import DEFAULT_RDO
 
 T = TypeVar("T")
 Setting = float | int | str
@@ -183,15 +184,17 @@ class VQCodec:
         return Coded(encoded.data, rgb_array(decoded), enc_s, dec_s)
 
 
-def vqcodec_codecs(use_presets: bool, model_paths: Sequence[Path], device: str, decode: bool) -> list[VQCodec]:
+def vqcodec_codecs(
+    use_presets: bool, model_paths: Sequence[Path], device: str, decode: bool, rdo: float = DEFAULT_RDO
+) -> list[VQCodec]:
     """The shipped presets as one codec ``vqcodec`` (one point per preset), and each model file as
-    a codec of its own, ``vqcodec-<file stem>``."""
+    a codec of its own, ``vqcodec-<file stem>``; all encode with ``rdo`` (see ``vqcodec.Codec``)."""
     codecs = []
     names = vqcodec.presets() if use_presets else []
     if names:
-        models = {name: vqcodec.load(name, device=device) for name in names}
+        models = {name: vqcodec.load(name, device=device, rdo=rdo) for name in names}
         codecs.append(VQCodec("vqcodec", "vqcodec presets " + ", ".join(names), models, decode))
     for path in model_paths:
-        codec = vqcodec.load(path=path, device=device)
+        codec = vqcodec.load(path=path, device=device, rdo=rdo)
         codecs.append(VQCodec(f"vqcodec-{path.stem}", f"vqcodec model {path.name}", {path.stem: codec}, decode))
     return codecs

@@ -6,6 +6,7 @@ Exit codes: 0 success, 1 bad input (any ``VQCodecError``), 2 usage error, 3 inte
 from __future__ import annotations
 
 import io
+import math
 import sys
 import time
 from pathlib import Path
@@ -18,6 +19,7 @@ from vqcodec import container
 from vqcodec.codec import DEFAULT_TILE
 from vqcodec.config import ARCHITECTURES
 from vqcodec.files import write_atomic
+from vqcodec.rdo import DEFAULT_RDO
 from vqcodec.train import Settings, combine, init_distributed, train_decoder, train_prior, train_vqvae
 
 EXIT_BAD_INPUT = 1
@@ -46,6 +48,19 @@ def _model_options(f):
     f = click.option("--model", "model_path", type=click.Path(dir_okay=False, path_type=Path),
                      help="A model file (.safetensors) instead of a preset.")(f)  # fmt: skip
     return click.option("--preset", help="A shipped model preset (see `vqcodec presets`).")(f)
+
+
+def _finite(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    if not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a finite number")
+    return value
+
+
+def rdo_option(f):
+    """``--rdo``: how hard the encoder trades quality for rate (see ``vqcodec.Codec``)."""
+    return click.option("--rdo", type=click.FloatRange(min=0), default=DEFAULT_RDO, show_default=True,
+                        callback=_finite, help="Rate-distortion optimisation: 0 codes the nearest codes; more "
+                        "gives smaller files of lower quality.")(f)  # fmt: skip
 
 
 def _force_option(f):
@@ -80,11 +95,14 @@ def main() -> None:
 @click.argument("src", type=click.Path(path_type=Path))
 @click.argument("out", type=click.Path(path_type=Path))
 @_model_options
+@rdo_option
 @_force_option
-def compress(src: Path, out: Path, preset: str | None, model_path: Path | None, device: str, force: bool) -> None:
+def compress(
+    src: Path, out: Path, preset: str | None, model_path: Path | None, device: str, rdo: float, force: bool
+) -> None:
     """Compress the image SRC into the .vqc file OUT."""
     _check_output(out, force)
-    codec = _load(preset, model_path, device)
+    codec = vqcodec.load(preset, path=model_path, device=device, rdo=rdo)
     start = time.perf_counter()
     encoded = codec.encode(src)
     write_atomic(out, encoded.data)

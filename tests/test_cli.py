@@ -87,6 +87,9 @@ def test_damaged_file_is_refused(tmp_path, image_file, model_file):
 def test_usage_errors_exit_2(tmp_path, image_file, model_file):
     assert run("compress", image_file).exit_code == 2
     assert run("compress", image_file, tmp_path / "o.vqc", "--device", "tpu").exit_code == 2
+    for rdo in ("-1", "nan", "inf"):
+        assert run("compress", image_file, tmp_path / "o.vqc", "--model", model_file, "--rdo", rdo).exit_code == 2
+    assert not (tmp_path / "o.vqc").exists()
     result = run("decompress", tmp_path / "x.vqc", tmp_path / "out.unknownext", "--model", model_file)
     assert result.exit_code == 2 and "extension" in result.output
 

@@ -15,11 +15,16 @@ def test_default_preset_is_shipped():
     assert DEFAULT_PRESET in vqcodec.presets()
 
 
+def _patch() -> np.ndarray:
+    """48 x 64 pixels of gentle gradients and waves, like a patch of a photo."""
+    y, x = np.mgrid[0:48, 0:64]
+    return np.stack([128 + 60 * np.sin(x / 9), 40 + 3 * y, 200 - 2 * x], -1).round().clip(0, 255).astype(np.uint8)
+
+
 @pytest.mark.parametrize("name", vqcodec.presets())
 def test_preset_round_trip(name):
     codec = vqcodec.load(name, device="cpu")
-    y, x = np.mgrid[0:48, 0:64]  # gentle gradients and waves, like a patch of a photo
-    image = np.stack([128 + 60 * np.sin(x / 9), 40 + 3 * y, 200 - 2 * x], -1).round().clip(0, 255).astype(np.uint8)
+    image = _patch()
     encoded = codec.encode(image)
     out = np.asarray(codec.decompress(encoded.data))
     np.testing.assert_array_equal(out, codec.reconstruct(encoded.codes, 64, 48))
@@ -31,3 +36,9 @@ def test_preset_round_trip(name):
     # (16.1 dB here; every preset, the low-rate one included, must clear it by 3 dB).
     assert psnr(out) > psnr(image.reshape(-1, 3).mean(0)) + 3
     assert encoded.bottom.ideal_bits / encoded.bottom.codes < np.log2(codec.model.config.vqvae.bottom_codes)
+
+
+@pytest.mark.parametrize("name", vqcodec.presets())
+def test_rdo_makes_smaller_bottom_maps(name):
+    plain, optimised = (vqcodec.load(name, device="cpu", rdo=rdo).encode(_patch()) for rdo in (0.0, 1.0))
+    assert optimised.bottom.ideal_bits < plain.bottom.ideal_bits

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import math
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -17,7 +18,8 @@ from .errors import DecodeMismatchError, FormatError, ModelError, ModelMismatchE
 from .image import ImageLike, Picture, pad_to, padding, read_image, to_pil, to_rgb, to_tensor
 from .model import CodecModel
 from .qprior import ROW_CHUNK, IntegerPrior, MapState
-from .timing import ENTROPY_CODING, PRIOR, SYNTHESIS, Timer, no_timer
+from .rdo import DEFAULT_RDO, Analysis, window_terms
+from .timing import ENTROPY_CODING, PRIOR, QUANTIZATION, SYNTHESIS, Timer, no_timer
 from .weights import load_model, model_id
 
 #: Side of the regions the priors code independently, in top-map codes (bottom regions are twice
@@ -121,23 +123,35 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return resolved
 
 
-def load(preset: str | None = None, *, path: str | Path | None = None, device: str = "auto") -> Codec:
-    """A ``Codec`` with a shipped preset (default ``DEFAULT_PRESET``) or the model file at ``path``."""
+def load(
+    preset: str | None = None, *, path: str | Path | None = None, device: str = "auto", rdo: float = DEFAULT_RDO
+) -> Codec:
+    """A ``Codec`` with a shipped preset (default ``DEFAULT_PRESET``) or the model file at ``path``
+    (``rdo``: see ``Codec``)."""
     if preset is not None and path is not None:
         raise ModelError("give a preset or a model path, not both")
     model = load_model(path if path is not None else _preset_path(preset or DEFAULT_PRESET))
-    return Codec(model, device=device, name=preset or (str(path) if path else DEFAULT_PRESET))
+    return Codec(model, device=device, name=preset or (str(path) if path else DEFAULT_PRESET), rdo=rdo)
 
 
 class Codec:
     """Compresses images to ``.vqc`` bytes and back with one ``CodecModel``."""
 
     def __init__(
-        self, model: CodecModel, device: str | torch.device = "auto", name: str = "custom", tile: int = DEFAULT_TILE
+        self,
+        model: CodecModel,
+        device: str | torch.device = "auto",
+        name: str = "custom",
+        tile: int = DEFAULT_TILE,
+        rdo: float = DEFAULT_RDO,
     ):
+        """``tile`` and ``rdo`` (0: always the nearest code; more: smaller files, lower quality) set
+        how files are written; any file decodes whatever they were."""
         if not 1 <= tile <= MAX_TILE:
             raise ValueError(f"tile must be in 1..{MAX_TILE}, got {tile}")
-        self.tile = tile
+        if not 0 <= rdo < math.inf:
+            raise ValueError(f"rdo must be a finite number >= 0, got {rdo}")
+        self.tile, self.rdo = tile, rdo
         self.device = resolve_device(device)
         self.model = model.eval().to(self.device)
         self.name = name
@@ -165,7 +179,7 @@ class Codec:
         """``encode`` several images at once: their maps share the priors' batches (more positions
         per step, which a GPU needs to be busy). Each file is the one ``encode`` would write."""
         pics = [read_image(image) for image in images]
-        tops, bottoms = zip(*(self._analyse(pic.rgb, timer) for pic in pics), strict=True) if pics else ((), ())
+        tops, bottoms = self._code_maps(pics, timer)
         top_maps = [_Map(t.shape, self.tile) for t in tops]
         bottom_maps = [_Map(b.shape, 2 * self.tile, t) for t, b in zip(tops, bottoms, strict=True)]
         top_prior, bottom_prior = self.encoding_priors
@@ -207,26 +221,30 @@ class Codec:
     def _encode_maps(
         prior: IntegerPrior, codes: Sequence[np.ndarray], maps: list[_Map], timer: Timer
     ) -> list[tuple[bytes, MapStats]]:
-        """Each map's stream: one pass of the prior per batch of regions, coded in decoding order."""
+        """Each map's stream, its codes coded in decoding order."""
         encoders = [entropy.Encoder() for _ in maps]
-        for batch, owner, state in _batches(prior, maps, timer):
-            with timer(PRIOR):
-                flat = np.concatenate([region.take(codes[i]).reshape(-1) for i, region in batch])
-                prior.set_codes(state, np.arange(len(flat)), flat)
-                order = prior.wavefronts(state.shapes)[0]
-                prior.prepare(state)  # every position at once
-            for start in range(0, len(order), ROW_CHUNK):
-                rows = order[start : start + ROW_CHUNK]
-                with timer(PRIOR):
-                    probs = prior.tables(state, rows)
-                with timer(ENTROPY_CODING):
-                    for i, mine in _by_owner(owner[rows]):
-                        encoders[i].encode(flat[rows[mine]], probs[mine])
+        for i, positions, probs in _probability_rows(prior, codes, maps, timer):
+            with timer(ENTROPY_CODING):
+                encoders[i].encode(codes[i].reshape(-1)[positions], probs)
         coded = []
         for encoder in encoders:
             data = encoder.data()
             coded.append((data, MapStats(encoder.symbols, 8 * len(data), encoder.ideal_bits)))
         return coded
+
+    def _code_maps(self, pics: list[Picture], timer: Timer) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Each image's top and bottom code maps: the nearest codes, or with ``rdo`` the bottom
+        codes RDO prefers, each candidate priced by the prior in the context of the nearest codes."""
+        vqvae = self.model.vqvae
+        if not self.rdo:
+            maps = [self._analyse(pic.rgb, lambda x: vqvae.encode(x, timer)) for pic in pics]
+            return [t for t, _ in maps], [b for _, b in maps]
+        analyses = [Analysis(*self._analyse(pic.rgb, lambda x: window_terms(vqvae, x, timer))) for pic in pics]
+        maps = [_Map(a.nearest.shape, 2 * self.tile, a.top) for a in analyses]
+        nearest, candidates = [a.nearest for a in analyses], [a.candidates for a in analyses]
+        bits = _candidate_bits(self.encoding_priors[1], nearest, candidates, maps, timer)
+        with timer(QUANTIZATION):
+            return [a.top for a in analyses], [a.choose(b, self.rdo) for a, b in zip(analyses, bits, strict=True)]
 
     # -- decoding ---------------------------------------------------------------------------
 
@@ -302,18 +320,23 @@ class Codec:
                 region.take(codes[i])[...] = flat[base : base + region.positions].reshape(region.shape)
         return codes
 
-    def _analyse(self, rgb: np.ndarray, timer: Timer) -> tuple[np.ndarray, np.ndarray]:
-        """Top and bottom code maps of an RGB image, window by window."""
+    def _analyse(self, rgb: np.ndarray, analyse: Callable[[torch.Tensor], Sequence[torch.Tensor]]) -> list[np.ndarray]:
+        """Maps of an RGB image computed window by window: ``analyse`` gives, for a batch of one
+        window's pixels, its top map then any maps at the bottom map's resolution (with trailing
+        dimensions or not), and they are pieced together."""
         s = self.top_stride
         padded = pad_to(rgb, s)
-        top = np.zeros((padded.shape[0] // s, padded.shape[1] // s), dtype=np.int64)
-        bottom = np.zeros((2 * top.shape[0], 2 * top.shape[1]), dtype=np.int64)
-        for inner, outer in tiles.windows(*top.shape, WINDOW, WINDOW_MARGIN):
-            t, b = self.model.vqvae.encode(to_tensor(outer.scaled(s).take(padded)).to(self.device), timer)
+        h, w = padded.shape[0] // s, padded.shape[1] // s
+        maps: list[np.ndarray] = []
+        for inner, outer in tiles.windows(h, w, WINDOW, WINDOW_MARGIN):
+            parts = [t[0].cpu().numpy() for t in analyse(to_tensor(outer.scaled(s).take(padded)).to(self.device))]
+            scales = [1] + [2] * (len(parts) - 1)
+            if not maps:
+                maps = [np.zeros((f * h, f * w, *p.shape[2:]), p.dtype) for f, p in zip(scales, parts, strict=True)]
             local = inner.within(outer)
-            inner.take(top)[...] = local.take(t[0].cpu().numpy())
-            inner.scaled(2).take(bottom)[...] = local.scaled(2).take(b[0].cpu().numpy())
-        return top, bottom
+            for full, part, f in zip(maps, parts, scales, strict=True):
+                inner.scaled(f).take(full)[...] = local.scaled(f).take(part)
+        return maps
 
     @torch.no_grad()
     def reconstruct(self, codes: CodeMaps, width: int, height: int, timer: Timer = no_timer) -> np.ndarray:
@@ -384,3 +407,43 @@ def _by_owner(owner: np.ndarray) -> Iterator[tuple[int, np.ndarray | slice]]:
         return
     for i in ids:
         yield int(i), np.flatnonzero(owner == i)
+
+
+def _probability_rows(
+    prior: IntegerPrior, codes: Sequence[np.ndarray], maps: list[_Map], timer: Timer
+) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """The probability row of every position of ``codes`` in decoding order, a chunk at a time:
+    (map index, the positions in that map, flattened, their rows). One pass of the prior per
+    batch of regions, as the encoder has every code already."""
+    grids = [np.arange(c.size).reshape(c.shape) for c in codes]
+    for batch, owner, state in _batches(prior, maps, timer):
+        with timer(PRIOR):
+            flat = np.concatenate([region.take(codes[i]).reshape(-1) for i, region in batch])
+            where = np.concatenate([region.take(grids[i]).reshape(-1) for i, region in batch])
+            prior.set_codes(state, np.arange(len(flat)), flat)
+            order = prior.wavefronts(state.shapes)[0]
+            prior.prepare(state)  # every position at once
+        for start in range(0, len(order), ROW_CHUNK):
+            rows = order[start : start + ROW_CHUNK]
+            with timer(PRIOR):
+                probs = prior.tables(state, rows)
+            for i, mine in _by_owner(owner[rows]):
+                yield i, where[rows[mine]], probs[mine]
+
+
+def _candidate_bits(
+    prior: IntegerPrior,
+    codes: Sequence[np.ndarray],
+    candidates: Sequence[np.ndarray],
+    maps: list[_Map],
+    timer: Timer,
+) -> list[np.ndarray]:
+    """What each of the (H, W, k) ``candidates`` would cost, in bits, in the context of ``codes``."""
+    bits = [np.empty(c.shape, dtype=np.float32) for c in candidates]
+    for i, positions, probs in _probability_rows(prior, codes, maps, timer):
+        with timer(QUANTIZATION):
+            k = candidates[i].shape[-1]
+            picked = np.take_along_axis(probs, candidates[i].reshape(-1, k)[positions], 1)
+            with np.errstate(divide="ignore"):  # a zero probability costs infinitely many bits
+                bits[i].reshape(-1, k)[positions] = np.log2(probs.sum(1, keepdims=True)) - np.log2(picked)
+    return bits

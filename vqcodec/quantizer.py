@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -10,28 +12,47 @@ from torch import nn
 MAX_DISTANCE_ENTRIES = 1 << 22
 
 
+def _distance_rows(x: torch.Tensor, codebook: torch.Tensor, max_entries: int) -> Iterator[tuple[slice, torch.Tensor]]:
+    """The N x K squared distances less ||x||^2 (constant per row, so it moves no ranking),
+    ``max_entries // K`` rows at a time: memory stays bounded whatever N is."""
+    rows = max(1, max_entries // codebook.shape[0])
+    code_norms = codebook.pow(2).sum(1)
+    for start in range(0, x.shape[0], rows):
+        # addmm: one pass less than - 2 * (x @ c)
+        yield slice(start, start + rows), torch.addmm(code_norms, x[start : start + rows], codebook.t(), alpha=-2.0)
+
+
 def nearest_code(x: torch.Tensor, codebook: torch.Tensor, max_entries: int = MAX_DISTANCE_ENTRIES) -> torch.Tensor:
     """Index of the nearest codebook row (squared Euclidean) for every row of ``x``.
 
-    ``x`` is (N, D), ``codebook`` (K, D). The distance matrix is built ``max_entries // K`` rows
-    at a time, so memory stays bounded whatever N is. Ties go to the lowest index. On a GPU with
-    Triton, the fused kernel of ``kernels`` does the same without any distance matrix.
+    ``x`` is (N, D), ``codebook`` (K, D). Ties go to the lowest index. On a GPU with Triton, the
+    fused kernel of ``kernels`` does the same without any distance matrix.
     """
     if x.is_cuda:
         from . import kernels  # here, not at the top: importing Triton takes a while and helps only on a GPU
 
         if kernels.available(x):
             return kernels.nearest_code_fused(x, codebook)
-    n, k = x.shape[0], codebook.shape[0]
-    rows = max(1, max_entries // k)
-    code_norms = codebook.pow(2).sum(1)
-    out = torch.empty(n, dtype=torch.long, device=x.device)
-    for start in range(0, n, rows):
-        chunk = x[start : start + rows]
-        # ||x||^2 is constant per row, so it does not change the argmin and is left out.
-        dist = torch.addmm(code_norms, chunk, codebook.t(), alpha=-2.0)  # one pass less than - 2 * (x @ c)
-        out[start : start + rows] = dist.argmin(1)
+    out = torch.empty(x.shape[0], dtype=torch.long, device=x.device)
+    for rows, dist in _distance_rows(x, codebook, max_entries):
+        out[rows] = dist.argmin(1)
     return out
+
+
+def nearest_codes(
+    x: torch.Tensor, codebook: torch.Tensor, k: int, max_entries: int = MAX_DISTANCE_ENTRIES
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` nearest codebook rows of every row of ``x``, nearest first: their squared
+    distances and their indices, both (N, k). With ``k`` = 1 the index is ``nearest_code``'s."""
+    if k == 1:
+        idx = nearest_code(x, codebook, max_entries).unsqueeze(1)
+        return (x - codebook[idx[:, 0]]).pow(2).sum(1, keepdim=True), idx
+    k = min(k, codebook.shape[0])
+    dist = x.new_empty(x.shape[0], k)
+    idx = torch.empty(x.shape[0], k, dtype=torch.long, device=x.device)
+    for rows, d in _distance_rows(x, codebook, max_entries):
+        dist[rows], idx[rows] = d.topk(k, dim=1, largest=False)
+    return (dist + x.pow(2).sum(1, keepdim=True)).clamp_min_(0), idx
 
 
 class VectorQuantizer(nn.Module):
@@ -57,6 +78,13 @@ class VectorQuantizer(nn.Module):
         b, _, h, w = z.shape
         flat = z.permute(0, 2, 3, 1).reshape(-1, self.dim)
         return nearest_code(flat, self.embed).view(b, h, w)
+
+    def candidates(self, z: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``k`` nearest codes of every vector of a (B, dim, H, W) map, nearest first: squared
+        distances and indices, both (B, H, W, k)."""
+        b, _, h, w = z.shape
+        dist, idx = nearest_codes(z.permute(0, 2, 3, 1).reshape(-1, self.dim), self.embed, k)
+        return dist.view(b, h, w, -1), idx.view(b, h, w, -1)
 
     def lookup(self, idx: torch.Tensor) -> torch.Tensor:
         """The (B, dim, H, W) code vectors of an index map (B, H, W)."""

@@ -123,11 +123,21 @@ class VQVAE2(nn.Module):
         enc_b, z_t = self._analyse(x)
         q_t, loss_t, top = self.quantize_t(z_t)
         q_b, loss_b, bottom = self.quantize_b(self._bottom_latent(enc_b, q_t))
-        return VQVAEOutput(self._synthesise(q_t, q_b), loss_t + loss_b, top, bottom)
+        return VQVAEOutput(self.synthesise(q_t, q_b), loss_t + loss_b, top, bottom)
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor, timer: Timer = no_timer) -> tuple[torch.Tensor, torch.Tensor]:
         """Top (B, H/2s, W/2s) and bottom (B, H/s, W/s) code maps of an image batch."""
+        top, _, bottom = self.encode_candidates(x, 1, timer)
+        return top, bottom[..., 0]
+
+    @torch.no_grad()
+    def encode_candidates(
+        self, x: torch.Tensor, k: int, timer: Timer = no_timer
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The top code map and, for every bottom position, its ``k`` nearest bottom codes, nearest
+        first: (B, H/2s, W/2s) top codes, then (B, H/s, W/s, k) squared distances and indices
+        (what a rate-distortion optimising encoder chooses from)."""
         with timer(ANALYSIS):
             enc_b, z_t = self._analyse(x)
         with timer(QUANTIZATION):
@@ -135,16 +145,17 @@ class VQVAE2(nn.Module):
         with timer(ANALYSIS):
             z_b = self._bottom_latent(enc_b, self.quantize_t.lookup(top))
         with timer(QUANTIZATION):
-            bottom = self.quantize_b.indices(z_b)
-        return top, bottom
+            dist, bottom = self.quantize_b.candidates(z_b, k)
+        return top, dist, bottom
 
-    def _synthesise(self, q_t: torch.Tensor, q_b: torch.Tensor) -> torch.Tensor:
+    def synthesise(self, q_t: torch.Tensor, q_b: torch.Tensor) -> torch.Tensor:
+        """Images from code vectors (not indices): differentiable, for training and for RDO."""
         return self.dec(torch.cat([self.upsample_t(q_t), q_b], 1))
 
     @torch.no_grad()
     def decode(self, top: torch.Tensor, bottom: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1] (unclamped) from code maps."""
-        return self._synthesise(self.quantize_t.lookup(top), self.quantize_b.lookup(bottom))
+        return self.synthesise(self.quantize_t.lookup(top), self.quantize_b.lookup(bottom))
 
 
 def loss(out: VQVAEOutput, x: torch.Tensor, beta: float = 0.25) -> torch.Tensor:

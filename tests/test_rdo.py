@@ -1,0 +1,89 @@
+"""Rate-distortion optimised quantization: its error estimate, its choice, and the codec's use of it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import vqcodec
+from tests.conftest import make_model, smooth_image
+from vqcodec.image import to_tensor
+from vqcodec.rdo import CURVATURE_MARGIN, Analysis, window_terms
+
+
+def _analysis(linear, squared, bits_scale=1.0) -> Analysis:
+    h, w, k = linear.shape
+    return Analysis(
+        top=np.zeros((h // 2, w // 2), dtype=np.int64),
+        candidates=np.broadcast_to(np.arange(k) + 10, (h, w, k)),
+        linear=linear,
+        squared=squared,
+        error=np.full((h, w), bits_scale),
+        gain=np.full((h, w), 3.0),
+        probe=np.full((h, w), 6.0),
+    )
+
+
+def test_choice_weighs_estimated_error_against_bits():
+    """cost = linear + margin x measured gain x squared + rdo x mean error x bits, least wins."""
+    linear = np.array([[[0.0, -1.0, -2.0]]])
+    squared = np.array([[[0.0, 1.0, 4.0]]])
+    a = _analysis(linear, squared)  # gain 3 / probe 6: the quadratic term weighs CURVATURE_MARGIN / 2
+    bits = np.array([[[9.0, 5.0, 1.0]]])
+    curvature = CURVATURE_MARGIN / 2
+    for rdo in (0.0, 0.3, 1.0, 10.0):
+        cost = linear + curvature * squared + rdo * bits
+        assert a.choose(bits, rdo)[0, 0] == 10 + cost.argmin()
+    assert a.choose(bits, 0.0)[0, 0] == 10 and a.choose(bits, 10.0)[0, 0] == 12
+
+
+def test_linear_term_is_the_slope_of_the_pixel_error():
+    """For every position and candidate, linear = d/dt of the pixel error as the position's code
+    vector moves towards the candidate (checked by finite differences on a random model)."""
+    model = make_model(seed=3)
+    vq = model.vqvae
+    x = to_tensor(smooth_image(np.random.default_rng(3), 16, 24))
+    top, cand, linear, squared, error, gain, probe = window_terms(vq, x)
+    q_t, q_b = vq.quantize_t.lookup(top), vq.quantize_b.lookup(cand[..., 0])
+    with torch.no_grad():
+        recon = vq.synthesise(q_t, q_b)
+        torch.testing.assert_close(error.sum(), (recon - x).pow(2).sum())
+        base = (recon - x).pow(2).sum().double()
+        embed = vq.quantize_b.embed
+        eps = 1e-3
+        for r, c, k in [(0, 0, 1), (2, 3, 4), (3, 5, 7), (1, 4, 2)]:
+            step = embed[cand[0, r, c, k]] - embed[cand[0, r, c, 0]]
+            moved = q_b.clone()
+            moved[0, :, r, c] += eps * step
+            slope = ((vq.synthesise(q_t, moved) - x).pow(2).sum().double() - base) / eps
+            assert float(slope) == pytest.approx(float(linear[0, r, c, k]), rel=0.05, abs=1e-3)
+            assert float(squared[0, r, c, k]) == pytest.approx(float(step.pow(2).sum()), rel=1e-5)
+    assert bool((gain >= 0).all()) and float(probe.sum()) > 0
+
+
+def test_codec_rdo_zero_codes_the_nearest_codes(rng):
+    model = make_model(seed=4)
+    image = smooth_image(rng, 24, 40)
+    encoded = vqcodec.Codec(model, device="cpu", rdo=0).encode(image)
+    top, bottom = model.vqvae.encode(to_tensor(image))
+    assert np.array_equal(encoded.codes.top, top[0].numpy()) and np.array_equal(encoded.codes.bottom, bottom[0].numpy())
+
+
+def test_codec_with_rdo_codes_candidates_and_round_trips(rng):
+    model = make_model(seed=4)
+    image = smooth_image(rng, 24, 40)
+    plain = vqcodec.Codec(model, device="cpu", rdo=0).encode(image)
+    codec = vqcodec.Codec(model, device="cpu", rdo=5.0)
+    encoded = codec.encode(image)
+    assert np.array_equal(encoded.codes.top, plain.codes.top)  # RDO chooses bottom codes only
+    _, cand, *_ = window_terms(model.vqvae, to_tensor(image))
+    assert (cand[0].numpy() == encoded.codes.bottom[..., None]).any(-1).all()
+    assert not np.array_equal(encoded.codes.bottom, plain.codes.bottom)
+    assert np.array_equal(codec.decode_codes(encoded.data).bottom, encoded.codes.bottom)
+
+
+@pytest.mark.parametrize("rdo", [-0.1, float("nan"), float("inf")])
+def test_bad_rdo_is_refused(rdo):
+    with pytest.raises(ValueError, match="rdo"):
+        vqcodec.Codec(make_model(), device="cpu", rdo=rdo)
