@@ -117,7 +117,7 @@ def rd(folder, out, quick, limit, crop, names, models, presets, vq_decode, devic
     same_size = same_size_jpeg(records, samples, {c.name for c in learned}, classical[0])
     environment = report.environment() | library_versions() | {"torch_threads": threads}
     run = {
-        "command": _command_line(), "dataset": str(folder), "environment": environment,
+        "command": _command_line(), "dataset": str(folder), "environment": environment, "rdo": rdo,
         "images": [{"name": s.name, "width": s.image.width, "height": s.image.height} for s in samples],
         "codecs": curves, "bd_rate": bd_rates(curves), "same_size_jpeg": same_size,
         "same_size_jpeg_mean": report.same_size_summary(same_size), "notes": _notes(samples, learned, vq_decode),
@@ -155,7 +155,7 @@ def entropy(folder, out, quick, limit, crop, model_path, rdo, preset, device) ->
     load = _loader(preset, model_path, rdo)
     result = entropy_report(load(device), _samples(folder, quick, limit, crop))
     out.mkdir(parents=True, exist_ok=True)
-    report.write_json(out / "entropy.json", result | {"command": _command_line()})
+    report.write_json(out / "entropy.json", result | {"command": _command_line(), "rdo": rdo})
     text = report.entropy_markdown(result)
     (out / "entropy.md").write_text(text)
     click.echo(text + f"wrote {out / 'entropy.json'}, {out / 'entropy.md'}")
@@ -182,7 +182,7 @@ def speed(
     rows = measure_speed(load, _samples(folder, quick, limit, crop), names, 1 if quick else repeats, decode, batch)
     out.mkdir(parents=True, exist_ok=True)
     report.write_json(
-        out / "speed.json", {"command": _command_line(), "environment": report.environment(), "rows": rows}
+        out / "speed.json", {"command": _command_line(), "environment": report.environment(), "rdo": rdo, "rows": rows}
     )
     text = report.speed_markdown(rows, _command_line())
     (out / "speed.md").write_text(text)
