@@ -24,19 +24,16 @@ def test_ties_go_to_the_lowest_index():
 def test_nearest_codes_are_sorted_and_match_brute_force_in_any_chunking():
     gen = torch.Generator().manual_seed(1)
     x, codebook = torch.randn(500, 8, generator=gen), torch.randn(37, 8, generator=gen)
-    brute = torch.cdist(x, codebook).pow(2).sort(1)
+    brute = torch.cdist(x, codebook).argsort(1)
     for max_entries in (1, 37, 100, 1 << 22):
-        dist, idx = nearest_codes(x, codebook, 5, max_entries)
-        assert torch.equal(idx, brute.indices[:, :5])
-        torch.testing.assert_close(dist, brute.values[:, :5], rtol=1e-4, atol=1e-4)
-    assert nearest_codes(x, codebook, 99)[1].shape == (500, 37)  # no more candidates than codes
+        assert torch.equal(nearest_codes(x, codebook, 5, max_entries), brute[:, :5])
+    assert nearest_codes(x, codebook, 99).shape == (500, 37)  # no more candidates than codes
 
 
 def test_one_nearest_code_is_nearest_codes_with_its_ties():
     codebook = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
     x = torch.tensor([[1.0, 0.0], [0.5, 0.5], [0.0, 1.0]])
-    dist, idx = nearest_codes(x, codebook, 1)
-    assert idx[:, 0].tolist() == [0, 0, 1] and dist[:, 0].tolist() == [0.0, 0.5, 0.0]
+    assert nearest_codes(x, codebook, 1)[:, 0].tolist() == [0, 0, 1]
 
 
 def test_quantizer_forward_is_straight_through():

@@ -41,18 +41,16 @@ def nearest_code(x: torch.Tensor, codebook: torch.Tensor, max_entries: int = MAX
 
 def nearest_codes(
     x: torch.Tensor, codebook: torch.Tensor, k: int, max_entries: int = MAX_DISTANCE_ENTRIES
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ``k`` nearest codebook rows of every row of ``x``, nearest first: their squared
-    distances and their indices, both (N, k). With ``k`` = 1 the index is ``nearest_code``'s."""
+) -> torch.Tensor:
+    """Indices (N, k) of the ``k`` nearest codebook rows of every row of ``x``, nearest first.
+    With ``k`` = 1 they are ``nearest_code``'s (its ties, its fused kernel)."""
     if k == 1:
-        idx = nearest_code(x, codebook, max_entries).unsqueeze(1)
-        return (x - codebook[idx[:, 0]]).pow(2).sum(1, keepdim=True), idx
+        return nearest_code(x, codebook, max_entries).unsqueeze(1)
     k = min(k, codebook.shape[0])
-    dist = x.new_empty(x.shape[0], k)
     idx = torch.empty(x.shape[0], k, dtype=torch.long, device=x.device)
-    for rows, d in _distance_rows(x, codebook, max_entries):
-        dist[rows], idx[rows] = d.topk(k, dim=1, largest=False)
-    return (dist + x.pow(2).sum(1, keepdim=True)).clamp_min_(0), idx
+    for rows, dist in _distance_rows(x, codebook, max_entries):
+        idx[rows] = dist.topk(k, dim=1, largest=False).indices
+    return idx
 
 
 class VectorQuantizer(nn.Module):
@@ -79,12 +77,11 @@ class VectorQuantizer(nn.Module):
         flat = z.permute(0, 2, 3, 1).reshape(-1, self.dim)
         return nearest_code(flat, self.embed).view(b, h, w)
 
-    def candidates(self, z: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The ``k`` nearest codes of every vector of a (B, dim, H, W) map, nearest first: squared
-        distances and indices, both (B, H, W, k)."""
+    def candidates(self, z: torch.Tensor, k: int) -> torch.Tensor:
+        """Indices (B, H, W, k) of the ``k`` nearest codes of every vector of a (B, dim, H, W) map,
+        nearest first."""
         b, _, h, w = z.shape
-        dist, idx = nearest_codes(z.permute(0, 2, 3, 1).reshape(-1, self.dim), self.embed, k)
-        return dist.view(b, h, w, -1), idx.view(b, h, w, -1)
+        return nearest_codes(z.permute(0, 2, 3, 1).reshape(-1, self.dim), self.embed, k).view(b, h, w, -1)
 
     def lookup(self, idx: torch.Tensor) -> torch.Tensor:
         """The (B, dim, H, W) code vectors of an index map (B, H, W)."""

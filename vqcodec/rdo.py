@@ -66,7 +66,7 @@ def window_terms(vqvae: VQVAE2, x: torch.Tensor, timer: Timer = no_timer) -> tup
     """The fields of ``Analysis`` for a batch of pixels ``x`` (B, C, H, W) in [-1, 1]: the top map
     (B, H/2s, W/2s), then per bottom position the candidates, linear and quadratic terms (B, H/s,
     W/s, k), the pixel error and the gain probe, |J d|^2 and |d|^2 (B, H/s, W/s)."""
-    top, _, candidates = vqvae.encode_candidates(x, CANDIDATES, timer)
+    top, candidates = vqvae.encode_candidates(x, CANDIDATES, timer)
     with timer(QUANTIZATION):
         embed = vqvae.quantize_b.embed
         steps = embed[candidates] - embed[candidates[..., :1]]  # (B, H, W, k, D)

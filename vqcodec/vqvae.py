@@ -128,16 +128,14 @@ class VQVAE2(nn.Module):
     @torch.no_grad()
     def encode(self, x: torch.Tensor, timer: Timer = no_timer) -> tuple[torch.Tensor, torch.Tensor]:
         """Top (B, H/2s, W/2s) and bottom (B, H/s, W/s) code maps of an image batch."""
-        top, _, bottom = self.encode_candidates(x, 1, timer)
+        top, bottom = self.encode_candidates(x, 1, timer)
         return top, bottom[..., 0]
 
     @torch.no_grad()
-    def encode_candidates(
-        self, x: torch.Tensor, k: int, timer: Timer = no_timer
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The top code map and, for every bottom position, its ``k`` nearest bottom codes, nearest
-        first: (B, H/2s, W/2s) top codes, then (B, H/s, W/s, k) squared distances and indices
-        (what a rate-distortion optimising encoder chooses from)."""
+    def encode_candidates(self, x: torch.Tensor, k: int, timer: Timer = no_timer) -> tuple[torch.Tensor, torch.Tensor]:
+        """The top code map (B, H/2s, W/2s) and, for every bottom position, its ``k`` nearest
+        bottom codes, nearest first (B, H/s, W/s, k): what a rate-distortion optimising encoder
+        chooses from."""
         with timer(ANALYSIS):
             enc_b, z_t = self._analyse(x)
         with timer(QUANTIZATION):
@@ -145,8 +143,8 @@ class VQVAE2(nn.Module):
         with timer(ANALYSIS):
             z_b = self._bottom_latent(enc_b, self.quantize_t.lookup(top))
         with timer(QUANTIZATION):
-            dist, bottom = self.quantize_b.candidates(z_b, k)
-        return top, dist, bottom
+            bottom = self.quantize_b.candidates(z_b, k)
+        return top, bottom
 
     def synthesise(self, q_t: torch.Tensor, q_b: torch.Tensor) -> torch.Tensor:
         """Images from code vectors (not indices): differentiable, for training and for RDO."""
