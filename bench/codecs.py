@@ -18,7 +18,6 @@ import numpy as np
 from PIL import Image, features
 
 import vqcodec
-from vqcodec.rdo import DEFAULT_RDO
 
 T = TypeVar("T")
 Setting = float | int | str
@@ -185,7 +184,7 @@ class VQCodec:
 
 
 def vqcodec_codecs(
-    use_presets: bool, model_paths: Sequence[Path], device: str, decode: bool, rdo: float = DEFAULT_RDO
+    use_presets: bool, model_paths: Sequence[Path], device: str, decode: bool, rdo: float
 ) -> list[VQCodec]:
     """The shipped presets as one codec ``vqcodec`` (one point per preset), and each model file as
     a codec of its own, ``vqcodec-<file stem>``; all encode with ``rdo`` (see ``vqcodec.Codec``)."""

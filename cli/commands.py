@@ -67,10 +67,6 @@ def _force_option(f):
     return click.option("--force", "-f", is_flag=True, help="Overwrite OUT if it exists.")(f)
 
 
-def _load(preset: str | None, model_path: Path | None, device: str) -> vqcodec.Codec:
-    return vqcodec.load(preset, path=model_path, device=device)
-
-
 def _check_output(path: Path, force: bool) -> None:
     if path.exists() and not force:
         raise click.UsageError(f"{path} exists; pass --force to overwrite it")
@@ -121,7 +117,7 @@ def decompress(src: Path, out: Path, preset: str | None, model_path: Path | None
     if fmt is None:
         raise click.UsageError(f"cannot tell the image format of {out} from its extension (use .png)")
     data = _read_bytes(src)
-    codec = _load(preset, model_path, device)
+    codec = vqcodec.load(preset, path=model_path, device=device)
     start = time.perf_counter()
     image = codec.decompress(data)
     buffer = io.BytesIO()
