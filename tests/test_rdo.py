@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -9,56 +11,49 @@ import torch
 import vqcodec
 from tests.conftest import make_model, smooth_image
 from vqcodec.image import to_tensor
-from vqcodec.rdo import CURVATURE_MARGIN, Analysis, window_terms
-
-
-def _analysis(linear, squared, bits_scale=1.0) -> Analysis:
-    h, w, k = linear.shape
-    return Analysis(
-        top=np.zeros((h // 2, w // 2), dtype=np.int64),
-        candidates=np.broadcast_to(np.arange(k) + 10, (h, w, k)),
-        linear=linear,
-        squared=squared,
-        error=np.full((h, w), bits_scale),
-        gain=np.full((h, w), 3.0),
-        probe=np.full((h, w), 6.0),
-    )
+from vqcodec.rdo import CANDIDATES, CURVATURE_MARGIN, Terms, choose, window_terms
 
 
 def test_choice_weighs_estimated_error_against_bits():
     """cost = linear + margin x measured gain x squared + rdo x mean error x bits, least wins."""
-    linear = np.array([[[0.0, -1.0, -2.0]]])
+    linear = np.array([[[0.0, -0.5, -1.0]]])
     squared = np.array([[[0.0, 1.0, 4.0]]])
-    a = _analysis(linear, squared)  # gain 3 / probe 6: the quadratic term weighs CURVATURE_MARGIN / 2
+    one = np.ones((1, 1))
+    terms = Terms(linear, squared, error=one, gain=3 * one, probe=6 * one)  # quadratic term: CURVATURE_MARGIN / 2
+    candidates = np.array([[[10, 11, 12]]])
     bits = np.array([[[9.0, 5.0, 1.0]]])
     curvature = CURVATURE_MARGIN / 2
     for rdo in (0.0, 0.3, 1.0, 10.0):
         cost = linear + curvature * squared + rdo * bits
-        assert a.choose(bits, rdo)[0, 0] == 10 + cost.argmin()
-    assert a.choose(bits, 0.0)[0, 0] == 10 and a.choose(bits, 10.0)[0, 0] == 12
+        assert choose(candidates, terms, bits, rdo)[0, 0] == 10 + cost.argmin()
+    assert choose(candidates, terms, bits, 0.0)[0, 0] == 10 and choose(candidates, terms, bits, 10.0)[0, 0] == 12
 
 
 def test_linear_term_is_the_slope_of_the_pixel_error():
     """For every position and candidate, linear = d/dt of the pixel error as the position's code
-    vector moves towards the candidate (checked by finite differences on a random model)."""
+    vector moves from its current code towards the candidate (checked by finite differences on a
+    random model, the current codes not the nearest ones, as in a second pass)."""
     model = make_model(seed=3)
     vq = model.vqvae
     x = to_tensor(smooth_image(np.random.default_rng(3), 16, 24))
-    top, cand, linear, squared, error, gain, probe = window_terms(vq, x)
-    q_t, q_b = vq.quantize_t.lookup(top), vq.quantize_b.lookup(cand[..., 0])
+    top, cand = vq.encode_candidates(x, CANDIDATES)
+    current = cand[..., 2]
+    linear, squared, error, gain, probe = window_terms(vq, x, top, cand, current)
+    q_t, q_b = vq.quantize_t.lookup(top), vq.quantize_b.lookup(current)
+    torch.testing.assert_close(error.sum(), (vq.synthesise(q_t, q_b) - x).pow(2).sum())
+    exact = copy.deepcopy(vq).double()  # finite differences need more than float32's 7 digits
+    q_t, q_b, x, embed = q_t.double(), q_b.double(), x.double(), exact.quantize_b.embed
     with torch.no_grad():
-        recon = vq.synthesise(q_t, q_b)
-        torch.testing.assert_close(error.sum(), (recon - x).pow(2).sum())
-        base = (recon - x).pow(2).sum().double()
-        embed = vq.quantize_b.embed
-        eps = 1e-3
-        for r, c, k in [(0, 0, 1), (2, 3, 4), (3, 5, 7), (1, 4, 2)]:
-            step = embed[cand[0, r, c, k]] - embed[cand[0, r, c, 0]]
+        base = (exact.synthesise(q_t, q_b) - x).pow(2).sum()
+        eps = 1e-4
+        for r, c, k in [(0, 0, 1), (2, 3, 4), (3, 5, 7), (1, 4, 0)]:
+            step = embed[cand[0, r, c, k]] - embed[current[0, r, c]]
             moved = q_b.clone()
             moved[0, :, r, c] += eps * step
-            slope = ((vq.synthesise(q_t, moved) - x).pow(2).sum().double() - base) / eps
-            assert float(slope) == pytest.approx(float(linear[0, r, c, k]), rel=0.05, abs=1e-3)
+            slope = ((exact.synthesise(q_t, moved) - x).pow(2).sum() - base) / eps
+            assert float(slope) == pytest.approx(float(linear[0, r, c, k]), rel=0.01, abs=1e-4)
             assert float(squared[0, r, c, k]) == pytest.approx(float(step.pow(2).sum()), rel=1e-5)
+    assert float(squared[..., 2].abs().max()) == 0.0  # staying put changes nothing
     assert bool((gain >= 0).all()) and float(probe.sum()) > 0
 
 
@@ -77,7 +72,7 @@ def test_codec_with_rdo_codes_candidates_and_round_trips(rng):
     codec = vqcodec.Codec(model, device="cpu", rdo=5.0)
     encoded = codec.encode(image)
     assert np.array_equal(encoded.codes.top, plain.codes.top)  # RDO chooses bottom codes only
-    _, cand, *_ = window_terms(model.vqvae, to_tensor(image))
+    _, cand = model.vqvae.encode_candidates(to_tensor(image), CANDIDATES)
     assert (cand[0].numpy() == encoded.codes.bottom[..., None]).any(-1).all()
     assert not np.array_equal(encoded.codes.bottom, plain.codes.bottom)
     assert np.array_equal(codec.decode_codes(encoded.data).bottom, encoded.codes.bottom)

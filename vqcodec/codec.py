@@ -18,7 +18,7 @@ from .errors import DecodeMismatchError, FormatError, ModelError, ModelMismatchE
 from .image import ImageLike, Picture, pad_to, padding, read_image, to_pil, to_rgb, to_tensor
 from .model import CodecModel
 from .qprior import ROW_CHUNK, IntegerPrior, MapState
-from .rdo import DEFAULT_RDO, Analysis, window_terms
+from .rdo import CANDIDATES, DEFAULT_RDO, PASSES, Terms, choose, window_terms
 from .timing import ENTROPY_CODING, PRIOR, QUANTIZATION, SYNTHESIS, Timer, no_timer
 from .weights import load_model, model_id
 
@@ -234,17 +234,37 @@ class Codec:
 
     def _code_maps(self, pics: list[Picture], timer: Timer) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Each image's top and bottom code maps: the nearest codes, or with ``rdo`` the bottom
-        codes RDO prefers, each candidate priced by the prior in the context of the nearest codes."""
+        codes RDO prefers after ``rdo.PASSES`` choices, each pricing the candidates by the prior in
+        the context of the previous choice (at first, the nearest codes)."""
         vqvae = self.model.vqvae
         if not self.rdo:
-            maps = [self._analyse(pic.rgb, lambda x: vqvae.encode(x, timer)) for pic in pics]
+            maps = [self._analyse(pic.rgb, lambda x, _: vqvae.encode(x, timer)) for pic in pics]
             return [t for t, _ in maps], [b for _, b in maps]
-        analyses = [Analysis(*self._analyse(pic.rgb, lambda x: window_terms(vqvae, x, timer))) for pic in pics]
-        maps = [_Map(a.nearest.shape, 2 * self.tile, a.top) for a in analyses]
-        nearest, candidates = [a.nearest for a in analyses], [a.candidates for a in analyses]
-        bits = _candidate_bits(self.encoding_priors[1], nearest, candidates, maps, timer)
-        with timer(QUANTIZATION):
-            return [a.top for a in analyses], [a.choose(b, self.rdo) for a, b in zip(analyses, bits, strict=True)]
+        found = [self._analyse(pic.rgb, lambda x, _: vqvae.encode_candidates(x, CANDIDATES, timer)) for pic in pics]
+        tops, candidates = [t for t, _ in found], [c for _, c in found]
+        maps = [_Map(c.shape[:2], 2 * self.tile, t) for t, c in zip(tops, candidates, strict=True)]
+        chosen = [c[..., 0] for c in candidates]
+        for _ in range(PASSES):
+            terms = [
+                Terms(*self._analyse(pic.rgb, self._terms_of(t, c, b, timer)))
+                for pic, t, c, b in zip(pics, tops, candidates, chosen, strict=True)
+            ]
+            bits = _candidate_bits(self.encoding_priors[1], chosen, candidates, maps, timer)
+            with timer(QUANTIZATION):
+                chosen = [choose(*args, self.rdo) for args in zip(candidates, terms, bits, strict=True)]
+        return tops, chosen
+
+    def _terms_of(
+        self, top: np.ndarray, candidates: np.ndarray, current: np.ndarray, timer: Timer
+    ) -> Callable[[torch.Tensor, tiles.Region], Sequence[torch.Tensor]]:
+        """``rdo.window_terms`` of a window of an image whose maps are ``top``, ``candidates`` and ``current``."""
+
+        def terms(x: torch.Tensor, outer: tiles.Region) -> Sequence[torch.Tensor]:
+            window = (outer.take(top), outer.scaled(2).take(candidates), outer.scaled(2).take(current))
+            maps = (torch.from_numpy(m).unsqueeze(0).to(self.device) for m in window)
+            return window_terms(self.model.vqvae, x, *maps, timer)
+
+        return terms
 
     # -- decoding ---------------------------------------------------------------------------
 
@@ -320,17 +340,20 @@ class Codec:
                 region.take(codes[i])[...] = flat[base : base + region.positions].reshape(region.shape)
         return codes
 
-    def _analyse(self, rgb: np.ndarray, analyse: Callable[[torch.Tensor], Sequence[torch.Tensor]]) -> list[np.ndarray]:
+    def _analyse(
+        self, rgb: np.ndarray, analyse: Callable[[torch.Tensor, tiles.Region], Sequence[torch.Tensor]]
+    ) -> list[np.ndarray]:
         """Maps of an RGB image computed window by window: ``analyse`` gives, for a batch of one
-        window's pixels, its top map then any maps at the bottom map's resolution (with trailing
-        dimensions or not), and they are pieced together."""
+        window's pixels and the window (in top-map codes), maps at the top or the bottom map's
+        resolution (with trailing dimensions or not), and they are pieced together."""
         s = self.top_stride
         padded = pad_to(rgb, s)
         h, w = padded.shape[0] // s, padded.shape[1] // s
         maps: list[np.ndarray] = []
         for inner, outer in tiles.windows(h, w, WINDOW, WINDOW_MARGIN):
-            parts = [t[0].cpu().numpy() for t in analyse(to_tensor(outer.scaled(s).take(padded)).to(self.device))]
-            scales = [1] + [2] * (len(parts) - 1)
+            x = to_tensor(outer.scaled(s).take(padded)).to(self.device)
+            parts = [t[0].cpu().numpy() for t in analyse(x, outer)]
+            scales = [p.shape[0] // outer.h for p in parts]
             if not maps:
                 maps = [np.zeros((f * h, f * w, *p.shape[2:]), p.dtype) for f, p in zip(scales, parts, strict=True)]
             local = inner.within(outer)
