@@ -11,7 +11,7 @@ import torch
 import vqcodec
 from tests.conftest import make_model, smooth_image
 from vqcodec.image import to_tensor
-from vqcodec.rdo import CANDIDATES, CURVATURE_MARGIN, Terms, choose, window_terms
+from vqcodec.rdo import CANDIDATES, Terms, choose, curvature_margin, window_terms
 
 
 def test_choice_weighs_estimated_error_against_bits():
@@ -19,14 +19,15 @@ def test_choice_weighs_estimated_error_against_bits():
     linear = np.array([[[0.0, -0.5, -1.0]]])
     squared = np.array([[[0.0, 1.0, 4.0]]])
     one = np.ones((1, 1))
-    terms = Terms(linear, squared, error=one, gain=3 * one, probe=6 * one)  # quadratic term: CURVATURE_MARGIN / 2
+    terms = Terms(linear, squared, error=one, gain=3 * one, probe=6 * one)  # quadratic term: margin / 2
     candidates = np.array([[[10, 11, 12]]])
     bits = np.array([[[9.0, 5.0, 1.0]]])
-    curvature = CURVATURE_MARGIN / 2
-    for rdo in (0.0, 0.3, 1.0, 10.0):
-        cost = linear + curvature * squared + rdo * bits
-        assert choose(candidates, terms, bits, rdo)[0, 0] == 10 + cost.argmin()
-    assert choose(candidates, terms, bits, 0.0)[0, 0] == 10 and choose(candidates, terms, bits, 10.0)[0, 0] == 12
+    for margin in (curvature_margin(1), curvature_margin(2)):
+        for rdo in (0.0, 0.3, 1.0, 10.0):
+            cost = linear + margin / 2 * squared + rdo * bits
+            assert choose(candidates, terms, bits, rdo, margin)[0, 0] == 10 + cost.argmin()
+        assert choose(candidates, terms, bits, 0.0, margin)[0, 0] == 10
+        assert choose(candidates, terms, bits, 10.0, margin)[0, 0] == 12
 
 
 def test_linear_term_is_the_slope_of_the_pixel_error():
@@ -82,3 +83,17 @@ def test_codec_with_rdo_codes_candidates_and_round_trips(rng):
 def test_bad_rdo_is_refused(rdo):
     with pytest.raises(ValueError, match="rdo"):
         vqcodec.Codec(make_model(), device="cpu", rdo=rdo)
+    with pytest.raises(ValueError, match="rdo_passes"):
+        vqcodec.Codec(make_model(), device="cpu", rdo_passes=0)
+
+
+def test_a_second_pass_chooses_among_the_candidates_and_round_trips(rng):
+    model = make_model(seed=4)
+    image = smooth_image(rng, 24, 40)
+    one, two = (vqcodec.Codec(model, device="cpu", rdo=5.0, rdo_passes=n) for n in (1, 2))
+    first, second = one.encode(image), two.encode(image)
+    _, cand = model.vqvae.encode_candidates(to_tensor(image), CANDIDATES)
+    assert (cand[0].numpy() == second.codes.bottom[..., None]).any(-1).all()
+    assert not np.array_equal(first.codes.bottom, second.codes.bottom)
+    assert np.array_equal(one.decode_codes(second.data).bottom, second.codes.bottom)  # any decoder reads it
+    assert vqcodec.load("high").rdo_passes == 2 and vqcodec.load().rdo_passes == 1

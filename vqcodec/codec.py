@@ -18,7 +18,7 @@ from .errors import DecodeMismatchError, FormatError, ModelError, ModelMismatchE
 from .image import ImageLike, Picture, pad_to, padding, read_image, to_pil, to_rgb, to_tensor
 from .model import CodecModel
 from .qprior import ROW_CHUNK, IntegerPrior, MapState
-from .rdo import CANDIDATES, DEFAULT_RDO, PASSES, Terms, choose, window_terms
+from .rdo import CANDIDATES, DEFAULT_RDO, PRESET_PASSES, Terms, choose, curvature_margin, window_terms
 from .timing import ENTROPY_CODING, PRIOR, QUANTIZATION, SYNTHESIS, Timer, no_timer
 from .weights import load_model, model_id
 
@@ -127,11 +127,12 @@ def load(
     preset: str | None = None, *, path: str | Path | None = None, device: str = "auto", rdo: float = DEFAULT_RDO
 ) -> Codec:
     """A ``Codec`` with a shipped preset (default ``DEFAULT_PRESET``) or the model file at ``path``
-    (``rdo``: see ``Codec``)."""
+    (``rdo``: see ``Codec``; a preset brings its RDO passes)."""
     if preset is not None and path is not None:
         raise ModelError("give a preset or a model path, not both")
-    model = load_model(path if path is not None else _preset_path(preset or DEFAULT_PRESET))
-    return Codec(model, device=device, name=preset or (str(path) if path else DEFAULT_PRESET), rdo=rdo)
+    name = preset or (str(path) if path else DEFAULT_PRESET)
+    model = load_model(path if path is not None else _preset_path(name))
+    return Codec(model, device=device, name=name, rdo=rdo, rdo_passes=PRESET_PASSES.get(name, 1))
 
 
 class Codec:
@@ -144,14 +145,18 @@ class Codec:
         name: str = "custom",
         tile: int = DEFAULT_TILE,
         rdo: float = DEFAULT_RDO,
+        rdo_passes: int = 1,
     ):
-        """``tile`` and ``rdo`` (0: always the nearest code; more: smaller files, lower quality) set
-        how files are written; any file decodes whatever they were."""
+        """``tile``, ``rdo`` (0: always the nearest code; more: smaller files, lower quality) and
+        ``rdo_passes`` (more: smaller files, slower encoding) set how files are written; any file
+        decodes whatever they were."""
         if not 1 <= tile <= MAX_TILE:
             raise ValueError(f"tile must be in 1..{MAX_TILE}, got {tile}")
         if not 0 <= rdo < math.inf:
             raise ValueError(f"rdo must be a finite number >= 0, got {rdo}")
-        self.tile, self.rdo = tile, rdo
+        if rdo_passes < 1:
+            raise ValueError(f"rdo_passes must be at least 1, got {rdo_passes}")
+        self.tile, self.rdo, self.rdo_passes = tile, rdo, rdo_passes
         self.device = resolve_device(device)
         self.model = model.eval().to(self.device)
         self.name = name
@@ -234,7 +239,7 @@ class Codec:
 
     def _code_maps(self, pics: list[Picture], timer: Timer) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Each image's top and bottom code maps: the nearest codes, or with ``rdo`` the bottom
-        codes RDO prefers after ``rdo.PASSES`` choices, each pricing the candidates by the prior in
+        codes RDO prefers after ``rdo_passes`` choices, each pricing the candidates by the prior in
         the context of the previous choice (at first, the nearest codes)."""
         vqvae = self.model.vqvae
         if not self.rdo:
@@ -244,14 +249,15 @@ class Codec:
         tops, candidates = [t for t, _ in found], [c for _, c in found]
         maps = [_Map(c.shape[:2], 2 * self.tile, t) for t, c in zip(tops, candidates, strict=True)]
         chosen = [c[..., 0] for c in candidates]
-        for _ in range(PASSES):
+        margin = curvature_margin(self.rdo_passes)
+        for _ in range(self.rdo_passes):
             terms = [
                 Terms(*self._analyse(pic.rgb, self._terms_of(t, c, b, timer)))
                 for pic, t, c, b in zip(pics, tops, candidates, chosen, strict=True)
             ]
             bits = _candidate_bits(self.encoding_priors[1], chosen, candidates, maps, timer)
             with timer(QUANTIZATION):
-                chosen = [choose(*args, self.rdo) for args in zip(candidates, terms, bits, strict=True)]
+                chosen = [choose(*args, self.rdo, margin) for args in zip(candidates, terms, bits, strict=True)]
         return tops, chosen
 
     def _terms_of(

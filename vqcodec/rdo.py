@@ -9,7 +9,7 @@ The change in squared pixel error when a position moves from its current code ec
 estimated to second order, g . (ek - ec) + a |ek - ec|^2, where g is the gradient of the error
 with respect to the synthesis input (one backward pass) and a is the synthesis' gain, measured
 by a finite difference along the steps from each nearest to each second-nearest code. The
-choice is made ``PASSES`` times, starting from the nearest codes: each pass prices the
+choice may be made several times, starting from the nearest codes: each pass prices the
 candidates in the context of the previous choice and re-linearises the error around it.
 """
 
@@ -28,13 +28,22 @@ from .vqvae import VQVAE2
 DEFAULT_RDO = 0.2
 #: The codes a position chooses among (its nearest ones).
 CANDIDATES = 8
-#: Choices made in turn, each from the previous one (measured on the first 4 Kodak images: a
-#: second pass gives `medium` and `high` 2 to 3% smaller files at the same PSNR, a third 0.7%).
-PASSES = 2
-#: All positions move at once, and neighbours' changes add up in the pixels: the quadratic term is
-#: weighted up by this margin so that they do not overshoot together (measured on Kodak with two
-#: passes: 1.5 gave every preset about 3.5% smaller files than 2 within 0.06 dB; 1 lost 0.4 dB).
-CURVATURE_MARGIN = 1.5
+#: Passes of the shipped presets that take more than one: each pass chooses again from the
+#: previous choice. Measured on the first 4 Kodak images, a second pass gives `high` 3.4% smaller
+#: files at the same PSNR (`medium` 3.7% at -0.02 dB) for 0.3 s more encode time (`medium`, 2
+#: threads), which the default preset cannot afford within its 1 s target.
+PRESET_PASSES = {"high": 2}
+
+
+def curvature_margin(passes: int) -> float:
+    """Weight of the quadratic term: all positions move at once, and neighbours' changes add up in
+    the pixels, so the margin keeps them from overshooting together. A later pass re-linearises
+    where the first one went and corrects it, so the first may move more boldly (measured on
+    Kodak: 2 is best alone, 1 lost up to 0.6 dB with `low`; with two passes 1.5 gives `high` 2%
+    smaller files than 2 at the same PSNR, 1 loses 0.4 dB)."""
+    return 2.0 if passes == 1 else 1.5
+
+
 #: Step of the finite difference that measures the synthesis' gain; the synthesis is piecewise
 #: linear (ReLU), so a small step measures its slope where it is.
 PROBE_STEP = 1e-2
@@ -52,17 +61,18 @@ class Terms:
     gain: np.ndarray
     probe: np.ndarray
 
-    def costs(self, bits: np.ndarray, rdo: float) -> np.ndarray:
-        """Each candidate's estimated change of pixel error + ``rdo`` x its price (``bits``,
-        (H, W, k)), bits counted in units of the mean error per position."""
+    def costs(self, bits: np.ndarray, rdo: float, margin: float) -> np.ndarray:
+        """Each candidate's estimated change of pixel error, its quadratic term weighted by
+        ``margin``, + ``rdo`` x its price (``bits``, (H, W, k)), bits counted in units of the mean
+        error per position."""
         probed = float(self.probe.sum(dtype=np.float64))
-        curvature = CURVATURE_MARGIN * float(self.gain.sum(dtype=np.float64)) / probed if probed else 0.0
+        curvature = margin * float(self.gain.sum(dtype=np.float64)) / probed if probed else 0.0
         return self.linear + curvature * self.squared + rdo * float(self.error.mean(dtype=np.float64)) * bits
 
 
-def choose(candidates: np.ndarray, terms: Terms, bits: np.ndarray, rdo: float) -> np.ndarray:
+def choose(candidates: np.ndarray, terms: Terms, bits: np.ndarray, rdo: float, margin: float) -> np.ndarray:
     """The bottom map of least cost (see ``Terms.costs``) among ``candidates`` (H, W, k)."""
-    return np.take_along_axis(candidates, terms.costs(bits, rdo).argmin(-1)[..., None], -1)[..., 0]
+    return np.take_along_axis(candidates, terms.costs(bits, rdo, margin).argmin(-1)[..., None], -1)[..., 0]
 
 
 def window_terms(
