@@ -171,19 +171,27 @@ def entropy(folder, out, quick, limit, crop, model_path, rdo, preset, device) ->
 @click.option("--threads", type=click.IntRange(1), help="torch threads on the CPU [default: torch's choice].")
 @click.option("--batch", type=click.IntRange(1), default=1, show_default=True,
               help="Images coded together (Codec.encode_many); times are per image.")  # fmt: skip
+@click.option("--cuda-graphs/--no-cuda-graphs", default=True, show_default=True,
+              help="On CUDA, replay the decoder's wavefront steps from CUDA graphs.")  # fmt: skip
 def speed(
-    folder, out, quick, limit, crop, model_path, rdo, preset, device_names, decode, repeats, threads, batch
+    folder, out, quick, limit, crop, model_path, rdo, preset, device_names, decode, repeats, threads, batch, cuda_graphs
 ) -> None:
     """Time per stage of vqcodec's encoder and decoder on the images in FOLDER."""
     if threads:
         torch.set_num_threads(threads)
     load = _loader(preset, model_path, rdo)
+
+    def load_codec(device: str) -> vqcodec.Codec:
+        codec = load(device)
+        codec.cuda_graphs = cuda_graphs
+        return codec
+
     names = devices() if device_names == "all" else [device_names]
-    rows = measure_speed(load, _samples(folder, quick, limit, crop), names, 1 if quick else repeats, decode, batch)
+    samples = _samples(folder, quick, limit, crop)
+    rows = measure_speed(load_codec, samples, names, 1 if quick else repeats, decode, batch)
     out.mkdir(parents=True, exist_ok=True)
-    report.write_json(
-        out / "speed.json", {"command": _command_line(), "environment": report.environment(), "rdo": rdo, "rows": rows}
-    )
+    run = {"command": _command_line(), "environment": report.environment(), "rdo": rdo, "cuda_graphs": cuda_graphs}
+    report.write_json(out / "speed.json", run | {"rows": rows})
     text = report.speed_markdown(rows, _command_line())
     (out / "speed.md").write_text(text)
     click.echo(text + f"wrote {out / 'speed.json'}, {out / 'speed.md'}")

@@ -10,8 +10,12 @@ import torch
 import vqcodec
 from tests.conftest import make_model, smooth_image
 from vqcodec.codec import DEFAULT_PRESET
+from vqcodec.steps import DirectSteps, PaddedSteps, wavefront_steps
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+pytestmark = [
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+    pytest.mark.filterwarnings("error::RuntimeWarning"),  # a CUDA graph that fails to capture
+]
 
 #: Sizes with partial windows, partial prior regions and several regions per map.
 SIZES = [(1, 1), (37, 53), (130, 70)]
@@ -32,6 +36,21 @@ def test_files_cross_between_gpu_and_cpu(rng, h, w, rdo, passes):
         encoded = writer.encode(image)
         for reader in (gpu, cpu):
             _assert_reads_back(encoded, reader)
+
+
+@pytest.mark.parametrize(("graphs", "kind"), [(True, PaddedSteps), (False, DirectSteps)])
+def test_decoder_steps_with_and_without_cuda_graphs(rng, monkeypatch, graphs, kind):
+    made = []
+
+    def spy(*args):
+        made.append(wavefront_steps(*args))
+        return made[-1]
+
+    monkeypatch.setattr(vqcodec.codec, "wavefront_steps", spy)
+    gpu = vqcodec.Codec(make_model(), device="cuda", cuda_graphs=graphs)
+    encoded = gpu.encode(smooth_image(rng, 130, 70))
+    _assert_reads_back(encoded, gpu)
+    assert made and all(type(steps) is kind for steps in made)
 
 
 def test_batched_gpu_files_are_single_files(rng):

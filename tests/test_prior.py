@@ -14,6 +14,7 @@ from vqcodec import qprior
 from vqcodec.config import PriorConfig
 from vqcodec.prior import PixelSNAIL, WindowAttention, attention_offsets, calibrate, causal_offsets
 from vqcodec.qprior import IntegerPrior
+from vqcodec.steps import PaddedSteps
 
 
 def random_maps(prior, h: int, w: int, seed: int):
@@ -137,6 +138,33 @@ def test_regions_in_a_batch_are_independent(which):
     batched = prior.probabilities(state, every)
     alone = np.concatenate([one_pass(prior, codes, top) for codes, top in maps])
     np.testing.assert_array_equal(batched, alone)
+
+
+@pytest.mark.parametrize("which", ["top_prior", "bottom_prior"])
+@pytest.mark.parametrize("extra", [0, 5])
+def test_padded_steps_reproduce_one_pass(which, extra, monkeypatch):
+    """The steps a CUDA graph replays (run eagerly here): every step on a fixed number of rows,
+    padding on the scratch row, each step's codes written by the next, over several regions."""
+    monkeypatch.setattr(qprior, "ROW_CHUNK", 3)  # steps split into chunks, as large ones are
+    model = make_model(seed=9)
+    prior = IntegerPrior(getattr(model, which), use_torch=True)
+    maps = [random_maps(prior, h, w, seed=h) for h, w in ((4, 6), (2, 2), (6, 10))]
+    shapes = [codes.shape for codes, _ in maps]
+    tops = None if maps[0][1] is None else [top for _, top in maps]
+    flat = np.concatenate([codes.reshape(-1) for codes, _ in maps])
+    state = prior.start(shapes, tops)
+    order, sizes = prior.wavefronts(shapes)
+    steps = PaddedSteps(prior, state, max(sizes) + extra, capture=False)
+    out, start = np.zeros((len(flat), prior.codes)), 0
+    for size in sizes:
+        rows = order[start : start + size]
+        out[rows] = steps.probabilities(rows)
+        steps.set_codes(rows, flat[rows])
+        start += size
+    alone = np.concatenate([one_pass(IntegerPrior(getattr(model, which)), codes, top) for codes, top in maps])
+    np.testing.assert_array_equal(out, alone)
+    with pytest.raises(ValueError, match="wavefront"):
+        steps.probabilities(np.arange(max(sizes) + extra + 1))
 
 
 def test_causal_offsets():

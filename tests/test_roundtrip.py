@@ -11,6 +11,7 @@ from PIL import Image
 
 import vqcodec
 from tests.conftest import make_model, smooth_image
+from vqcodec.steps import PaddedSteps
 from vqcodec.timing import StageTimer
 
 
@@ -102,6 +103,23 @@ def test_many_batches_round_trip(codec, rng, monkeypatch):
     """Maps larger than one batch of regions are coded batch by batch."""
     monkeypatch.setattr(vqcodec.codec, "MAX_BATCH_POSITIONS", 40)
     assert_round_trip(vqcodec.Codec(make_model(seed=9), device="cpu", tile=2), smooth_image(rng, 70, 50))
+
+
+def test_padded_steps_decode_files(rng, monkeypatch):
+    """The decoder's loop over the steps a GPU replays from CUDA graphs (run eagerly on torch
+    here), with several batches of regions and several images at once."""
+    monkeypatch.setattr(vqcodec.codec, "MAX_BATCH_POSITIONS", 40)
+    monkeypatch.setattr(
+        vqcodec.codec, "wavefront_steps", lambda prior, state, size, _: PaddedSteps(prior, state, size, capture=False)
+    )
+    codec = vqcodec.Codec(make_model(seed=2), device="cpu", tile=3)
+    codec.decoding_priors = codec.encoding_priors  # torch, as on a GPU
+    images = [smooth_image(rng, h, w) for h, w in [(1, 1), (37, 53), (50, 22)]]
+    for image in images:
+        assert_round_trip(codec, image)
+    files = codec.compress_many(images)
+    for out, data in zip(codec.decompress_many(files), files, strict=True):
+        np.testing.assert_array_equal(np.asarray(out), np.asarray(codec.decompress(data)))
 
 
 def test_tables_in_slices_give_the_same_file(codec, rng, monkeypatch):

@@ -19,6 +19,7 @@ from .image import ImageLike, Picture, pad_to, padding, read_image, to_pil, to_r
 from .model import CodecModel
 from .qprior import ROW_CHUNK, IntegerPrior, MapState
 from .rdo import CANDIDATES, DEFAULT_RDO, PRESET_PASSES, Terms, choose, curvature_margin, window_terms
+from .steps import wavefront_steps
 from .timing import ENTROPY_CODING, PRIOR, QUANTIZATION, SYNTHESIS, Timer, no_timer
 from .weights import load_model, model_id
 
@@ -146,17 +147,19 @@ class Codec:
         tile: int = DEFAULT_TILE,
         rdo: float = DEFAULT_RDO,
         rdo_passes: int = 1,
+        cuda_graphs: bool = True,
     ):
         """``tile``, ``rdo`` (0: always the nearest code; more: smaller files, lower quality) and
         ``rdo_passes`` (more: smaller files, slower encoding) set how files are written; any file
-        decodes whatever they were."""
+        decodes whatever they were. ``cuda_graphs``: on a GPU, the decoder replays each batch's
+        wavefront steps from a CUDA graph (see ``vqcodec.steps``); the same codes either way."""
         if not 1 <= tile <= MAX_TILE:
             raise ValueError(f"tile must be in 1..{MAX_TILE}, got {tile}")
         if not 0 <= rdo < math.inf:
             raise ValueError(f"rdo must be a finite number >= 0, got {rdo}")
         if rdo_passes < 1:
             raise ValueError(f"rdo_passes must be at least 1, got {rdo_passes}")
-        self.tile, self.rdo, self.rdo_passes = tile, rdo, rdo_passes
+        self.tile, self.rdo, self.rdo_passes, self.cuda_graphs = tile, rdo, rdo_passes, cuda_graphs
         self.device = resolve_device(device)
         self.model = model.eval().to(self.device)
         self.name = name
@@ -322,8 +325,9 @@ class Codec:
             decoded.append((CodeMaps(top, bottom), header, alpha))
         return decoded
 
-    @staticmethod
-    def _decode_maps(prior: IntegerPrior, streams: Sequence[bytes], maps: list[_Map], timer: Timer) -> list[np.ndarray]:
+    def _decode_maps(
+        self, prior: IntegerPrior, streams: Sequence[bytes], maps: list[_Map], timer: Timer
+    ) -> list[np.ndarray]:
         """Decode maps batch by batch of regions, wavefront by wavefront within a batch."""
         decoders = [entropy.Decoder(stream) for stream in streams]
         codes = [np.zeros(m.shape, dtype=np.int64) for m in maps]
@@ -332,15 +336,17 @@ class Codec:
             owner = owner[order]
             flat = np.zeros(state.n, dtype=np.int64)
             start = 0
+            with timer(PRIOR):
+                steps = wavefront_steps(prior, state, max(sizes), self.cuda_graphs)
             with prior.stepping():
                 for size in sizes:
                     rows = order[start : start + size]
                     with timer(PRIOR):
-                        probs = prior.probabilities(state, rows)
+                        probs = steps.probabilities(rows)
                     with timer(ENTROPY_CODING):
                         for i, mine in _by_owner(owner[start : start + size]):
                             flat[rows[mine]] = decoders[i].decode(probs[mine])
-                    prior.set_codes(state, rows, flat[rows])
+                    steps.set_codes(rows, flat[rows])
                     start += size
             for (i, region), base in zip(batch, state.bases, strict=True):
                 region.take(codes[i])[...] = flat[base : base + region.positions].reshape(region.shape)

@@ -11,7 +11,8 @@ A trained ``PixelSNAIL`` becomes a list of integer operations over the positions
 
 So the probabilities at a position are the same integers whether they are computed for the whole
 map at once (the encoder) or a wavefront at a time (the decoder), on a CPU or a GPU. Positions are
-rows of per-source caches of shape (N + 1, C); row N stays zero and stands for "outside the region".
+rows of per-source caches of shape (N + 2, C); row N stays zero and stands for "outside the region",
+row N + 1 is scratch that steps padded to a fixed size write to and nothing reads.
 """
 
 from __future__ import annotations
@@ -94,6 +95,12 @@ class Backend:
             return torch.as_tensor(t, device=self.device)
         return t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t)
 
+    def index(self, x: ArrayLike) -> ArrayLike:
+        """Integer positions or codes as this backend's 64-bit index array, on its device."""
+        if self.torch:
+            return torch.as_tensor(x, device=self.device).long()
+        return np.asarray(x, dtype=np.int64)
+
     def zeros(self, rows: int, cols: int) -> ArrayLike:
         if self.torch:
             return torch.zeros(rows, cols, device=self.device)
@@ -163,6 +170,9 @@ class Backend:
             return x.amax(-1, keepdim=True) if how == "max" else x.sum(-1, keepdim=True)
         return x.max(-1, keepdims=True) if how == "max" else x.sum(-1, keepdims=True)
 
+    def concat(self, parts: list[ArrayLike]) -> ArrayLike:
+        return torch.cat(parts) if self.torch else np.concatenate(parts)
+
     def numpy(self, x: ArrayLike) -> np.ndarray:
         return x.cpu().numpy() if self.torch else x
 
@@ -196,10 +206,11 @@ def _local_coords(shapes: list[Shape]) -> tuple[np.ndarray, np.ndarray]:
 
 
 class MapState:
-    """The caches of a batch of independent regions being coded: one (N + 1, C) array per source.
+    """The caches of a batch of independent regions being coded: one (N + 2, C) array per source.
 
     Positions are numbered region after region, each region in raster order; row N stays zero
-    and stands for "outside the region".
+    and stands for "outside the region"; row N + 1 (``scratch``), whose neighbours all lie
+    outside, takes what padded steps compute and is never read for a real position.
     """
 
     def __init__(self, shapes: list[Shape], xp: Backend):
@@ -207,6 +218,7 @@ class MapState:
         sizes = [h * w for h, w in shapes]
         self.bases = np.cumsum([0, *sizes[:-1]])
         self.n = sum(sizes)
+        self.scratch = self.n + 1
         self.caches: dict[str, ArrayLike] = {}
         self._tables: dict[Offsets, ArrayLike] = {}
         self._rows: Rows | None = None
@@ -222,13 +234,14 @@ class MapState:
                 for (h, w), base in zip(self.shapes, self.bases, strict=True):
                     local = _local_neighbours(offsets, h, w)
                     parts.append(np.where(local == h * w, self.n, local + base))
+                parts.append(np.full((2, len(offsets)), self.n))  # rows N and N + 1: all outside
                 self._tables[offsets] = self.xp.array(np.concatenate(parts))
             self._step[offsets] = self.xp.rows(self._tables[offsets], rows)
         return self._step[offsets]
 
     def write(self, name: str, rows: Rows, values: ArrayLike) -> None:
         if name not in self.caches:
-            self.caches[name] = self.xp.zeros(self.n + 1, values.shape[1])
+            self.caches[name] = self.xp.zeros(self.n + 2, values.shape[1])
         self.xp.put_rows(self.caches[name], rows, self.xp.f32(values))
 
     def read(self, name: str, rows: Rows) -> ArrayLike:
@@ -559,17 +572,22 @@ class IntegerPrior:
         upsample = top.bases[region] + (r // 2) * widths[region] + c // 2
         return top.read(self.cond_out, self.xp.array(upsample))
 
-    def set_codes(self, state: MapState, rows: np.ndarray, codes: np.ndarray) -> None:
+    def set_codes(self, state: MapState, rows: ArrayLike, codes: ArrayLike) -> None:
         """Record the codes at flat positions ``rows`` (known to the encoder, just decoded by the decoder)."""
         xp = self.xp
-        state.write("emb", xp.array(rows), xp.rows(self.embed, xp.array(np.asarray(codes, dtype=np.int64))))
+        state.write("emb", xp.index(rows), xp.rows(self.embed, xp.index(codes)))
 
     def probabilities(self, state: MapState, rows: np.ndarray) -> np.ndarray:
         """(len(rows), K) integer probability rows (float32) for positions whose context is set."""
-        self.prepare(state, rows)
-        return self.tables(state, rows)
+        return self.xp.numpy(self.device_probabilities(state, rows))
 
-    def prepare(self, state: MapState, rows: np.ndarray | None = None) -> None:
+    def device_probabilities(self, state: MapState, rows: ArrayLike) -> ArrayLike:
+        """``probabilities`` left on the backend's device; ``rows`` may be there already. No step
+        waits for the device, so a CUDA graph can record it."""
+        self.prepare(state, rows)
+        return self._head_tables(state, rows)
+
+    def prepare(self, state: MapState, rows: ArrayLike | None = None) -> None:
         """Run every layer but the head at ``rows``, whose context must be set; by default at
         every position (an encoder, which knows every code: contiguous rows read and write the
         caches as slices instead of gathers and scatters)."""
@@ -585,13 +603,15 @@ class IntegerPrior:
     def tables(self, state: MapState, rows: np.ndarray) -> np.ndarray:
         """The probability rows of ``prepare``d positions. An encoder asks for them a slice of rows
         at a time, since a whole map's tables take positions x K x 4 bytes."""
-        xp = self.xp
-        chunks = self._row_chunks(rows)
-        with xp.exact():
-            tables = [xp.numpy(self._table(self.head.compute(state, chunk))) for chunk in chunks]
-        return np.ascontiguousarray(tables[0] if len(tables) == 1 else np.concatenate(tables))
+        return np.ascontiguousarray(self.xp.numpy(self._head_tables(state, rows)))
 
-    def _row_chunks(self, rows: np.ndarray) -> list[ArrayLike]:
+    def _head_tables(self, state: MapState, rows: ArrayLike) -> ArrayLike:
+        xp = self.xp
+        with xp.exact():
+            tables = [self._table(self.head.compute(state, chunk)) for chunk in self._row_chunks(rows)]
+        return tables[0] if len(tables) == 1 else xp.concat(tables)
+
+    def _row_chunks(self, rows: ArrayLike) -> list[ArrayLike]:
         return [self.xp.array(rows[a : a + ROW_CHUNK]) for a in range(0, len(rows), ROW_CHUNK)]
 
     @staticmethod
