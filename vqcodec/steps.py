@@ -1,8 +1,8 @@
 """The decoder's wavefront steps: run one by one, or on a GPU replayed from one CUDA graph per batch.
 
-A step of the integer prior is a few hundred small operations (a Kodak image takes about 190
-steps and 49,000 operations), so a GPU spends it launching kernels, not computing. A CUDA graph
-records a step's kernels once and replays them with one launch. A graph replays fixed shapes,
+A step of the integer prior is a few hundred small operations (a Kodak image takes 186 steps
+and about 46,500 kernel launches), so a GPU would spend it launching kernels, not computing. A
+CUDA graph records a step's kernels once and replays them with one launch. A graph replays fixed shapes,
 so every step of a batch runs on as many rows as its largest wavefront: the rows beyond a step's
 own point at the caches' scratch row, whose values nothing reads. The codes a step decodes are
 written by the next replay, before it computes. Either way the probabilities are the integer
