@@ -11,6 +11,7 @@ from PIL import Image
 
 import vqcodec
 from tests.conftest import make_model, smooth_image
+from vqcodec import qprior
 from vqcodec.steps import PaddedSteps
 from vqcodec.timing import StageTimer
 
@@ -127,7 +128,7 @@ def test_tables_in_slices_give_the_same_file(codec, rng, monkeypatch):
     the slicing does not change a byte of the file."""
     image = smooth_image(rng, 70, 50)
     whole = codec.compress(image)
-    monkeypatch.setattr(vqcodec.codec, "ROW_CHUNK", 7)
+    monkeypatch.setattr(qprior, "ROW_CHUNK", 7)
     assert codec.compress(image) == whole
 
 

@@ -17,7 +17,7 @@ from .container import Header, Streams
 from .errors import DecodeMismatchError, FormatError, ModelError, ModelMismatchError
 from .image import ImageLike, Picture, pad_to, padding, read_image, to_pil, to_rgb, to_tensor
 from .model import CodecModel
-from .qprior import ROW_CHUNK, IntegerPrior, MapState
+from .qprior import IntegerPrior, MapState
 from .rdo import CANDIDATES, DEFAULT_RDO, PRESET_PASSES, Terms, choose, curvature_margin, window_terms
 from .steps import wavefront_steps
 from .timing import ENTROPY_CODING, PRIOR, QUANTIZATION, SYNTHESIS, Timer, no_timer
@@ -458,8 +458,8 @@ def _probability_rows(
             prior.set_codes(state, np.arange(len(flat)), flat)
             order = prior.wavefronts(state.shapes)[0]
             prior.prepare(state)  # every position at once
-        for start in range(0, len(order), ROW_CHUNK):
-            rows = order[start : start + ROW_CHUNK]
+        for start in range(0, len(order), prior.row_chunk):
+            rows = order[start : start + prior.row_chunk]
             with timer(PRIOR):
                 probs = prior.tables(state, rows)
             for i, mine in _by_owner(owner[rows]):
