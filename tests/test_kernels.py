@@ -11,7 +11,9 @@ from vqcodec.quantizer import nearest_code
 pytest.importorskip("triton")
 from vqcodec.kernels import BLOCK_CODES, BLOCK_ROWS, nearest_code_fused
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+#: The GPU where there is one; elsewhere Triton's interpreter on CPU tensors (conftest turns it on
+#: only without a GPU, and the kernel refuses CPU tensors otherwise).
+DEVICES = ["cuda"] if torch.cuda.is_available() else ["cpu"]
 
 
 def _fused(x: torch.Tensor, codebook: torch.Tensor, device: str) -> torch.Tensor:
