@@ -92,13 +92,22 @@ def main() -> None:
 @click.argument("out", type=click.Path(path_type=Path))
 @_model_options
 @rdo_option
+@click.option("--rdo-passes", type=click.IntRange(min=1), help="RDO choices, each around the last: more gives "
+              "smaller files, slower encoding [default: the preset's, 2 for high, else 1].")  # fmt: skip
 @_force_option
 def compress(
-    src: Path, out: Path, preset: str | None, model_path: Path | None, device: str, rdo: float, force: bool
+    src: Path,
+    out: Path,
+    preset: str | None,
+    model_path: Path | None,
+    device: str,
+    rdo: float,
+    rdo_passes: int | None,
+    force: bool,
 ) -> None:
     """Compress the image SRC into the .vqc file OUT."""
     _check_output(out, force)
-    codec = vqcodec.load(preset, path=model_path, device=device, rdo=rdo)
+    codec = vqcodec.load(preset, path=model_path, device=device, rdo=rdo, rdo_passes=rdo_passes)
     start = time.perf_counter()
     encoded = codec.encode(src)
     write_atomic(out, encoded.data)

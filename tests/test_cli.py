@@ -44,6 +44,15 @@ def test_compress_decompress_round_trip(tmp_path, image_file, model_file):
     np.testing.assert_array_equal(np.asarray(Image.open(png)), codec.reconstruct(encoded.codes, 26, 19))
 
 
+def test_rdo_passes_option_writes_that_codecs_file(tmp_path, image_file, model_file):
+    vqc = tmp_path / "out.vqc"
+    assert run("compress", image_file, vqc, "--model", model_file, "--rdo", "5", "--rdo-passes", "2").exit_code == 0
+    codec = vqcodec.Codec(load_model(model_file), device="cpu", rdo=5.0, rdo_passes=2)
+    assert vqc.read_bytes() == codec.compress(image_file)
+    codec.rdo_passes = 1
+    assert vqc.read_bytes() != codec.compress(image_file)
+
+
 def test_info_reports_header(tmp_path, image_file, model_file):
     vqc = tmp_path / "out.vqc"
     run("compress", image_file, vqc, "--model", model_file)
@@ -89,6 +98,9 @@ def test_usage_errors_exit_2(tmp_path, image_file, model_file):
     assert run("compress", image_file, tmp_path / "o.vqc", "--device", "tpu").exit_code == 2
     for rdo in ("-1", "nan", "inf"):
         assert run("compress", image_file, tmp_path / "o.vqc", "--model", model_file, "--rdo", rdo).exit_code == 2
+    for passes in ("0", "1.5"):
+        result = run("compress", image_file, tmp_path / "o.vqc", "--model", model_file, "--rdo-passes", passes)
+        assert result.exit_code == 2
     assert not (tmp_path / "o.vqc").exists()
     result = run("decompress", tmp_path / "x.vqc", tmp_path / "out.unknownext", "--model", model_file)
     assert result.exit_code == 2 and "extension" in result.output

@@ -97,3 +97,4 @@ def test_a_second_pass_chooses_among_the_candidates_and_round_trips(rng):
     assert not np.array_equal(first.codes.bottom, second.codes.bottom)
     assert np.array_equal(one.decode_codes(second.data).bottom, second.codes.bottom)  # any decoder reads it
     assert vqcodec.load("high").rdo_passes == 2 and vqcodec.load().rdo_passes == 1
+    assert vqcodec.load("high", rdo_passes=1).rdo_passes == 1 and vqcodec.load(rdo_passes=3).rdo_passes == 3

@@ -125,15 +125,21 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 
 def load(
-    preset: str | None = None, *, path: str | Path | None = None, device: str = "auto", rdo: float = DEFAULT_RDO
+    preset: str | None = None,
+    *,
+    path: str | Path | None = None,
+    device: str = "auto",
+    rdo: float = DEFAULT_RDO,
+    rdo_passes: int | None = None,
 ) -> Codec:
     """A ``Codec`` with a shipped preset (default ``DEFAULT_PRESET``) or the model file at ``path``
-    (``rdo``: see ``Codec``; a preset brings its RDO passes)."""
+    (``rdo``, ``rdo_passes``: see ``Codec``; by default a preset brings its RDO passes, a file one)."""
     if preset is not None and path is not None:
         raise ModelError("give a preset or a model path, not both")
     name = preset or (str(path) if path else DEFAULT_PRESET)
     model = load_model(path if path is not None else _preset_path(name))
-    return Codec(model, device=device, name=name, rdo=rdo, rdo_passes=PRESET_PASSES.get(name, 1))
+    passes = rdo_passes if rdo_passes is not None else PRESET_PASSES.get(name, 1)
+    return Codec(model, device=device, name=name, rdo=rdo, rdo_passes=passes)
 
 
 class Codec:
