@@ -12,6 +12,7 @@ prior's, so a file decodes the same with or without graphs.
 from __future__ import annotations
 
 import warnings
+from functools import cache
 
 import numpy as np
 import torch
@@ -44,16 +45,24 @@ class PaddedSteps:
         self._pending = (np.empty(0, np.int64), np.empty(0, np.int64))
         self._host = np.empty((3, size), np.int64)
         self._inputs = torch.tensor(self._pack(np.empty(0, np.int64)), device=prior.xp.device)
-        # A first run, on the scratch row alone, creates every cache and table the step reads, so
-        # that the graph records no allocation of them.
-        self._output = self._step()
-        self._graph = None
-        if capture:
-            torch.cuda.synchronize(prior.xp.device)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                self._output = self._step()
-            self._graph = graph
+        self._output = torch.empty(0)
+        self._graph = self._capture() if capture else None
+
+    def _capture(self) -> torch.cuda.CUDAGraph:
+        """The step recorded in a CUDA graph, whose output stays in ``self._output``."""
+        device = self.prior.xp.device
+        # A first run, on the scratch row alone, creates every cache and table the step reads and
+        # the BLAS handles of the capture stream, so that the capture meets none of them anew.
+        stream = _capture_stream(device)
+        stream.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(stream):
+            self._step()
+        stream.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=stream):
+            self._output = self._step()
+        torch.cuda.current_stream(device).wait_stream(stream)
+        return graph
 
     def _step(self) -> torch.Tensor:
         rows, code_rows, codes = self._inputs
@@ -85,6 +94,12 @@ class PaddedSteps:
     def set_codes(self, rows: np.ndarray, codes: np.ndarray) -> None:
         """Keep a wavefront's codes for the next step to write."""
         self._pending = (rows, codes)
+
+
+@cache
+def _capture_stream(device: torch.device) -> torch.cuda.Stream:
+    """One stream per GPU for every warm-up and capture (BLAS handles and workspaces are per stream)."""
+    return torch.cuda.Stream(device)
 
 
 def wavefront_steps(prior: IntegerPrior, state: MapState, size: int, graphs: bool = True) -> DirectSteps | PaddedSteps:
