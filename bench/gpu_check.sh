@@ -26,10 +26,10 @@ checks() {
   python3 -c "import vqcodec.cli" 2>/dev/null || ln -s ../cli vqcodec/cli
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
   python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
-  timeout 240 python3 -m pytest -o addopts= -q -p no:cacheprovider tests/test_kernels.py tests/test_devices.py
-  speed medium 150 --preset medium --repeats 3
+  timeout 150 python3 -m pytest -o addopts= -q -p no:cacheprovider tests/test_kernels.py tests/test_devices.py
+  speed medium 140 --preset medium --repeats 3
   speed medium_batch8 60 --preset medium --batch 8
-  speed medium_no_graphs 60 --preset medium --limit 6 --no-cuda-graphs
+  speed medium_no_graphs 40 --preset medium --limit 6 --no-cuda-graphs
   speed high 60 --preset high --limit 6
   speed low 30 --preset low --limit 6
 }
