@@ -99,11 +99,6 @@ class Backend:
             return torch.as_tensor(t, device=self.device)
         return t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t)
 
-    @property
-    def row_chunk(self) -> int:
-        """Rows an op handles at once on this backend's device."""
-        return ROW_CHUNK if self.device.type == "cpu" else DEVICE_ROW_CHUNK
-
     def index(self, x: ArrayLike) -> ArrayLike:
         """Integer positions or codes as this backend's 64-bit index array, on its device."""
         if self.torch:
@@ -625,12 +620,13 @@ class IntegerPrior:
         return [self.xp.array(rows[a : a + n]) for a in range(0, len(rows), n)]
 
     def _slices(self, n: int) -> list[slice]:
-        return [slice(a, min(a + self.row_chunk, n)) for a in range(0, n, self.row_chunk)]
+        step = self.row_chunk
+        return [slice(a, min(a + step, n)) for a in range(0, n, step)]
 
     @property
     def row_chunk(self) -> int:
         """Rows an op handles at once (``ROW_CHUNK`` on the CPU, ``DEVICE_ROW_CHUNK`` on a GPU)."""
-        return self.xp.row_chunk
+        return ROW_CHUNK if self.xp.device.type == "cpu" else DEVICE_ROW_CHUNK
 
     def _table(self, logits: ArrayLike) -> ArrayLike:
         """Probability rows from integer logits (1/LOGIT_STEPS nat): 2^PROB_BITS exp(-distance to the max)."""

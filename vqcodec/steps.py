@@ -19,6 +19,9 @@ import torch
 
 from .qprior import IntegerPrior, MapState
 
+#: No codes waiting to be written: (rows, codes).
+_NOTHING_PENDING = (np.empty(0, np.int64), np.empty(0, np.int64))
+
 
 class DirectSteps:
     """Each step's operations run as they come (numpy on the CPU, or torch anywhere)."""
@@ -42,7 +45,7 @@ class PaddedSteps:
 
     def __init__(self, prior: IntegerPrior, state: MapState, size: int, capture: bool):
         self.prior, self.state, self.size = prior, state, size
-        self._pending = (np.empty(0, np.int64), np.empty(0, np.int64))
+        self._pending = _NOTHING_PENDING
         self._host = np.empty((3, size), np.int64)
         self._inputs = torch.tensor(self._pack(np.empty(0, np.int64)), device=prior.xp.device)
         self._output = torch.empty(0)
@@ -84,7 +87,7 @@ class PaddedSteps:
         if len(rows) > self.size:
             raise ValueError(f"a wavefront of {len(rows)} positions in steps of {self.size}")
         self._inputs.copy_(torch.from_numpy(self._pack(rows)))
-        self._pending = (np.empty(0, np.int64), np.empty(0, np.int64))
+        self._pending = _NOTHING_PENDING
         if self._graph is not None:
             self._graph.replay()
         else:
