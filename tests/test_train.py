@@ -21,6 +21,7 @@ from vqcodec.checkpoint import read_meta
 from vqcodec.cli import main
 from vqcodec.config import tiny_config
 from vqcodec.data import split
+from vqcodec.grow import grown
 from vqcodec.model import CodecModel
 from vqcodec.train import (
     Settings,
@@ -178,6 +179,58 @@ def test_decoder_stage_resumes_only_its_own_source(folder, model_file, tmp_path)
         train_decoder(other, folder, ckpt, tmp_path / "d.st", SETTINGS)
     train_decoder(model_file, folder, ckpt, tmp_path / "d.st", SETTINGS)
     assert read_meta(ckpt)["step"] == SETTINGS.steps
+
+
+GROW = {"synth_channels": 24, "synth_res_blocks": 2, "synth_res_channels": 12, "synth_up_blocks": 1}
+
+
+def test_grown_synthesis_decodes_exactly_as_before():
+    """A grown synthesis computes what the trained one did: same codes, same pixels (up to float
+    rounding), and the same maps read back from files of the original model."""
+    source = make_model()
+    big = grown(source, GROW)
+    assert big.config.vqvae.synthesis == (24, 2, 12, 1)
+    assert sum(p.numel() for p in big.vqvae.dec.parameters()) > 2 * sum(p.numel() for p in source.vqvae.dec.parameters())
+    image = smooth_image(np.random.default_rng(4), 40, 56)
+    a, b = (vqcodec.Codec(m, device="cpu", rdo=0) for m in (source, big))
+    enc = a.encode(image)
+    assert np.array_equal(enc.codes.bottom, b.encode(image).codes.bottom)
+    pixels = [c.reconstruct(enc.codes, 56, 40).astype(int) for c in (a, b)]
+    assert np.abs(pixels[0] - pixels[1]).max() <= 1 and (pixels[0] == pixels[1]).mean() > 0.99
+    with pytest.raises(vqcodec.ModelError, match="grow"):
+        grown(big, {"synth_channels": 8})
+
+
+def test_legacy_configs_keep_their_json():
+    """Fields added later are left out of the canonical JSON at their default: identifiers of models
+    written before them do not change."""
+    raw = json.loads(tiny_config().to_json())
+    assert not any(k.startswith("synth_") for k in raw["vqvae"])
+    grown_raw = json.loads(grown(make_model(), GROW).config.to_json())
+    assert {k: v for k, v in grown_raw["vqvae"].items() if k.startswith("synth_")} == GROW
+
+
+def test_decoder_stage_grows_and_trains_in_bf16(folder, model_file, tmp_path):
+    settings = Settings(**{**SETTINGS.__dict__, "bf16": True})
+    out = train_decoder(model_file, folder, tmp_path / "g.ckpt", tmp_path / "g.st", settings, GROW)
+    tuned = load_model(out)
+    assert tuned.config.vqvae.synthesis == (24, 2, 12, 1)
+    assert read_meta(tmp_path / "g.ckpt")["grow"] == GROW
+    with pytest.raises(vqcodec.ModelError, match="sizes"):
+        train_decoder(model_file, folder, tmp_path / "g.ckpt", tmp_path / "g.st", settings, {"synth_channels": 32})
+    image = smooth_image(np.random.default_rng(2), 24, 40)
+    codec = vqcodec.Codec(tuned, device="cpu")
+    assert codec.decompress(codec.compress(image)).size == (40, 24)
+
+
+def test_prior_stage_trains_in_bf16(folder, vqvae_ckpt, tmp_path):
+    settings = Settings(**{**SETTINGS.__dict__, "bf16": True, "crop": 2})
+    out = train_prior(vqvae_ckpt, folder, tmp_path / "p.ckpt", tmp_path / "p.st", settings)
+    log = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(r["top_bits"]) for r in log if r["split"] == "val")
+    codec = vqcodec.Codec(load_model(out), device="cpu")
+    image = smooth_image(np.random.default_rng(3), 24, 40)
+    assert codec.decompress(codec.compress(image)).size == (40, 24)
 
 
 def test_combine_joins_priors_and_synthesis_trained_side_by_side(folder, model_file, tmp_path):
