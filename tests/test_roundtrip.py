@@ -176,6 +176,7 @@ def test_sixteen_bit_input_is_reduced_with_a_warning(codec, rng):
 BAD_INPUTS = [
     np.zeros((4, 4, 3), np.float32),
     np.full((4, 4), -1, np.int32),
+    np.arange(16, dtype=np.int64).reshape(4, 4),  # numpy's default integers: not read as 16-bit
     np.zeros((4, 4, 5), np.uint8),
     np.zeros((0, 4, 3), np.uint8),
     "no/such/file.png",

@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from .errors import ModelError
+
+
+class SynthesisSize(NamedTuple):
+    """Sizes of the VQ-VAE's synthesis (its decoder)."""
+
+    channels: int
+    res_blocks: int
+    res_channels: int
+    up_blocks: int
 
 
 @dataclass(frozen=True)
@@ -26,29 +36,44 @@ class VQVAEConfig:
     bottom_codes: int = 512
     bottom_stride: int = 4
     ema_decay: float = 0.99
+    # The synthesis may be larger than the analysis (decoding affords more than encoding, and a
+    # larger synthesis changes no code map). None: the analysis' size; such fields are left out
+    # of the canonical JSON, so models written before they existed keep their identifiers.
+    synth_channels: int | None = None
+    synth_res_blocks: int | None = None
+    synth_res_channels: int | None = None
+    #: Residual blocks after each upsampling but the last (None: none), for detail at finer scales.
+    synth_up_blocks: int | None = None
 
     @property
     def top_stride(self) -> int:
         return 2 * self.bottom_stride
 
+    @property
+    def synthesis(self) -> SynthesisSize:
+        """The synthesis' sizes, defaults resolved."""
+        return SynthesisSize(
+            self.channels if self.synth_channels is None else self.synth_channels,
+            self.res_blocks if self.synth_res_blocks is None else self.synth_res_blocks,
+            self.res_channels if self.synth_res_channels is None else self.synth_res_channels,
+            self.synth_up_blocks or 0,
+        )
+
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> VQVAEConfig:
         try:
             config = _build(cls, raw)
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, OverflowError) as exc:
             raise ModelError(f"invalid VQ-VAE config: {exc}") from exc
         config.validate()
         return config
 
     def validate(self) -> None:
+        """Every size within bounds (a model file is untrusted: nothing is built before this)."""
+        _check_bounds(self, _VQVAE_BOUNDS)
         s = self.bottom_stride
-        if s < 2 or s & (s - 1):
-            raise ModelError(f"bottom_stride must be a power of two >= 2, got {s}")
-        for name in ("channels", "res_channels", "embed_dim", "top_codes", "bottom_codes"):
-            if getattr(self, name) < 1:
-                raise ModelError(f"{name} must be positive")
-        if max(self.top_codes, self.bottom_codes) > 65536:
-            raise ModelError("codebooks are limited to 65536 codes (16-bit indices)")
+        if s & (s - 1):
+            raise ModelError(f"bottom_stride must be a power of two, got {s}")
 
 
 @dataclass(frozen=True)
@@ -74,12 +99,12 @@ class PriorConfig:
     cond_res_blocks: int = 2
 
     def validate(self) -> None:
-        if self.kernel < 3 or self.kernel % 2 == 0:
-            raise ModelError(f"prior kernel must be odd and >= 3, got {self.kernel}")
+        """Every size within bounds (a model file is untrusted: nothing is built before this)."""
+        _check_bounds(self, _PRIOR_BOUNDS)
+        if self.kernel % 2 == 0:
+            raise ModelError(f"prior kernel must be odd, got {self.kernel}")
         if self.attn_channels % self.attn_heads:
             raise ModelError("attn_channels must be a multiple of attn_heads")
-        if self.attn_rows < 1 or self.attn_left < 0 or self.attn_right < 0:
-            raise ModelError("the attention window needs attn_rows >= 1, attn_left >= 0 and attn_right >= 0")
 
 
 @dataclass(frozen=True)
@@ -104,7 +129,7 @@ class ModelConfig:
 
     def to_json(self) -> str:
         """Canonical JSON (sorted keys), also hashed into the model identifier."""
-        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+        return json.dumps(_without_none(asdict(self)), sort_keys=True, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str) -> ModelConfig:
@@ -115,21 +140,77 @@ class ModelConfig:
                 top_prior=_build(PriorConfig, raw["top_prior"]),
                 bottom_prior=_build(PriorConfig, raw["bottom_prior"]),
             )
-        except (ValueError, KeyError, TypeError) as exc:
+        except RecursionError as exc:
+            raise ModelError("invalid model config: nested too deeply") from exc
+        except (ValueError, KeyError, TypeError, OverflowError) as exc:
             raise ModelError(f"invalid model config: {exc}") from exc
         config.validate()
         return config
 
 
+#: Bounds of every config field: far beyond any model that decodes in reasonable time, and small
+#: enough that no model file can make vqcodec build something huge. (lowest, highest) inclusive,
+#: but dropout's and ema_decay's upper ends, which are excluded.
+_WIDTH, _DEPTH, _CODES = (1, 1024), (0, 32), (2, 65536)
+_VQVAE_BOUNDS: dict[str, tuple[float, float]] = {
+    "in_channels": (3, 3),
+    "channels": (2, 1024),
+    "res_blocks": _DEPTH,
+    "res_channels": _WIDTH,
+    "embed_dim": _WIDTH,
+    "top_codes": _CODES,
+    "bottom_codes": _CODES,
+    "bottom_stride": (2, 64),
+    "ema_decay": (0.0, 1.0),
+    "synth_channels": (2, 1024),
+    "synth_res_blocks": _DEPTH,
+    "synth_res_channels": _WIDTH,
+    "synth_up_blocks": _DEPTH,
+}
+_PRIOR_BOUNDS: dict[str, tuple[float, float]] = {
+    "codes": _CODES,
+    "channels": _WIDTH,
+    "kernel": (3, 15),
+    "blocks": (1, 16),
+    "res_blocks": _DEPTH,
+    "attn_heads": (1, 64),
+    "attn_channels": _WIDTH,
+    "attn_rows": (1, 16),
+    "attn_left": (0, 32),
+    "attn_right": (0, 8),
+    "dropout": (0.0, 1.0),
+    "cond_codes": (0, 65536),
+    "cond_res_blocks": _DEPTH,
+}
+_OPEN_ABOVE = {"dropout", "ema_decay"}
+
+
+def _check_bounds(config: object, bounds: dict[str, tuple[float, float]]) -> None:
+    for name, (low, high) in bounds.items():
+        value = getattr(config, name)
+        if value is None:
+            continue
+        if not (low <= value < high if name in _OPEN_ABOVE else low <= value <= high):
+            closing = ")" if name in _OPEN_ABOVE else "]"
+            raise ModelError(f"{type(config).__name__}.{name} = {value} is outside [{low}, {high}{closing}")
+
+
+def _without_none(raw: dict[str, Any]) -> dict[str, Any]:
+    return {k: _without_none(v) if isinstance(v, dict) else v for k, v in raw.items() if v is not None}
+
+
 def _build(cls: type, raw: dict[str, Any]) -> Any:
+    if not isinstance(raw, dict):
+        raise ValueError(f"{cls.__name__} must be a JSON object")
+    raw = {k: v for k, v in raw.items() if v is not None}  # None: the field's default
     known = {f.name: f.type for f in fields(cls)}
     unknown = set(raw) - set(known)
     if unknown:
         raise ValueError(f"unknown {cls.__name__} keys {sorted(unknown)}")
     for name, value in raw.items():
         expected = float if known[name] == "float" else int
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            raise ValueError(f"{cls.__name__}.{name} must be a number")
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(float(value)):
+            raise ValueError(f"{cls.__name__}.{name} must be a finite number")
         if expected is int and not isinstance(value, int):
             raise ValueError(f"{cls.__name__}.{name} must be an integer")
     return cls(**raw)

@@ -8,7 +8,7 @@ All integers are little-endian. Layout (byte offset, size, field):
 5     1     channels of the image: 1 gray, 2 gray + alpha, 3 RGB, 4 RGBA
 6     1     flags, must be 0
 7     1     prior tile: side of the independently coded regions, in top-map codes (bottom-map
-            regions are twice as large); 1..255
+            regions are twice as large); 1..64
 8     16    model identifier (``model.model_id``: SHA-256 of config and weights, truncated)
 24    4     image width (pixels)
 28    4     image height (pixels)
@@ -53,8 +53,15 @@ HEADER_SIZE = HEADER.size
 MODEL_ID_SIZE = 16
 #: Largest width or height accepted, so code maps fit 16-bit dimensions.
 MAX_SIDE = 65535
-#: Largest number of pixels accepted (a 100-megapixel photo fits), checked before any allocation.
+#: Largest number of pixels the format allows (a 100-megapixel photo fits).
 MAX_PIXELS = 1 << 27
+#: Largest number of pixels coded or decoded unless the caller allows more (``max_pixels``): a
+#: 76-byte file can claim a huge image, and decoding costs about a second per megapixel on two
+#: CPU cores, so the default bounds what a file can cost by itself (4K UHD, 3840 x 2160, fits).
+DEFAULT_MAX_PIXELS = 1 << 23
+#: Largest prior tile: a bottom region (2 tile)^2 fits in one batch of the priors, which bounds
+#: the decoder's memory whatever a header says.
+MAX_TILE = 64
 CHANNELS = (1, 2, 3, 4)
 
 
@@ -171,8 +178,8 @@ def read_header(data: bytes) -> Header:
 def _validate(h: Header, flags: int) -> None:
     if flags:
         raise FormatError(f"unknown .vqc flags {flags:#x}")
-    if h.tile < 1:
-        raise FormatError("invalid prior tile size 0")
+    if not 1 <= h.tile <= MAX_TILE:
+        raise FormatError(f"invalid prior tile size {h.tile} (1..{MAX_TILE})")
     if h.channels not in CHANNELS:
         raise FormatError(f"invalid channel count {h.channels}")
     if not (1 <= h.width <= MAX_SIDE and 1 <= h.height <= MAX_SIDE) or h.width * h.height > MAX_PIXELS:

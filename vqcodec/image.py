@@ -10,13 +10,15 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .container import MAX_PIXELS, MAX_SIDE
-from .errors import InputError
+from .container import DEFAULT_MAX_PIXELS, MAX_PIXELS, MAX_SIDE
+from .errors import InputError, LimitError
 
 ImageLike = Image.Image | np.ndarray | str | os.PathLike
 
 #: PIL modes read as RGB without alpha; anything with transparency goes through RGBA.
 _RGB_MODES = {"RGB", "CMYK", "YCbCr", "LAB", "HSV"}
+#: Modes whose transparency can be one colour key, and the alpha mode that keeps it.
+_KEYED_MODES = {"L": "LA", "RGB": "RGBA"}
 _HIGH_DEPTH_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
 _SIXTEEN_BIT_WARNING = "16-bit image reduced to 8 bits per channel"
 
@@ -36,12 +38,18 @@ class Picture:
         return self.rgb.shape[1], self.rgb.shape[0]
 
 
-def _check_size(width: int, height: int) -> None:
+def check_size(width: int, height: int, max_pixels: int) -> None:
+    """Refuse an empty image, one the format cannot hold, and one over the caller's ``max_pixels``."""
     if width < 1 or height < 1:
         raise InputError(f"empty image ({width}x{height})")
     if width > MAX_SIDE or height > MAX_SIDE or width * height > MAX_PIXELS:
         raise InputError(
             f"image too large: {width}x{height} (limits: {MAX_SIDE} pixels a side, {MAX_PIXELS} pixels in all)"
+        )
+    if width * height > max_pixels:
+        raise LimitError(
+            f"image of {width}x{height} = {width * height} pixels is over the limit of {max_pixels}; "
+            "allow more with --max-pixels N (command line) or max_pixels=N (Python)"
         )
 
 
@@ -50,25 +58,35 @@ def _narrowed_on_load(img: Image.Image) -> bool:
     return img.mode not in _HIGH_DEPTH_MODES and any(";16" in str(tile.args) for tile in img.tile or [])
 
 
-def _open(path: str | os.PathLike) -> Image.Image:
+def _open(path: str | os.PathLike, max_pixels: int) -> Image.Image:
     try:
-        with Image.open(path) as img:
-            _check_size(*img.size)
-            if _narrowed_on_load(img):
-                warnings.warn(_SIXTEEN_BIT_WARNING, UserWarning, stacklevel=4)
-            img.load()
-            return ImageOps.exif_transpose(img)
+        with warnings.catch_warnings():
+            # Pillow warns of decompression bombs by its own limit; check_size applies ours.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
     except FileNotFoundError as exc:
         raise InputError(f"no such file: {path}") from exc
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as exc:
         raise InputError(f"cannot read image {path}: {exc}") from exc
+    try:
+        with img:
+            check_size(*img.size, max_pixels)
+            if _narrowed_on_load(img):
+                warnings.warn(_SIXTEEN_BIT_WARNING, UserWarning, stacklevel=4)
+            img.load()
+            return ImageOps.exif_transpose(img)
+    except (Image.DecompressionBombError, OSError, ValueError) as exc:
+        raise InputError(f"cannot read image {path}: {exc}") from exc
 
 
-def _from_pil(img: Image.Image) -> Picture:
-    _check_size(*img.size)
+def _from_pil(img: Image.Image, max_pixels: int) -> Picture:
+    check_size(*img.size, max_pixels)
     mode = img.mode
     if mode in _HIGH_DEPTH_MODES:
-        return _from_array(np.asarray(img))
+        samples = np.asarray(img)
+        if samples.size and (samples.min() < 0 or samples.max() > 65535):
+            raise InputError(f"{mode} image with samples outside 0..65535")
+        return _from_array(samples.astype(np.uint16), max_pixels)
     if mode == "F":
         raise InputError("floating-point images are not supported; convert to 8 or 16 bits per channel")
     if mode == "1":
@@ -76,44 +94,49 @@ def _from_pil(img: Image.Image) -> Picture:
     if mode in ("P", "PA"):
         has_alpha = mode == "PA" or "transparency" in img.info
         img, mode = (img.convert("RGBA"), "RGBA") if has_alpha else (img.convert("RGB"), "RGB")
+    elif mode in _KEYED_MODES and "transparency" in img.info:  # a colour key (PNG tRNS) becomes alpha
+        mode = _KEYED_MODES[mode]
+        img = img.convert(mode)
     if mode in _RGB_MODES:
         return Picture(np.asarray(img.convert("RGB")), None, 3)
     if mode in ("L", "LA", "RGBA", "La", "RGBa"):
-        return _from_array(np.asarray(img.convert({"La": "LA", "RGBa": "RGBA"}.get(mode, mode))))
+        return _from_array(np.asarray(img.convert({"La": "LA", "RGBa": "RGBA"}.get(mode, mode))), max_pixels)
     raise InputError(f"unsupported image mode {mode}")
 
 
 def _to_8bit(arr: np.ndarray) -> np.ndarray:
-    """uint8 from uint16 (or 16-bit values in wider integers), with a warning: the codec is 8-bit."""
+    """uint8 from uint16, with a warning: the codec is 8-bit. Other types are refused: an int64
+    array of 0..255 (numpy's default integers) would otherwise be read as almost black 16-bit."""
     if arr.dtype == np.uint8:
         return arr
-    if arr.dtype.kind not in "iu" or (arr.size and (arr.min() < 0 or arr.max() > 65535)):
-        raise InputError(f"image arrays must hold 8- or 16-bit unsigned values, got {arr.dtype}")
+    if arr.dtype != np.uint16:
+        raise InputError(f"image arrays must be uint8 or uint16, got {arr.dtype} (convert with .astype(np.uint8))")
     warnings.warn(_SIXTEEN_BIT_WARNING, UserWarning, stacklevel=4)
     return ((arr.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
 
 
-def _from_array(arr: np.ndarray) -> Picture:
+def _from_array(arr: np.ndarray, max_pixels: int) -> Picture:
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (1, 2, 3, 4)):
+        raise InputError(f"image arrays must be HxW or HxWxC with C in 1..4, got shape {arr.shape}")
+    check_size(arr.shape[1], arr.shape[0], max_pixels)
     arr = _to_8bit(arr)
     if arr.ndim == 2:
         arr = arr[:, :, None]
-    if arr.ndim != 3 or arr.shape[2] not in (1, 2, 3, 4):
-        raise InputError(f"image arrays must be HxW or HxWxC with C in 1..4, got shape {arr.shape}")
-    _check_size(arr.shape[1], arr.shape[0])
     channels = arr.shape[2]
     color = arr[:, :, :3] if channels >= 3 else np.repeat(arr[:, :, :1], 3, axis=2)
     alpha = arr[:, :, channels - 1].copy() if channels in (2, 4) else None
     return Picture(np.ascontiguousarray(color), alpha, channels)
 
 
-def read_image(image: ImageLike) -> Picture:
-    """A ``Picture`` from a PIL image, an HxW or HxWxC uint8 array, or a path to an image file."""
+def read_image(image: ImageLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> Picture:
+    """A ``Picture`` from a PIL image, an HxW or HxWxC uint8 array, or a path to an image file;
+    images over ``max_pixels`` are refused before their pixels are read."""
     if isinstance(image, Image.Image):
-        return _from_pil(image)
+        return _from_pil(image, max_pixels)
     if isinstance(image, np.ndarray):
-        return _from_array(image)
+        return _from_array(image, max_pixels)
     if isinstance(image, (str, os.PathLike)):
-        return _from_pil(_open(image))
+        return _from_pil(_open(image, max_pixels), max_pixels)
     raise InputError(f"cannot code a {type(image).__name__}: pass a PIL image, a uint8 array or a path")
 
 

@@ -16,6 +16,7 @@ above, and every position with ``c + r * (right_reach + 1) == t`` can be decoded
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -198,12 +199,19 @@ class PixelBlock(nn.Module):
         return self.out(h, aux=attn)
 
 
+def embedding(codes: int, channels: int) -> nn.Embedding:
+    """An embedding initialised with unit variance, as nn.Embedding's N(0, 1), but uniform: unlike
+    normal_, uniform_ is cheap on the meta device, where model files are checked."""
+    bound = math.sqrt(3.0)
+    return nn.Embedding(codes, channels, _weight=torch.empty(codes, channels).uniform_(-bound, bound))
+
+
 class CondNet(nn.Module):
     """Non-causal residual stack over the conditioning (top) map, upsampled 2x (nearest)."""
 
     def __init__(self, codes: int, channels: int, res_blocks: int):
         super().__init__()
-        self.embed = nn.Embedding(codes, channels)
+        self.embed = embedding(codes, channels)
         offsets = full_offsets(3)
         self.convs = nn.ModuleList(CausalConv2d(channels, channels, 3, offsets) for _ in range(2 * res_blocks))
         # Per residual block: after the first conv, after the second, after the sum.
@@ -232,7 +240,7 @@ class PixelSNAIL(nn.Module):
         super().__init__()
         config.validate()
         self.config = c = config
-        self.embed = nn.Embedding(c.codes, c.channels)
+        self.embed = embedding(c.codes, c.channels)
         self.input = CausalConv2d(c.channels, c.channels, c.kernel, causal_offsets(c.kernel, True, c.kernel // 2))
         self.r_input = ActRange()
         self.cond_net = CondNet(c.cond_codes, c.channels, c.cond_res_blocks) if c.cond_codes else None

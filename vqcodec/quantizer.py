@@ -64,7 +64,9 @@ class VectorQuantizer(nn.Module):
     def __init__(self, dim: int, codes: int, decay: float = 0.99, eps: float = 1e-5, restart_below: float = 1.0):
         super().__init__()
         self.dim, self.codes, self.decay, self.eps, self.restart_below = dim, codes, decay, eps, restart_below
-        embed = torch.randn(codes, dim)
+        # Replaced by encoder outputs at the first training batch; uniform_ (unlike randn) is
+        # cheap on the meta device, where model files are checked before anything is allocated.
+        embed = torch.empty(codes, dim).uniform_(-1.0, 1.0)
         self.register_buffer("embed", embed)
         self.register_buffer("cluster_size", torch.ones(codes))
         self.register_buffer("embed_sum", embed.clone())

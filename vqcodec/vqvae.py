@@ -53,10 +53,18 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """Residual blocks, then upsamples by ``stride`` with 4x4 stride-2 transposed convolutions."""
+    """Residual blocks, then upsamples by ``stride`` with 4x4 stride-2 transposed convolutions,
+    with ``up_blocks`` residual blocks after each upsampling but the last."""
 
     def __init__(
-        self, in_channels: int, out_channels: int, channels: int, res_blocks: int, res_channels: int, stride: int
+        self,
+        in_channels: int,
+        out_channels: int,
+        channels: int,
+        res_blocks: int,
+        res_channels: int,
+        stride: int,
+        up_blocks: int = 0,
     ):
         super().__init__()
         layers: list[nn.Module] = [nn.Conv2d(in_channels, channels, 3, padding=1)]
@@ -69,6 +77,8 @@ class Decoder(nn.Module):
             layers.append(nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1))
             if not last:
                 layers.append(nn.ReLU())
+                if up_blocks:
+                    layers += _res_stack(c_out, max(1, res_channels // 2), up_blocks)
             c_in = c_out
         self.net = nn.Sequential(*layers)
 
@@ -109,7 +119,16 @@ class VQVAE2(nn.Module):
         self.quantize_conv_b = nn.Conv2d(c.embed_dim + c.channels, c.embed_dim, 1)
         self.quantize_b = VectorQuantizer(c.embed_dim, c.bottom_codes, c.ema_decay)
         self.upsample_t = nn.ConvTranspose2d(c.embed_dim, c.embed_dim, 4, stride=2, padding=1)
-        self.dec = Decoder(2 * c.embed_dim, c.in_channels, c.channels, c.res_blocks, c.res_channels, c.bottom_stride)
+        synth = c.synthesis
+        self.dec = Decoder(
+            2 * c.embed_dim,
+            c.in_channels,
+            synth.channels,
+            synth.res_blocks,
+            synth.res_channels,
+            c.bottom_stride,
+            synth.up_blocks,
+        )
 
     def _analyse(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         enc_b = self.enc_b(x)

@@ -1,0 +1,264 @@
+"""Hostile inputs: forged .vqc headers with valid checksums, huge declared images and crafted model
+files are refused early, with a VQCodecError, before the work or memory they ask for."""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+from safetensors.torch import save_file
+
+import vqcodec
+from tests.conftest import make_model, smooth_image
+from vqcodec import container, entropy
+from vqcodec.cli import main
+from vqcodec.config import tiny_config
+from vqcodec.model import CodecModel
+from vqcodec.weights import FORMAT, load_model, save_model
+
+
+@pytest.fixture(scope="module")
+def sample(codec) -> bytes:
+    return codec.compress(smooth_image(np.random.default_rng(5), 40, 48))
+
+
+def forge(data: bytes, streams: container.Streams | None = None, **fields) -> bytes:
+    """``data`` with header fields (and ``streams``) replaced, its header and payload checksums
+    valid again."""
+    header, own = container.unpack(data)
+    return container.pack(container.Header(**{**header.__dict__, **fields}), streams or own)
+
+
+def claim_size(data: bytes, width: int, height: int, stride: int = 8) -> bytes:
+    """A file that claims a ``width`` x ``height`` image, with consistent map sizes, carrying the
+    streams of ``data``: the CRCs pass, the streams run out long before the maps are full."""
+    pad_x, pad_y = -width % stride, -height % stride
+    top = ((height + pad_y) // stride, (width + pad_x) // stride)
+    return forge(
+        data, width=width, height=height, pad_x=pad_x, pad_y=pad_y, top_shape=top,
+        bottom_shape=(2 * top[0], 2 * top[1]), channels=3, alpha_len=0,
+    )  # fmt: skip
+
+
+def test_images_over_the_pixel_limit_are_refused_from_the_header(codec, sample, monkeypatch):
+    forged = claim_size(sample, 4096, 4096)
+    monkeypatch.setattr(entropy.Decoder, "decode", lambda *_: pytest.fail("decoding started"))
+    with pytest.raises(vqcodec.LimitError, match="max-pixels"):
+        codec.decompress(forged)
+    with pytest.raises(vqcodec.LimitError):
+        vqcodec.Codec(make_model(), device="cpu", max_pixels=40 * 48 - 1).decompress(sample)
+    assert container.DEFAULT_MAX_PIXELS < container.MAX_PIXELS
+
+
+def test_raising_the_limit_lets_a_large_file_through(codec, sample):
+    big = vqcodec.Codec(make_model(), device="cpu", max_pixels=1 << 25)
+    with pytest.raises(vqcodec.FormatError):  # past the limit, the stream is found to run out
+        big.decompress(claim_size(sample, 4096, 4096))
+
+
+def test_a_stream_that_runs_out_is_refused_within_a_few_codes(codec, sample, monkeypatch):
+    decoded = []
+    original = entropy.Decoder.decode
+
+    def counting(self, probs):
+        decoded.append(len(probs))
+        return original(self, probs)
+
+    monkeypatch.setattr(entropy.Decoder, "decode", counting)
+    forged = claim_size(sample, 2048, 2048)  # 65,536 top codes, 262,144 bottom codes
+    with pytest.raises(vqcodec.FormatError):
+        codec.decompress(forged)
+    assert sum(decoded) < 2000
+    decoded.clear()
+    empty = claim_size(forge(sample, container.Streams(b"", b"")), 2048, 2048)
+    with pytest.raises(vqcodec.FormatError, match="ends before"):
+        codec.decompress(empty)
+    assert len(decoded) <= 2  # refused at the first wavefront steps
+
+
+def test_intact_files_never_look_exhausted(codec, rng):
+    """Highly compressible maps (flat images, a few bits per thousand codes) decode whole."""
+    for image in (np.zeros((200, 160, 3), np.uint8), np.full((64, 300, 3), 200, np.uint8), smooth_image(rng, 90, 70)):
+        data = codec.compress(image)
+        assert np.array_equal(np.asarray(codec.decompress(data)), np.asarray(codec.decompress(data)))
+
+
+@pytest.mark.parametrize("tile", [0, container.MAX_TILE + 1, 255])
+def test_prior_tiles_beyond_the_bound_are_refused(sample, tile):
+    with pytest.raises(vqcodec.FormatError, match="tile"):
+        container.read_header(forge(sample, tile=tile))
+    with pytest.raises(vqcodec.UsageError):
+        vqcodec.Codec(make_model(), device="cpu", tile=container.MAX_TILE + 1)
+
+
+def test_content_checksum_failure_blames_the_file_first(codec, sample):
+    with pytest.raises(vqcodec.DecodeMismatchError, match="damaged or forged"):
+        codec.decompress(forge(sample, content_crc=container.read_header(sample).content_crc ^ 1))
+
+
+def test_info_shows_a_refused_files_size(tmp_path, codec, sample):
+    path = tmp_path / "big.vqc"
+    path.write_bytes(claim_size(sample, 60000, 2000))
+    result = CliRunner().invoke(main, ["info", str(path)])
+    assert result.exit_code == 0 and "60000x2000" in result.output
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A PNG whose header declares ``width`` x ``height`` pixels but that holds almost nothing."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunk = lambda kind, body: (  # noqa: E731
+        struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    )
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
+
+
+def test_input_images_over_the_limit_are_refused_before_reading_pixels(codec, tmp_path):
+    path = tmp_path / "bomb.png"
+    path.write_bytes(png_claiming(11585, 11585))
+    with pytest.raises(vqcodec.LimitError, match="11585x11585"):
+        codec.compress(path)
+    with pytest.raises(vqcodec.LimitError):
+        codec.compress(np.zeros((3000, 3000), np.uint8))
+    big = vqcodec.Codec(make_model(), device="cpu", max_pixels=container.MAX_PIXELS)
+    with pytest.raises(vqcodec.InputError):  # allowed, then its truncated pixels fail to read
+        big.compress(path)
+
+
+def test_colour_key_transparency_becomes_alpha(codec, rng, tmp_path):
+    for mode, key, out_mode in (("RGB", (10, 20, 30), "RGBA"), ("L", 7, "LA")):
+        arr = smooth_image(rng, 12, 16, 3 if mode == "RGB" else 1)
+        arr = arr if mode == "RGB" else arr[:, :, 0]
+        arr[2, 3] = key
+        path = tmp_path / f"key_{mode}.png"
+        Image.fromarray(arr, mode).save(path, transparency=key)
+        out = codec.decompress(codec.compress(path))
+        assert out.mode == out_mode
+        alpha = np.asarray(out)[..., -1]
+        keyed = np.asarray(Image.open(path).convert(out_mode))[..., -1] == 0
+        assert alpha[2, 3] == 0 and np.array_equal(alpha == 0, keyed)
+
+
+# -- model files ---------------------------------------------------------------------------------
+
+
+def write_model(path, config_json: str, tensors: dict[str, torch.Tensor] | None = None) -> None:
+    tensors = tensors if tensors is not None else {"x": torch.zeros(1)}
+    save_file(tensors, str(path), metadata={"format": FORMAT, "config": config_json})
+
+
+def tiny_raw() -> dict:
+    return json.loads(tiny_config().to_json())
+
+
+def edited(section: str, **fields) -> str:
+    raw = tiny_raw()
+    raw[section].update(fields)
+    return json.dumps(raw)
+
+
+HOSTILE_CONFIGS = {
+    "kernel=201": edited("top_prior", kernel=201),
+    "res_blocks=20000": edited("vqvae", res_blocks=20000),
+    "channels=10**30": edited("vqvae", channels=10**30),
+    "channels=10**400": edited("vqvae", channels=10**400),
+    "attn_heads=0": edited("top_prior", attn_heads=0),
+    "dropout=2.0": edited("bottom_prior", dropout=2.0),
+    "codes=1": edited("vqvae", top_codes=1),
+    "negative": edited("vqvae", synth_up_blocks=-1),
+    "stride 3": edited("vqvae", bottom_stride=3),
+    "nested": '{"vqvae": ' + "[" * 100000 + "]" * 100000 + "}",
+    "not an object": json.dumps({**tiny_raw(), "vqvae": [1, 2]}),
+    "boolean": edited("vqvae", channels=True),
+    "not json": "{",
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE_CONFIGS))
+def test_hostile_configs_are_refused_before_building(tmp_path, name, monkeypatch):
+    path = tmp_path / "m.safetensors"
+    write_model(path, HOSTILE_CONFIGS[name])
+    monkeypatch.setattr(CodecModel, "__init__", lambda *_: pytest.fail("a model was built"))
+    with pytest.raises(vqcodec.ModelError):
+        load_model(path)
+
+
+def good_tensors() -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in make_model().state_dict().items()}
+
+
+def save_with(path, **changes) -> None:
+    tensors = good_tensors()
+    tensors.update(changes)
+    write_model(path, tiny_config().to_json(), tensors)
+
+
+@pytest.mark.parametrize(
+    "tensor",
+    ["vqvae.dec.net.0.weight", "vqvae.quantize_b.embed", "vqvae.enc_b.net.0.weight", "top_prior.head.weight"],
+)
+def test_non_finite_weights_are_refused(tmp_path, tensor):
+    for bad in (float("nan"), float("inf")):
+        t = good_tensors()[tensor]
+        t.view(-1)[0] = bad
+        save_with(tmp_path / "m.safetensors", **{tensor: t})
+        with pytest.raises(vqcodec.ModelError, match="non-finite"):
+            load_model(tmp_path / "m.safetensors")
+
+
+@pytest.mark.parametrize("value", [0.0, -1.0, 1e30])
+def test_absurd_activation_ranges_are_refused(tmp_path, value):
+    name = next(k for k in good_tensors() if k.endswith(".absmax"))
+    save_with(tmp_path / "m.safetensors", **{name: torch.tensor(value)})
+    with pytest.raises(vqcodec.ModelError, match="activation range"):
+        load_model(tmp_path / "m.safetensors")
+
+
+def test_wrong_shapes_and_dtypes_are_refused_before_reading_weights(tmp_path, monkeypatch):
+    weight, flag = "vqvae.dec.net.0.weight", "vqvae.quantize_t.initialised"
+    tensors = good_tensors()
+    changes = [(weight, torch.zeros(3)), (weight, tensors[weight].to(torch.int32)), (flag, tensors[flag].float())]
+    monkeypatch.setattr("vqcodec.weights.load_file", lambda *_: pytest.fail("weights were read"))
+    for name, change in changes:
+        save_with(tmp_path / "m.safetensors", **{name: change})
+        with pytest.raises(vqcodec.ModelError):
+            load_model(tmp_path / "m.safetensors")
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"", b"\x01", struct.pack("<Q", 1 << 40) + b"{}", struct.pack("<Q", 2) + b"[]", struct.pack("<Q", 4) + b"{}  x"],
+)
+def test_malformed_safetensors_headers_are_refused(tmp_path, raw):
+    path = tmp_path / "m.safetensors"
+    path.write_bytes(raw)
+    with pytest.raises(vqcodec.ModelError):
+        load_model(path)
+
+
+def test_tensor_offsets_must_lie_in_the_file(tmp_path):
+    path = tmp_path / "m.safetensors"
+    save_model(make_model(), path)
+    data = path.read_bytes()
+    (length,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + length])
+    name = next(k for k in header if k != "__metadata__")
+    header[name]["data_offsets"][1] += 1 << 30
+    body = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(body)) + body + data[8 + length :])
+    with pytest.raises(vqcodec.ModelError, match="invalid safetensors entry"):
+        load_model(path)
+
+
+def test_hostile_model_exits_1_with_one_line(tmp_path):
+    path = tmp_path / "m.safetensors"
+    write_model(path, HOSTILE_CONFIGS["kernel=201"])
+    image = tmp_path / "a.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(image)
+    result = CliRunner().invoke(main, ["compress", str(image), str(tmp_path / "a.vqc"), "--model", str(path)])
+    assert result.exit_code == 1 and result.output.count("\n") == 1 and "kernel" in result.output
