@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -18,7 +19,7 @@ import vqcodec
 from vqcodec import container
 from vqcodec.codec import DEFAULT_TILE
 from vqcodec.config import ARCHITECTURES
-from vqcodec.files import write_atomic
+from vqcodec.files import check_writable, write_atomic
 from vqcodec.rdo import DEFAULT_RDO
 from vqcodec.train import Settings, combine, init_distributed, train_decoder, train_prior, train_vqvae
 
@@ -43,6 +44,9 @@ class _Group(click.Group):
 
 
 def _model_options(f):
+    f = click.option("--max-pixels", type=click.IntRange(min=1, max=container.MAX_PIXELS),
+                     default=container.DEFAULT_MAX_PIXELS, show_default=True,
+                     help="Refuse larger images (a small file can claim a huge one).")(f)  # fmt: skip
     f = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
                      help="Where the networks run.")(f)  # fmt: skip
     f = click.option("--model", "model_path", type=click.Path(dir_okay=False, path_type=Path),
@@ -67,11 +71,12 @@ def _force_option(f):
     return click.option("--force", "-f", is_flag=True, help="Overwrite OUT if it exists.")(f)
 
 
-def _check_output(path: Path, force: bool) -> None:
-    if path.exists() and not force:
-        raise click.UsageError(f"{path} exists; pass --force to overwrite it")
-    if path.is_dir():
-        raise click.UsageError(f"{path} is a folder")
+def _check_output(src: Path, path: Path, force: bool) -> None:
+    """Refuse, before any work, an output that would overwrite the input (even with --force) or
+    that cannot be written (see ``files.check_writable``)."""
+    if path.exists() and src.exists() and os.path.samefile(src, path):
+        raise vqcodec.OutputError(f"{path} is the input file itself")
+    check_writable(path, force)
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -104,13 +109,14 @@ def compress(
     rdo: float,
     rdo_passes: int | None,
     force: bool,
+    max_pixels: int,
 ) -> None:
     """Compress the image SRC into the .vqc file OUT."""
-    _check_output(out, force)
-    codec = vqcodec.load(preset, path=model_path, device=device, rdo=rdo, rdo_passes=rdo_passes)
+    _check_output(src, out, force)
+    codec = vqcodec.load(preset, path=model_path, device=device, rdo=rdo, rdo_passes=rdo_passes, max_pixels=max_pixels)
     start = time.perf_counter()
     encoded = codec.encode(src)
-    write_atomic(out, encoded.data)
+    write_atomic(out, encoded.data, replace=force)
     click.echo(f"{src} -> {out}: {len(encoded.data)} bytes, {encoded.bpp:.4f} bpp, {time.perf_counter() - start:.2f} s")
 
 
@@ -119,19 +125,21 @@ def compress(
 @click.argument("out", type=click.Path(path_type=Path))
 @_model_options
 @_force_option
-def decompress(src: Path, out: Path, preset: str | None, model_path: Path | None, device: str, force: bool) -> None:
+def decompress(
+    src: Path, out: Path, preset: str | None, model_path: Path | None, device: str, force: bool, max_pixels: int
+) -> None:
     """Decompress the .vqc file SRC into the image OUT (format from its extension, e.g. .png)."""
-    _check_output(out, force)
+    _check_output(src, out, force)
     fmt = Image.registered_extensions().get(out.suffix.lower())
     if fmt is None:
         raise click.UsageError(f"cannot tell the image format of {out} from its extension (use .png)")
     data = _read_bytes(src)
-    codec = vqcodec.load(preset, path=model_path, device=device)
+    codec = vqcodec.load(preset, path=model_path, device=device, max_pixels=max_pixels)
     start = time.perf_counter()
     image = codec.decompress(data)
     buffer = io.BytesIO()
     image.save(buffer, format=fmt)
-    write_atomic(out, buffer.getvalue())
+    write_atomic(out, buffer.getvalue(), replace=force)
     bpp = 8 * len(data) / (image.width * image.height)
     click.echo(
         f"{src} -> {out}: {image.width}x{image.height} {image.mode}, {bpp:.4f} bpp, {time.perf_counter() - start:.2f} s"
@@ -202,6 +210,9 @@ _init_option = click.option(
 )
 
 
+_bf16_option = click.option("--bf16", is_flag=True, help="Train in bfloat16 autocast (about twice as fast).")
+
+
 def _settings(kwargs: dict) -> Settings:
     return Settings(**{k: kwargs.pop(k) for k in list(kwargs) if k in Settings.__dataclass_fields__})
 
@@ -231,6 +242,7 @@ def train_vqvae_command(folder: Path, out: Path, arch: str, init: str | None, **
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Finished model file.")
 @click.option("--arch", type=click.Choice(sorted(ARCHITECTURES)), help="Priors' architecture [default: the VQ-VAE's].")
 @_init_option
+@_bf16_option
 @_settings_options(DEFAULT_TILE, "Crop side in top-map codes (bottom crops are twice that).")
 def train_prior_command(
     vqvae_source: str, folder: Path, out: Path, arch: str | None, init: str | None, **kwargs
@@ -246,13 +258,22 @@ def train_prior_command(
 @click.option("--model", "source", required=True, metavar="PRESET|PATH", help="The finished model to fine-tune.")
 @click.option("--data", "folder", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Tuned model file.")
+@click.option("--synth-channels", type=click.IntRange(2), help="Grow the synthesis to this width.")
+@click.option("--synth-res-blocks", type=click.IntRange(0), help="Grow the synthesis to this many residual blocks.")
+@click.option("--synth-res-channels", type=click.IntRange(2), help="Grow the residual blocks to this width.")
+@click.option("--synth-up-blocks", type=click.IntRange(0), help="Grow: residual blocks after each inner upsampling.")
+@_bf16_option
 @_settings_options(128, "Crop side in pixels.")
 def train_decoder_command(source: str, folder: Path, out: Path, **kwargs) -> None:
     """Stage 3: fine-tune MODEL's synthesis on its own codes of DATA; codes and file sizes stay
-    the same, only the reconstruction changes. Writes the tuned model OUT."""
+    the same, only the reconstruction changes. Writes the tuned model OUT. The --synth-* options
+    first grow the synthesis, starting from exactly what it computes (files of MODEL still decode
+    to the same maps; the new model has its own identifier)."""
     init_distributed()
     checkpoint = out.with_name(out.name + ".ckpt")
-    train_decoder(source, folder, checkpoint, out, _settings(kwargs))
+    sizes = {k: kwargs.pop(k) for k in [k for k in kwargs if k.startswith("synth_")]}
+    grow = {k: v for k, v in sizes.items() if v is not None}
+    train_decoder(source, folder, checkpoint, out, _settings(kwargs), grow)
     _report_model(out, checkpoint)
 
 

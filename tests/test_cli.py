@@ -67,7 +67,7 @@ def test_refuses_to_overwrite_without_force(tmp_path, image_file, model_file):
     vqc = tmp_path / "out.vqc"
     vqc.write_bytes(b"precious")
     result = run("compress", image_file, vqc, "--model", model_file)
-    assert result.exit_code == 2 and "--force" in result.output
+    assert result.exit_code == 1 and "--force" in result.output
     assert vqc.read_bytes() == b"precious"
     assert run("compress", image_file, vqc, "--model", model_file, "--force").exit_code == 0
     assert vqc.read_bytes() != b"precious"

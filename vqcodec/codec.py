@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -13,9 +14,9 @@ import torch
 from PIL import Image
 
 from . import container, entropy, tiles
-from .container import Header, Streams
-from .errors import DecodeMismatchError, FormatError, ModelError, ModelMismatchError
-from .image import ImageLike, Picture, pad_to, padding, read_image, to_pil, to_rgb, to_tensor
+from .container import DEFAULT_MAX_PIXELS, MAX_TILE, Header, Streams
+from .errors import DecodeMismatchError, FormatError, ModelError, ModelMismatchError, UsageError
+from .image import ImageLike, Picture, check_size, pad_to, padding, read_image, to_pil, to_rgb, to_tensor
 from .model import CodecModel
 from .qprior import IntegerPrior, MapState
 from .rdo import CANDIDATES, DEFAULT_RDO, PRESET_PASSES, Terms, choose, curvature_margin, window_terms
@@ -26,7 +27,6 @@ from .weights import load_model, model_id
 #: Side of the regions the priors code independently, in top-map codes (bottom regions are twice
 #: as large). Smaller tiles decode faster (more positions per wavefront) and cost some context.
 DEFAULT_TILE = 16
-MAX_TILE = 255
 #: Positions coded together: bounds the priors' memory, whatever the image size.
 MAX_BATCH_POSITIONS = 1 << 15
 #: The VQ-VAE runs on windows of WINDOW x WINDOW top codes, each with WINDOW_MARGIN codes of
@@ -42,6 +42,20 @@ TRAINING_HINT = (
     "train one with `vqcodec train vqvae --data DIR` and `vqcodec train prior --vqvae CKPT`, "
     "or pass a model file with path=... (CLI: --model PATH)"
 )
+
+
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """Run torch on one CPU thread: oneDNN's and BLAS's kernels split their sums by the number of
+    threads, so the VQ-VAE's floats (and a code or a pixel level here and there) would depend on
+    it. On one thread the encoder writes the same bytes, and the decoder the same pixels, however
+    many threads the process uses (the integer priors are exact anyway, and keep every thread)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 @dataclass(frozen=True)
@@ -131,15 +145,17 @@ def load(
     device: str = "auto",
     rdo: float = DEFAULT_RDO,
     rdo_passes: int | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> Codec:
     """A ``Codec`` with a shipped preset (default ``DEFAULT_PRESET``) or the model file at ``path``
-    (``rdo``, ``rdo_passes``: see ``Codec``; by default a preset brings its RDO passes, a file one)."""
+    (``rdo``, ``rdo_passes``, ``max_pixels``: see ``Codec``; by default a preset brings its RDO
+    passes, a file one)."""
     if preset is not None and path is not None:
         raise ModelError("give a preset or a model path, not both")
     name = preset or (str(path) if path else DEFAULT_PRESET)
     model = load_model(path if path is not None else _preset_path(name))
     passes = rdo_passes if rdo_passes is not None else PRESET_PASSES.get(name, 1)
-    return Codec(model, device=device, name=name, rdo=rdo, rdo_passes=passes)
+    return Codec(model, device=device, name=name, rdo=rdo, rdo_passes=passes, max_pixels=max_pixels)
 
 
 class Codec:
@@ -154,18 +170,24 @@ class Codec:
         rdo: float = DEFAULT_RDO,
         rdo_passes: int = 1,
         cuda_graphs: bool = True,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
     ):
         """``tile``, ``rdo`` (0: always the nearest code; more: smaller files, lower quality) and
         ``rdo_passes`` (more: smaller files, slower encoding) set how files are written; any file
         decodes whatever they were. ``cuda_graphs``: on a GPU, the decoder replays each batch's
-        wavefront steps from a CUDA graph (see ``vqcodec.steps``); the same codes either way."""
+        wavefront steps from a CUDA graph (see ``vqcodec.steps``); the same codes either way.
+        ``max_pixels``: larger images are refused, to code and to decode, before any work (a tiny
+        file can claim a huge image: the limit bounds what one file costs)."""
         if not 1 <= tile <= MAX_TILE:
-            raise ValueError(f"tile must be in 1..{MAX_TILE}, got {tile}")
+            raise UsageError(f"tile must be in 1..{MAX_TILE}, got {tile}")
         if not 0 <= rdo < math.inf:
-            raise ValueError(f"rdo must be a finite number >= 0, got {rdo}")
+            raise UsageError(f"rdo must be a finite number >= 0, got {rdo}")
         if rdo_passes < 1:
-            raise ValueError(f"rdo_passes must be at least 1, got {rdo_passes}")
+            raise UsageError(f"rdo_passes must be at least 1, got {rdo_passes}")
+        if max_pixels < 1:
+            raise UsageError(f"max_pixels must be at least 1, got {max_pixels}")
         self.tile, self.rdo, self.rdo_passes, self.cuda_graphs = tile, rdo, rdo_passes, cuda_graphs
+        self.max_pixels = max_pixels
         self.device = resolve_device(device)
         self.model = model.eval().to(self.device)
         self.name = name
@@ -192,7 +214,7 @@ class Codec:
     def encode_many(self, images: Sequence[ImageLike], timer: Timer = no_timer) -> list[Encoded]:
         """``encode`` several images at once: their maps share the priors' batches (more positions
         per step, which a GPU needs to be busy). Each file is the one ``encode`` would write."""
-        pics = [read_image(image) for image in images]
+        pics = [read_image(image, self.max_pixels) for image in images]
         tops, bottoms = self._code_maps(pics, timer)
         top_maps = [_Map(t.shape, self.tile) for t in tops]
         bottom_maps = [_Map(b.shape, 2 * self.tile, t) for t, b in zip(tops, bottoms, strict=True)]
@@ -284,8 +306,10 @@ class Codec:
     # -- decoding ---------------------------------------------------------------------------
 
     def read_header(self, data: bytes) -> Header:
-        """Validate ``data``'s header against this codec's model (size, model identifier)."""
+        """Validate ``data``'s header against this codec's model (size, model identifier) and
+        the pixel limit."""
         header = container.read_header(data)
+        check_size(header.width, header.height, self.max_pixels)
         if header.model_id != self.model_id:
             raise ModelMismatchError(
                 f"this file was made with model {header.model_id.hex()}, "
@@ -325,8 +349,9 @@ class Codec:
             )
             if container.content_crc(top, bottom, alpha) != header.content_crc:
                 raise DecodeMismatchError(
-                    "decoded content fails its checksum: the decoder's probabilities differ from the "
-                    "encoder's (different hardware or software?); no image was written"
+                    "decoded content fails its checksum: the file is damaged or forged, or, if it "
+                    "is known to be intact, this decoder's probabilities differ from the encoder's "
+                    "(different hardware or software); no image was written"
                 )
             decoded.append((CodeMaps(top, bottom), header, alpha))
         return decoded
@@ -370,7 +395,8 @@ class Codec:
         maps: list[np.ndarray] = []
         for inner, outer in tiles.windows(h, w, WINDOW, WINDOW_MARGIN):
             x = to_tensor(outer.scaled(s).take(padded)).to(self.device)
-            parts = [t[0].cpu().numpy() for t in analyse(x, outer)]
+            with _one_thread():
+                parts = [t[0].cpu().numpy() for t in analyse(x, outer)]
             scales = [p.shape[0] // outer.h for p in parts]
             if not maps:
                 maps = [np.zeros((f * h, f * w, *p.shape[2:]), p.dtype) for f, p in zip(scales, parts, strict=True)]
@@ -387,7 +413,7 @@ class Codec:
         for inner, outer in tiles.windows(*codes.top.shape, WINDOW, WINDOW_MARGIN):
             top = torch.as_tensor(outer.take(codes.top), device=self.device).unsqueeze(0)
             bottom = torch.as_tensor(outer.scaled(2).take(codes.bottom), device=self.device).unsqueeze(0)
-            with timer(SYNTHESIS):
+            with timer(SYNTHESIS), _one_thread():
                 pixels = to_rgb(self.model.vqvae.decode(top, bottom))
             inner.scaled(s).take(out)[...] = inner.within(outer).scaled(s).take(pixels)
         return np.ascontiguousarray(out[:height, :width])
