@@ -1,4 +1,4 @@
-"""``python -m bench rd | entropy | speed``: the click command line of the benchmark suite."""
+"""``python -m bench rd | entropy | speed | hostile``: the click command line of the benchmark suite."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from vqcodec.cli.commands import rdo_option
 from . import report
 from .codecs import PillowCodec, VQCodec, classical_codecs, library_versions, vqcodec_codecs
 from .entropy import entropy_report
+from .hostile import run_hostile
 from .images import Sample, load_images
 from .metrics import MSSSIM_MIN_SIDE
 from .rd import REFERENCE, average_curve, bd_rates, same_size_jpeg, sweep
@@ -195,6 +196,30 @@ def speed(
     text = report.speed_markdown(rows, _command_line())
     (out / "speed.md").write_text(text)
     click.echo(text + f"wrote {out / 'speed.json'}, {out / 'speed.md'}")
+
+
+@main.command()
+@click.option("--preset", "presets", multiple=True, help="A shipped preset [default: all of them].")
+@click.option("--cases", type=click.IntRange(1), default=200, show_default=True, help="Forged files per preset.")
+@click.option("--threads", type=click.IntRange(1), help="torch threads [default: torch's choice].")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_OUT, show_default=True)
+def hostile(presets, cases, threads, out) -> None:
+    """Decode forged .vqc files (valid checksums, sizes up to the default pixel limit, any tile,
+    streams cut anywhere) made from a real file of each preset: slowest case and peak memory."""
+    if threads:
+        torch.set_num_threads(threads)
+    rng = np.random.default_rng(0)
+    image = np.clip(np.linspace(0, 255, 256)[None, :, None] + rng.normal(0, 20, (192, 256, 3)), 0, 255)
+    rows = {}
+    for name in presets or vqcodec.presets():
+        codec = vqcodec.load(name, device="cpu")
+        rows[name] = run_hostile(codec, codec.compress(image.astype(np.uint8)), cases)
+        r = rows[name]
+        click.echo(f"{name}: {cases} forged files {r['outcomes']}, slowest {r['max_seconds']:.2f} s, "
+                   f"mean {r['mean_seconds']:.3f} s, peak {r['peak_mib']:.0f} MiB")  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    report.write_json(out / "hostile.json", {"command": _command_line(), "presets": rows})
+    click.echo(f"wrote {out / 'hostile.json'}")
 
 
 if __name__ == "__main__":

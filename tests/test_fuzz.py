@@ -45,11 +45,10 @@ def test_mutated_files(edits, cut, tail):
     _decode_or_refuse(bytes(data[:cut]) + tail)
 
 
-def _forge(**fields) -> bytes:
-    """The sample with header fields replaced and both checksums made valid again."""
-    header = container.read_header(SAMPLE)
-    _, streams = container.unpack(SAMPLE)
-    return container.pack(container.Header(**{**header.__dict__, **fields}), streams)
+def _forge(streams: container.Streams | None = None, **fields) -> bytes:
+    """The sample with header fields (and streams) replaced and both checksums made valid again."""
+    header, own = container.unpack(SAMPLE)
+    return container.pack(container.Header(**{**header.__dict__, **fields}), streams or own)
 
 
 small = st.integers(0, 40)
@@ -63,6 +62,34 @@ small = st.integers(0, 40)
 def test_forged_small_headers(**fields):
     """Crafted headers pass the checksums, so every field must be checked before it is used."""
     _decode_or_refuse(_forge(**fields))
+
+
+PAYLOAD = b"".join(container.unpack(SAMPLE)[1].__dict__.values())
+
+
+@settings(max_examples=CASES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    fields=st.fixed_dictionaries(
+        {},
+        optional={
+            "channels": st.integers(0, 255), "tile": st.integers(0, 255), "width": st.integers(0, 4096),
+            "height": st.integers(0, 4096), "pad_x": st.integers(0, 65535), "pad_y": st.integers(0, 65535),
+            "top_shape": st.tuples(st.integers(0, 600), st.integers(0, 600)),
+            "bottom_shape": st.tuples(st.integers(0, 1200), st.integers(0, 1200)),
+            "content_crc": st.integers(0, 2**32 - 1),
+        },
+    ),
+    cuts=st.tuples(st.integers(0, len(PAYLOAD)), st.integers(0, len(PAYLOAD))),
+    extra=st.binary(max_size=64),
+)  # fmt: skip
+def test_forged_headers_with_valid_checksums(fields, cuts, extra):
+    """Any header a forger can write, with the streams cut anywhere and junk appended, checksums
+    recomputed: refused with a VQCodecError, or decoded to the original. Claims of large images
+    (up to 4096 x 4096, inside the default pixel limit with the tiny model's strides) must be
+    refused early, since a stream that runs out is detected at once."""
+    payload = PAYLOAD + extra
+    a, b = sorted(cuts)
+    _decode_or_refuse(_forge(container.Streams(payload[:a], payload[a:b], payload[b:]), **fields))
 
 
 @settings(max_examples=max(CASES // 5, 100), deadline=None)
