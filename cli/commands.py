@@ -16,7 +16,7 @@ import click
 from PIL import Image
 
 import vqcodec
-from vqcodec import container
+from vqcodec import catalog, container
 from vqcodec.codec import DEFAULT_TILE
 from vqcodec.config import ARCHITECTURES
 from vqcodec.files import check_writable, write_atomic
@@ -128,13 +128,17 @@ def compress(
 def decompress(
     src: Path, out: Path, preset: str | None, model_path: Path | None, device: str, force: bool, max_pixels: int
 ) -> None:
-    """Decompress the .vqc file SRC into the image OUT (format from its extension, e.g. .png)."""
+    """Decompress the .vqc file SRC into the image OUT (format from its extension, e.g. .png).
+    The shipped model that made SRC is found from the file; --preset or --model name another."""
     _check_output(src, out, force)
     fmt = Image.registered_extensions().get(out.suffix.lower())
     if fmt is None:
         raise click.UsageError(f"cannot tell the image format of {out} from its extension (use .png)")
     data = _read_bytes(src)
-    codec = vqcodec.load(preset, path=model_path, device=device, max_pixels=max_pixels)
+    if preset is None and model_path is None:
+        codec = vqcodec.load_for(data, device=device, max_pixels=max_pixels)
+    else:
+        codec = vqcodec.load(preset, path=model_path, device=device, max_pixels=max_pixels)
     start = time.perf_counter()
     image = codec.decompress(data)
     buffer = io.BytesIO()
@@ -156,7 +160,7 @@ def info(src: Path) -> None:
     complete = len(data) == container.HEADER_SIZE + h.payload_len
     rows = [
         ("format", f".vqc version {container.VERSION}"),
-        ("model", h.model_id.hex()),
+        ("model", f"{h.model_id.hex()} ({catalog.name_of(h.model_id) or 'not installed'})"),
         ("image", f"{h.width}x{h.height}, {h.channels} channel(s), padded by {h.pad_x}x{h.pad_y}"),
         ("tiles", f"{h.tile}x{h.tile} top codes, {2 * h.tile}x{2 * h.tile} bottom codes"),
         ("file", f"{len(data)} bytes{'' if complete else ' (INCOMPLETE or with trailing bytes)'}"),
@@ -176,7 +180,7 @@ def list_presets() -> None:
     """List the model presets shipped with this install."""
     names = vqcodec.presets()
     if not names:
-        click.echo(f"no presets installed: {vqcodec.codec.TRAINING_HINT}")
+        click.echo(f"no presets installed: {catalog.TRAINING_HINT}")
     for name in names:
         click.echo(name)
 

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
 import vqcodec
+from vqcodec import catalog
+from vqcodec.cli import main
 from vqcodec.codec import DEFAULT_PRESET
+from vqcodec.weights import load_model, model_id
 
 pytestmark = pytest.mark.skipif(not vqcodec.presets(), reason="no preset is installed")
 
@@ -42,3 +46,31 @@ def test_preset_round_trip(name):
 def test_rdo_makes_smaller_bottom_maps(name):
     plain, optimised = (vqcodec.load(name, device="cpu", rdo=rdo).encode(_patch()) for rdo in (0.0, 1.0))
     assert optimised.bottom.ideal_bits < plain.bottom.ideal_bits
+
+
+def test_index_names_every_shipped_model_by_its_identifier():
+    """models/index.json lists each preset and each kept replaced model under its real identifier."""
+    entries = catalog.index()
+    assert {e["name"] for e in entries.values()} >= set(vqcodec.presets())
+    for hex_id, entry in entries.items():
+        name, path = catalog.find(bytes.fromhex(hex_id))
+        assert model_id(load_model(path)).hex() == hex_id and name == entry["name"]
+
+
+def test_files_find_the_model_that_made_them(tmp_path):
+    for name in vqcodec.presets():
+        data = vqcodec.load(name, device="cpu").compress(_patch())
+        codec = vqcodec.load_for(data, device="cpu")
+        assert codec.name == name and codec.decompress(data).size == (64, 48)
+        vqc = tmp_path / f"{name}.vqc"
+        vqc.write_bytes(data)
+        result = CliRunner().invoke(main, ["decompress", str(vqc), str(tmp_path / f"{name}.png")])
+        assert result.exit_code == 0, result.output
+        assert f"({name})" in CliRunner().invoke(main, ["info", str(vqc)]).output
+
+
+def test_unknown_models_are_named_with_the_installed_presets(codec):
+    data = codec.compress(_patch())
+    with pytest.raises(vqcodec.ModelMismatchError, match=codec.model_id.hex()) as error:
+        vqcodec.load_for(data)
+    assert all(name in str(error.value) for name in vqcodec.presets())

@@ -233,3 +233,35 @@ def test_sixteen_bit_rgb_png_warns(codec, tmp_path):
     (tmp_path / "rgb48.png").write_bytes(png)
     with pytest.warns(UserWarning, match="16-bit"):
         assert codec.decompress(codec.compress(tmp_path / "rgb48.png")).size == (w, h)
+
+
+def test_files_and_images_in_every_form(codec, rng, tmp_path):
+    """decompress takes bytes, bytearray, memoryview, a path or a binary file; compress also takes
+    an image file's bytes or a binary file object."""
+    arr = smooth_image(rng, 20, 28)
+    path = tmp_path / "a.png"
+    Image.fromarray(arr).save(path)
+    data = codec.compress(arr)
+    assert codec.compress(path.read_bytes()) == data == codec.compress(bytearray(path.read_bytes()))
+    with path.open("rb") as f:
+        assert codec.compress(f) == data
+    vqc = tmp_path / "a.vqc"
+    vqc.write_bytes(data)
+    expected = codec.decompress(data).tobytes()
+    with vqc.open("rb") as f:
+        forms = [bytearray(data), memoryview(data), vqc, str(vqc), f]
+        assert all(codec.decompress(form).tobytes() == expected for form in forms)
+    with pytest.raises(vqcodec.InputError):
+        codec.decompress(tmp_path / "missing.vqc")
+    with vqc.open("r") as f, pytest.raises(vqcodec.InputError, match="binary"):
+        codec.decompress(f)
+    with pytest.raises(vqcodec.InputError):
+        codec.compress(b"not an image")
+
+
+def test_argument_errors_are_codec_errors():
+    for kwargs in ({"rdo": -1}, {"rdo_passes": 0}, {"max_pixels": 0}, {"tile": 0}):
+        with pytest.raises(vqcodec.UsageError):
+            vqcodec.Codec(make_model(), device="cpu", **kwargs)
+    with pytest.raises(vqcodec.VQCodecError):
+        vqcodec.load(rdo=-1)

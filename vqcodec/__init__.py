@@ -6,7 +6,8 @@
 >>> image = codec.decompress(data)         # a PIL image
 """
 
-from .codec import Codec, CodeMaps, Encoded, MapStats, load, presets
+from .catalog import presets
+from .codec import Codec, CodeMaps, Encoded, MapStats, load, load_for
 from .container import Header, read_header
 from .errors import (
     DecodeMismatchError,
@@ -38,6 +39,7 @@ __all__ = [
     "UsageError",
     "VQCodecError",
     "load",
+    "load_for",
     "presets",
     "read_header",
 ]

@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
 from PIL import Image
 
-from . import container, entropy, tiles
+from . import catalog, container, entropy, tiles
 from .container import DEFAULT_MAX_PIXELS, MAX_TILE, Header, Streams
-from .errors import DecodeMismatchError, FormatError, ModelError, ModelMismatchError, UsageError
+from .errors import DecodeMismatchError, FormatError, InputError, ModelError, ModelMismatchError, UsageError
 from .image import ImageLike, Picture, check_size, pad_to, padding, read_image, to_pil, to_rgb, to_tensor
 from .model import CodecModel
 from .qprior import IntegerPrior, MapState
@@ -37,11 +38,31 @@ WINDOW = 64
 WINDOW_MARGIN = 6
 #: The preset ``load()`` picks when none is named.
 DEFAULT_PRESET = "medium"
-_MODEL_SUFFIX = ".safetensors"
-TRAINING_HINT = (
-    "train one with `vqcodec train vqvae --data DIR` and `vqcodec train prior --vqvae CKPT`, "
-    "or pass a model file with path=... (CLI: --model PATH)"
-)
+
+
+#: What the decoder takes: the bytes of a ``.vqc`` file (bytes, bytearray, memoryview), its path,
+#: or a binary file object to read it from.
+VqcLike = bytes | bytearray | memoryview | str | os.PathLike | BinaryIO
+
+
+def vqc_bytes(data: VqcLike) -> bytes:
+    """The bytes of a ``.vqc`` file given as bytes, a path or a binary file object."""
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return bytes(data)
+    if isinstance(data, (str, os.PathLike)):
+        try:
+            return Path(data).read_bytes()
+        except OSError as exc:
+            raise InputError(f"cannot read {data}: {exc.strerror or exc}") from exc
+    if hasattr(data, "read"):
+        try:
+            chunk = data.read()
+        except (UnicodeDecodeError, OSError) as exc:
+            raise InputError(f"cannot read the .vqc file object (it must be opened in binary mode): {exc}") from exc
+        if not isinstance(chunk, bytes):
+            raise InputError("the .vqc file object must be opened in binary mode")
+        return chunk
+    raise InputError(f"cannot decode a {type(data).__name__}: pass bytes, a path or a binary file object")
 
 
 @contextmanager
@@ -101,28 +122,6 @@ class Encoded:
         return 8 * len(self.data) / (self.width * self.height)
 
 
-def presets() -> list[str]:
-    """Names of the trained models shipped inside the package."""
-    folder = resources.files("vqcodec") / "models"
-    return sorted(p.name[: -len(_MODEL_SUFFIX)] for p in folder.iterdir() if p.name.endswith(_MODEL_SUFFIX))
-
-
-def _preset_path(name: str) -> Path:
-    """The file of the shipped preset ``name``."""
-    available = presets()
-    if name not in available:
-        if not available:
-            raise ModelError(f"no trained model ships with this vqcodec yet: {TRAINING_HINT}")
-        raise ModelError(f"unknown preset {name!r}; available: {', '.join(available)}")
-    return Path(str(resources.files("vqcodec") / "models" / f"{name}{_MODEL_SUFFIX}"))
-
-
-def model_file(preset_or_path: str | Path) -> Path:
-    """``preset_or_path`` itself if it is a file, else the file of the shipped preset of that name."""
-    path = Path(preset_or_path)
-    return path if path.is_file() else _preset_path(str(preset_or_path))
-
-
 def resolve_device(device: str | torch.device) -> torch.device:
     """``"auto"`` is CUDA when available, else the CPU; ``"cuda"`` without a GPU is an error."""
     if str(device) == "auto":
@@ -153,9 +152,17 @@ def load(
     if preset is not None and path is not None:
         raise ModelError("give a preset or a model path, not both")
     name = preset or (str(path) if path else DEFAULT_PRESET)
-    model = load_model(path if path is not None else _preset_path(name))
+    model = load_model(path if path is not None else catalog.preset_path(name))
     passes = rdo_passes if rdo_passes is not None else PRESET_PASSES.get(name, 1)
     return Codec(model, device=device, name=name, rdo=rdo, rdo_passes=passes, max_pixels=max_pixels)
+
+
+def load_for(data: VqcLike, *, device: str = "auto", max_pixels: int = DEFAULT_MAX_PIXELS) -> Codec:
+    """A ``Codec`` with the shipped model that made the ``.vqc`` file ``data``, found by the
+    identifier in its header: a preset, or a model an earlier release shipped and a later one
+    replaced (kept so that its files still decode)."""
+    name, path = catalog.find(container.read_header(vqc_bytes(data)).model_id)
+    return Codec(load_model(path), device=device, name=name, max_pixels=max_pixels)
 
 
 class Codec:
@@ -224,7 +231,8 @@ class Codec:
         return [self._pack(*args) for args in zip(pics, tops, bottoms, top_coded, bottom_coded, strict=True)]
 
     def compress(self, image: ImageLike) -> bytes:
-        """``.vqc`` bytes of a PIL image, an HxW(xC) uint8 array or an image file path."""
+        """``.vqc`` bytes of a PIL image, an HxW(xC) uint8 array, an image file's path or its bytes
+        (bytes or a binary file object)."""
         return self.encode(image).data
 
     def compress_many(self, images: Sequence[ImageLike]) -> list[bytes]:
@@ -305,10 +313,10 @@ class Codec:
 
     # -- decoding ---------------------------------------------------------------------------
 
-    def read_header(self, data: bytes) -> Header:
+    def read_header(self, data: VqcLike) -> Header:
         """Validate ``data``'s header against this codec's model (size, model identifier) and
         the pixel limit."""
-        header = container.read_header(data)
+        header = container.read_header(vqc_bytes(data))
         check_size(header.width, header.height, self.max_pixels)
         if header.model_id != self.model_id:
             raise ModelMismatchError(
@@ -328,13 +336,14 @@ class Codec:
         return header
 
     @torch.no_grad()
-    def decode_codes(self, data: bytes, timer: Timer = no_timer) -> CodeMaps:
+    def decode_codes(self, data: VqcLike, timer: Timer = no_timer) -> CodeMaps:
         """Entropy-decode the code maps of a ``.vqc`` file, checking them against its content CRC."""
         return self._decode([data], timer)[0][0]
 
     @torch.no_grad()
-    def _decode(self, files: Sequence[bytes], timer: Timer) -> list[tuple[CodeMaps, Header, np.ndarray | None]]:
+    def _decode(self, files: Sequence[VqcLike], timer: Timer) -> list[tuple[CodeMaps, Header, np.ndarray | None]]:
         """Code maps, header and alpha of each file; every header is checked before any decoding."""
+        files = [vqc_bytes(data) for data in files]
         headers = [self.read_header(data) for data in files]
         streams = [container.unpack(data)[1] for data in files]
         top_maps = [_Map(h.top_shape, h.tile) for h in headers]
@@ -418,11 +427,11 @@ class Codec:
             inner.scaled(s).take(out)[...] = inner.within(outer).scaled(s).take(pixels)
         return np.ascontiguousarray(out[:height, :width])
 
-    def decompress(self, data: bytes, timer: Timer = no_timer) -> Image.Image:
+    def decompress(self, data: VqcLike, timer: Timer = no_timer) -> Image.Image:
         """The image stored in ``.vqc`` bytes (mode L, LA, RGB or RGBA, as compressed)."""
         return self.decompress_many([data], timer)[0]
 
-    def decompress_many(self, files: Sequence[bytes], timer: Timer = no_timer) -> list[Image.Image]:
+    def decompress_many(self, files: Sequence[VqcLike], timer: Timer = no_timer) -> list[Image.Image]:
         """``decompress`` several files at once, their maps sharing the priors' batches."""
         return [
             to_pil(Picture(self.reconstruct(codes, header.width, header.height, timer), alpha, header.channels))

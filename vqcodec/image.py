@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -13,7 +15,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .container import DEFAULT_MAX_PIXELS, MAX_PIXELS, MAX_SIDE
 from .errors import InputError, LimitError
 
-ImageLike = Image.Image | np.ndarray | str | os.PathLike
+#: What the encoder takes: a PIL image, an array, a path, or the bytes of an image file (as
+#: bytes, bytearray, memoryview or a binary file object).
+ImageLike = Image.Image | np.ndarray | str | os.PathLike | bytes | bytearray | memoryview | BinaryIO
 
 #: PIL modes read as RGB without alpha; anything with transparency goes through RGBA.
 _RGB_MODES = {"RGB", "CMYK", "YCbCr", "LAB", "HSV"}
@@ -58,7 +62,7 @@ def _narrowed_on_load(img: Image.Image) -> bool:
     return img.mode not in _HIGH_DEPTH_MODES and any(";16" in str(tile.args) for tile in img.tile or [])
 
 
-def _open(path: str | os.PathLike, max_pixels: int) -> Image.Image:
+def _open(path: str | os.PathLike | BinaryIO, max_pixels: int) -> Image.Image:
     try:
         with warnings.catch_warnings():
             # Pillow warns of decompression bombs by its own limit; check_size applies ours.
@@ -137,7 +141,13 @@ def read_image(image: ImageLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> Pictur
         return _from_array(image, max_pixels)
     if isinstance(image, (str, os.PathLike)):
         return _from_pil(_open(image, max_pixels), max_pixels)
-    raise InputError(f"cannot code a {type(image).__name__}: pass a PIL image, a uint8 array or a path")
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return _from_pil(_open(io.BytesIO(image), max_pixels), max_pixels)
+    if hasattr(image, "read"):
+        return _from_pil(_open(image, max_pixels), max_pixels)
+    raise InputError(
+        f"cannot code a {type(image).__name__}: pass a PIL image, a uint8 array, a path or an image file's bytes"
+    )
 
 
 def to_pil(picture: Picture) -> Image.Image:

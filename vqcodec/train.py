@@ -25,8 +25,9 @@ from torch import nn
 from tqdm import tqdm
 
 from . import data
+from .catalog import model_file
 from .checkpoint import is_checkpoint, load_checkpoint, load_modules, read_meta, save_checkpoint
-from .codec import DEFAULT_TILE, model_file
+from .codec import DEFAULT_TILE
 from .config import ARCHITECTURES, ModelConfig, VQVAEConfig
 from .errors import ModelError
 from .grow import grown

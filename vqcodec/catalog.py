@@ -1,0 +1,75 @@
+"""The models installed with vqcodec: the presets by name, and every model a release shipped
+(replaced ones included) by the identifier that each ``.vqc`` file carries, so a file made with
+any shipped model decodes without naming it. Reads a small index; imports no torch.
+
+``models/index.json`` maps each identifier (hex) to its file, relative to ``models/``, and a
+name: the preset's, or for a replaced model the preset and the release it came with.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+from .errors import ModelError, ModelMismatchError
+
+SUFFIX = ".safetensors"
+TRAINING_HINT = (
+    "train one with `vqcodec train vqvae --data DIR` and `vqcodec train prior --vqvae CKPT`, "
+    "or pass a model file with path=... (CLI: --model PATH)"
+)
+
+
+def _folder() -> Path:
+    return Path(str(resources.files("vqcodec") / "models"))
+
+
+def presets() -> list[str]:
+    """Names of the trained models shipped inside the package."""
+    folder = _folder()
+    if not folder.is_dir():
+        return []
+    return sorted(p.name[: -len(SUFFIX)] for p in folder.iterdir() if p.name.endswith(SUFFIX))
+
+
+def preset_path(name: str) -> Path:
+    """The file of the shipped preset ``name``."""
+    available = presets()
+    if name not in available:
+        if not available:
+            raise ModelError(f"no trained model ships with this vqcodec yet: {TRAINING_HINT}")
+        raise ModelError(f"unknown preset {name!r}; available: {', '.join(available)}")
+    return _folder() / f"{name}{SUFFIX}"
+
+
+def model_file(preset_or_path: str | Path) -> Path:
+    """``preset_or_path`` itself if it is a file, else the file of the shipped preset of that name."""
+    path = Path(preset_or_path)
+    return path if path.is_file() else preset_path(str(preset_or_path))
+
+
+@lru_cache(maxsize=1)
+def index() -> dict[str, dict[str, str]]:
+    """Identifier (hex) -> {"file", "name"} of every model shipped with this install."""
+    path = _folder() / "index.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def name_of(model_id: bytes) -> str | None:
+    """The preset name (or, for a replaced model, its description) of a model identifier."""
+    entry = index().get(model_id.hex())
+    return entry["name"] if entry else None
+
+
+def find(model_id: bytes) -> tuple[str, Path]:
+    """The name and file of the shipped model with this identifier; ``ModelMismatchError`` with
+    the installed presets if none has it."""
+    entry = index().get(model_id.hex())
+    if entry is None:
+        raise ModelMismatchError(
+            f"this file was made with model {model_id.hex()}, which is not installed (presets here: "
+            f"{', '.join(presets()) or 'none'}); pass the model file that made it (--model PATH)"
+        )
+    return entry["name"], _folder() / entry["file"]
