@@ -1,10 +1,12 @@
-"""``python -m bench rd | entropy | speed | hostile``: the click command line of the benchmark suite."""
+"""``python -m bench rd | entropy | speed | hostile | startup``: the click command line of the benchmark suite."""
 
 from __future__ import annotations
 
 import dataclasses
 import shlex
+import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -220,6 +222,24 @@ def hostile(presets, cases, threads, out) -> None:
     out.mkdir(parents=True, exist_ok=True)
     report.write_json(out / "hostile.json", {"command": _command_line(), "presets": rows})
     click.echo(f"wrote {out / 'hostile.json'}")
+
+
+@main.command()
+@click.option("--repeats", type=click.IntRange(1), default=5, show_default=True)
+def startup(repeats) -> None:
+    """Wall time of the commands that need no network (--help, --version, presets, info), each run
+    as a fresh process: what a user waits for before anything happens."""
+    vqc = DEFAULT_OUT / "startup.vqc"
+    DEFAULT_OUT.mkdir(parents=True, exist_ok=True)
+    image = np.zeros((16, 16, 3), np.uint8)
+    vqc.write_bytes(vqcodec.load(device="cpu").compress(image))
+    for args in (["--help"], ["--version"], ["presets"], ["info", str(vqc)]):
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "vqcodec", *args], check=True, capture_output=True)
+            times.append(time.perf_counter() - start)
+        click.echo(f"vqcodec {args[0]}: min {min(times):.2f} s, median {float(np.median(times)):.2f} s")
 
 
 if __name__ == "__main__":

@@ -5,23 +5,24 @@ Exit codes: 0 success, 1 bad input (any ``VQCodecError``), 2 usage error, 3 inte
 
 from __future__ import annotations
 
+import importlib
 import io
 import math
 import os
 import sys
 import time
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import click
 from PIL import Image
 
 import vqcodec
 from vqcodec import catalog, container
-from vqcodec.codec import DEFAULT_TILE
 from vqcodec.config import ARCHITECTURES
+from vqcodec.defaults import DEFAULT_RDO, DEFAULT_THREADS, DEFAULT_TILE
 from vqcodec.files import check_writable, write_atomic
-from vqcodec.rdo import DEFAULT_RDO
-from vqcodec.train import Settings, combine, init_distributed, train_decoder, train_prior, train_vqvae
 
 EXIT_BAD_INPUT = 1
 EXIT_INTERNAL = 3
@@ -44,6 +45,8 @@ class _Group(click.Group):
 
 
 def _model_options(f):
+    f = click.option("--threads", type=click.IntRange(min=1), default=DEFAULT_THREADS, show_default=True,
+                     help="CPU threads for the priors (the results are the same for any number).")(f)  # fmt: skip
     f = click.option("--max-pixels", type=click.IntRange(min=1, max=container.MAX_PIXELS),
                      default=container.DEFAULT_MAX_PIXELS, show_default=True,
                      help="Refuse larger images (a small file can claim a huge one).")(f)  # fmt: skip
@@ -79,6 +82,12 @@ def _check_output(src: Path, path: Path, force: bool) -> None:
     check_writable(path, force)
 
 
+def _use_threads(threads: int) -> None:
+    import torch  # here: the commands that need no network start without it
+
+    torch.set_num_threads(threads)
+
+
 def _read_bytes(path: Path) -> bytes:
     try:
         return path.read_bytes()
@@ -110,9 +119,11 @@ def compress(
     rdo_passes: int | None,
     force: bool,
     max_pixels: int,
+    threads: int,
 ) -> None:
     """Compress the image SRC into the .vqc file OUT."""
     _check_output(src, out, force)
+    _use_threads(threads)
     codec = vqcodec.load(preset, path=model_path, device=device, rdo=rdo, rdo_passes=rdo_passes, max_pixels=max_pixels)
     start = time.perf_counter()
     encoded = codec.encode(src)
@@ -126,7 +137,14 @@ def compress(
 @_model_options
 @_force_option
 def decompress(
-    src: Path, out: Path, preset: str | None, model_path: Path | None, device: str, force: bool, max_pixels: int
+    src: Path,
+    out: Path,
+    preset: str | None,
+    model_path: Path | None,
+    device: str,
+    force: bool,
+    max_pixels: int,
+    threads: int,
 ) -> None:
     """Decompress the .vqc file SRC into the image OUT (format from its extension, e.g. .png).
     The shipped model that made SRC is found from the file; --preset or --model name another."""
@@ -135,6 +153,7 @@ def decompress(
     if fmt is None:
         raise click.UsageError(f"cannot tell the image format of {out} from its extension (use .png)")
     data = _read_bytes(src)
+    _use_threads(threads)
     if preset is None and model_path is None:
         codec = vqcodec.load_for(data, device=device, max_pixels=max_pixels)
     else:
@@ -217,8 +236,15 @@ _init_option = click.option(
 _bf16_option = click.option("--bf16", is_flag=True, help="Train in bfloat16 autocast (about twice as fast).")
 
 
-def _settings(kwargs: dict) -> Settings:
-    return Settings(**{k: kwargs.pop(k) for k in list(kwargs) if k in Settings.__dataclass_fields__})
+def _training() -> ModuleType:
+    """``vqcodec.train``, imported when a training command runs: it brings torch, which the other
+    commands' start-up does without."""
+    return importlib.import_module("vqcodec.train")
+
+
+def _settings(kwargs: dict) -> Any:
+    settings = _training().Settings
+    return settings(**{k: kwargs.pop(k) for k in list(kwargs) if k in settings.__dataclass_fields__})
 
 
 @train.command(name="vqvae")
@@ -229,8 +255,8 @@ def _settings(kwargs: dict) -> Settings:
 @_settings_options(128, "Crop side in pixels.")
 def train_vqvae_command(folder: Path, out: Path, arch: str, init: str | None, **kwargs) -> None:
     """Stage 1: train a VQ-VAE on the images in DATA (resumes from OUT if it exists)."""
-    init_distributed()
-    train_vqvae(folder, out, arch, _settings(kwargs), init)
+    _training().init_distributed()
+    _training().train_vqvae(folder, out, arch, _settings(kwargs), init)
     click.echo(f"VQ-VAE checkpoint: {out} (log: {out.with_suffix('.jsonl')})")
 
 
@@ -252,9 +278,9 @@ def train_prior_command(
     vqvae_source: str, folder: Path, out: Path, arch: str | None, init: str | None, **kwargs
 ) -> None:
     """Stage 2: train the priors on the code maps of DATA; writes the codec model OUT."""
-    init_distributed()
+    _training().init_distributed()
     checkpoint = out.with_name(out.name + ".ckpt")
-    train_prior(vqvae_source, folder, checkpoint, out, _settings(kwargs), arch, init)
+    _training().train_prior(vqvae_source, folder, checkpoint, out, _settings(kwargs), arch, init)
     _report_model(out, checkpoint)
 
 
@@ -273,11 +299,11 @@ def train_decoder_command(source: str, folder: Path, out: Path, **kwargs) -> Non
     the same, only the reconstruction changes. Writes the tuned model OUT. The --synth-* options
     first grow the synthesis, starting from exactly what it computes (files of MODEL still decode
     to the same maps; the new model has its own identifier)."""
-    init_distributed()
+    _training().init_distributed()
     checkpoint = out.with_name(out.name + ".ckpt")
     sizes = {k: kwargs.pop(k) for k in [k for k in kwargs if k.startswith("synth_")]}
     grow = {k: v for k, v in sizes.items() if v is not None}
-    train_decoder(source, folder, checkpoint, out, _settings(kwargs), grow)
+    _training().train_decoder(source, folder, checkpoint, out, _settings(kwargs), grow)
     _report_model(out, checkpoint)
 
 
@@ -288,7 +314,7 @@ def train_decoder_command(source: str, folder: Path, out: Path, **kwargs) -> Non
 def train_combine_command(priors: str, synthesis: str, out: Path) -> None:
     """Join a `train prior` run and a `train decoder` run made side by side on one model: the
     priors of the first with the synthesis of the second. Both must code images alike."""
-    combine(priors, synthesis, out)
+    _training().combine(priors, synthesis, out)
     click.echo(f"model: {out}")
 
 

@@ -9,7 +9,7 @@ import torch
 
 import vqcodec
 from tests.conftest import make_model, smooth_image
-from vqcodec.codec import DEFAULT_PRESET
+from vqcodec.defaults import DEFAULT_PRESET
 from vqcodec.steps import DirectSteps, PaddedSteps, wavefront_steps
 
 pytestmark = [

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 import vqcodec
 from vqcodec import catalog
 from vqcodec.cli import main
-from vqcodec.codec import DEFAULT_PRESET
+from vqcodec.defaults import DEFAULT_PRESET
 from vqcodec.weights import load_model, model_id
 
 pytestmark = pytest.mark.skipif(not vqcodec.presets(), reason="no preset is installed")

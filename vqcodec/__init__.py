@@ -4,10 +4,17 @@
 >>> codec = vqcodec.load()                 # the default shipped preset
 >>> data = codec.compress("photo.png")     # .vqc bytes
 >>> image = codec.decompress(data)         # a PIL image
+
+The codec (and torch with it) is imported on first use, so that importing vqcodec to read a
+header, list the presets or catch its errors is fast.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .catalog import presets
-from .codec import Codec, CodeMaps, Encoded, MapStats, load, load_for
 from .container import Header, read_header
 from .errors import (
     DecodeMismatchError,
@@ -21,7 +28,19 @@ from .errors import (
     VQCodecError,
 )
 
+if TYPE_CHECKING:
+    from .codec import Codec, CodeMaps, Encoded, MapStats, load, load_for
+
 __version__ = "0.1.0"
+
+_FROM_CODEC = {"Codec", "CodeMaps", "Encoded", "MapStats", "load", "load_for"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _FROM_CODEC:
+        return getattr(importlib.import_module(".codec", __name__), name)
+    raise AttributeError(f"module 'vqcodec' has no attribute {name!r}")
+
 
 __all__ = [
     "CodeMaps",

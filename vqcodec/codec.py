@@ -16,18 +16,16 @@ from PIL import Image
 
 from . import catalog, container, entropy, tiles
 from .container import DEFAULT_MAX_PIXELS, MAX_TILE, Header, Streams
+from .defaults import DEFAULT_PRESET, DEFAULT_RDO, DEFAULT_TILE
 from .errors import DecodeMismatchError, FormatError, InputError, ModelError, ModelMismatchError, UsageError
 from .image import ImageLike, Picture, check_size, pad_to, padding, read_image, to_pil, to_rgb, to_tensor
 from .model import CodecModel
 from .qprior import IntegerPrior, MapState
-from .rdo import CANDIDATES, DEFAULT_RDO, PRESET_PASSES, Terms, choose, curvature_margin, window_terms
+from .rdo import CANDIDATES, PRESET_PASSES, Terms, choose, curvature_margin, window_terms
 from .steps import wavefront_steps
 from .timing import ENTROPY_CODING, PRIOR, QUANTIZATION, SYNTHESIS, Timer, no_timer
 from .weights import load_model, model_id
 
-#: Side of the regions the priors code independently, in top-map codes (bottom regions are twice
-#: as large). Smaller tiles decode faster (more positions per wavefront) and cost some context.
-DEFAULT_TILE = 16
 #: Positions coded together: bounds the priors' memory, whatever the image size.
 MAX_BATCH_POSITIONS = 1 << 15
 #: The VQ-VAE runs on windows of WINDOW x WINDOW top codes, each with WINDOW_MARGIN codes of
@@ -36,8 +34,6 @@ MAX_BATCH_POSITIONS = 1 << 15
 #: the default preset, 32-code windows 1.5 times.
 WINDOW = 64
 WINDOW_MARGIN = 6
-#: The preset ``load()`` picks when none is named.
-DEFAULT_PRESET = "medium"
 
 
 #: What the decoder takes: the bytes of a ``.vqc`` file (bytes, bytearray, memoryview), its path,

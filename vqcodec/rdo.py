@@ -24,8 +24,6 @@ import torch.nn.functional as F
 from .timing import ANALYSIS, QUANTIZATION, Timer, no_timer
 from .vqvae import VQVAE2
 
-#: The encoder's default trade of quality for rate (0: always the nearest code).
-DEFAULT_RDO = 0.2
 #: The codes a position chooses among (its nearest ones).
 CANDIDATES = 8
 #: Passes of the shipped presets that take more than one: each pass chooses again from the

@@ -27,8 +27,8 @@ from tqdm import tqdm
 from . import data
 from .catalog import model_file
 from .checkpoint import is_checkpoint, load_checkpoint, load_modules, read_meta, save_checkpoint
-from .codec import DEFAULT_TILE
 from .config import ARCHITECTURES, ModelConfig, VQVAEConfig
+from .defaults import DEFAULT_TILE
 from .errors import ModelError
 from .grow import grown
 from .image import pad_to, to_rgb, to_tensor

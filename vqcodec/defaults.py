@@ -1,0 +1,14 @@
+"""Defaults of the encoder that the command line shows, kept apart from the modules that need
+torch so that ``vqcodec --help`` starts in a fraction of a second."""
+
+#: The preset ``load()`` picks when none is named.
+DEFAULT_PRESET = "medium"
+#: The encoder's default trade of quality for rate (0: always the nearest code).
+DEFAULT_RDO = 0.2
+#: Side of the regions the priors code independently, in top-map codes (bottom regions are twice
+#: as large). Smaller tiles decode faster (more positions per wavefront) and cost some context.
+DEFAULT_TILE = 16
+#: torch threads of the command line: the VQ-VAE runs on one thread anyway (its results must not
+#: depend on the thread count), and on a busy 2-core machine two threads ran the priors 5 to 8
+#: times slower than one.
+DEFAULT_THREADS = 1
