@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import io
+import json
 import math
 import os
 import sys
@@ -17,9 +18,10 @@ from typing import Any
 
 import click
 from PIL import Image
+from tqdm import tqdm
 
 import vqcodec
-from vqcodec import catalog, container
+from vqcodec import batch, catalog, container
 from vqcodec.config import ARCHITECTURES
 from vqcodec.defaults import DEFAULT_RDO, DEFAULT_THREADS, DEFAULT_TILE
 from vqcodec.files import check_writable, write_atomic
@@ -101,72 +103,178 @@ def main() -> None:
     """vqcodec: learned image compression with a VQ-VAE-2 and PixelSNAIL priors."""
 
 
+def _batch_options(f):
+    options = [
+        click.option("-o", "--output-dir", type=click.Path(file_okay=False, path_type=Path),
+                     help="Many files: write each output into this folder, named after its input."),
+        click.option("-r", "--recursive", is_flag=True, help="With -o: also take the files in subfolders."),
+        click.option("-j", "--jobs", type=click.IntRange(1), default=1, show_default=True,
+                     help="With -o: worker processes (each with --threads threads)."),
+        click.option("--shard", metavar="I/N", help="With -o: take every N-th file from the I-th (0-based), to "
+                     "split one list over N workers [default: torchrun's RANK/WORLD_SIZE, else all]."),
+        click.option("--json", "as_json", is_flag=True, help="Print one JSON object per file."),
+        click.option("-q", "--quiet", is_flag=True, help="Print errors only."),
+        click.option("-v", "--verbose", is_flag=True, help="With -o: a line per file as well."),
+    ]  # fmt: skip
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
 @main.command()
-@click.argument("src", type=click.Path(path_type=Path))
-@click.argument("out", type=click.Path(path_type=Path))
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="IN... [OUT]")
 @_model_options
 @rdo_option
 @click.option("--rdo-passes", type=click.IntRange(min=1), help="RDO choices, each around the last: more gives "
               "smaller files, slower encoding [default: the preset's, 2 for high, else 1].")  # fmt: skip
 @_force_option
-def compress(
-    src: Path,
-    out: Path,
-    preset: str | None,
-    model_path: Path | None,
-    device: str,
-    rdo: float,
-    rdo_passes: int | None,
-    force: bool,
-    max_pixels: int,
-    threads: int,
-) -> None:
-    """Compress the image SRC into the .vqc file OUT."""
-    _check_output(src, out, force)
-    _use_threads(threads)
-    codec = vqcodec.load(preset, path=model_path, device=device, rdo=rdo, rdo_passes=rdo_passes, max_pixels=max_pixels)
-    start = time.perf_counter()
-    encoded = codec.encode(src)
-    write_atomic(out, encoded.data, replace=force)
-    click.echo(f"{src} -> {out}: {len(encoded.data)} bytes, {encoded.bpp:.4f} bpp, {time.perf_counter() - start:.2f} s")
+@_batch_options
+def compress(inputs: tuple[Path, ...], rdo: float, rdo_passes: int | None, **kwargs) -> None:
+    """Compress the image IN into the .vqc file OUT ('-': standard input or output), or, with -o,
+    every image IN (files, and the images in folders) into the folder given."""
+    options = _options(kwargs, rdo=rdo, rdo_passes=rdo_passes)
+    _run(batch.compress_file, inputs, ".vqc", batch.IMAGE_SUFFIXES, options, kwargs, _compress_stream)
 
 
 @main.command()
-@click.argument("src", type=click.Path(path_type=Path))
-@click.argument("out", type=click.Path(path_type=Path))
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="IN... [OUT]")
 @_model_options
 @_force_option
-def decompress(
-    src: Path,
-    out: Path,
-    preset: str | None,
-    model_path: Path | None,
-    device: str,
-    force: bool,
-    max_pixels: int,
-    threads: int,
-) -> None:
-    """Decompress the .vqc file SRC into the image OUT (format from its extension, e.g. .png).
-    The shipped model that made SRC is found from the file; --preset or --model name another."""
-    _check_output(src, out, force)
+@click.option("--format", "image_format", help="Image format of OUT, where no file name says it (OUT '-' or -o) "
+              "[default: png]: png, webp, jpeg, tiff, bmp, ...")  # fmt: skip
+@click.option("--quality", type=click.IntRange(0, 100), help="For a lossy OUT format (jpeg, webp): its quality.")
+@_batch_options
+def decompress(inputs: tuple[Path, ...], image_format: str | None, quality: int | None, **kwargs) -> None:
+    """Decompress the .vqc file IN into the image OUT ('-': standard input or output; the format
+    from OUT's extension or --format), or, with -o, every .vqc file IN into the folder given. The
+    shipped model that made each file is found from the file; --preset or --model name another."""
+    single_out = inputs[-1] if kwargs["output_dir"] is None and len(inputs) == 2 else None
+    fmt = _image_format(image_format, single_out)
+    options = _options(kwargs, image_format=fmt, quality=quality)
+    suffix = "." + fmt.lower().replace("jpeg", "jpg")
+    _run(batch.decompress_file, inputs, suffix, batch.VQC_SUFFIXES, options, kwargs, _decompress_stream)
+
+
+def _image_format(name: str | None, out: Path | None) -> str:
+    """The Pillow format: --format, else OUT's extension, else PNG."""
+    if name:
+        fmt = Image.registered_extensions().get("." + name.lower().lstrip("."))
+        if fmt is None or fmt not in Image.SAVE:
+            raise click.UsageError(f"unknown image format {name!r}")
+        return fmt
+    if out is None or str(out) == "-":
+        return "PNG"
     fmt = Image.registered_extensions().get(out.suffix.lower())
     if fmt is None:
-        raise click.UsageError(f"cannot tell the image format of {out} from its extension (use .png)")
-    data = _read_bytes(src)
-    _use_threads(threads)
-    if preset is None and model_path is None:
-        codec = vqcodec.load_for(data, device=device, max_pixels=max_pixels)
-    else:
-        codec = vqcodec.load(preset, path=model_path, device=device, max_pixels=max_pixels)
+        raise click.UsageError(f"cannot tell the image format of {out} from its extension (use .png or --format)")
+    return fmt
+
+
+def _options(kwargs: dict, **extra) -> batch.Options:
+    return batch.Options(
+        preset=kwargs["preset"], model_path=kwargs["model_path"], device=kwargs["device"],
+        max_pixels=kwargs["max_pixels"], threads=kwargs["threads"], force=kwargs["force"], **extra,
+    )  # fmt: skip
+
+
+def _run(work, inputs, suffix, suffixes, options: batch.Options, kwargs: dict, stream) -> None:
+    """One file (IN OUT, either may be '-') or, with -o, many; report, and exit 1 if any failed."""
+    out_dir = kwargs["output_dir"]
+    if out_dir is None:
+        if len(inputs) != 2:
+            raise click.UsageError("give IN and OUT, or several inputs with -o/--output-dir")
+        src, out = inputs
+        if "-" in (str(src), str(out)):
+            stream(src, out, options, kwargs)
+            return
+        _check_output(src, out, options.force)
+        outcome = next(batch.run(work, [(src, out)], options))
+        _report(outcome, kwargs, single=True)
+        if outcome.status != "ok":
+            sys.exit(EXIT_BAD_INPUT)
+        return
+    if not out_dir.is_dir():
+        raise vqcodec.OutputError(f"output folder {out_dir} does not exist")
+    files = batch.expand(list(inputs), suffixes, kwargs["recursive"])
+    files = batch.shard(files, *_shard(kwargs["shard"]))
+    pairs = batch.plan(files, out_dir, suffix)
     start = time.perf_counter()
-    image = codec.decompress(data)
+    outcomes = []
+    with tqdm(total=len(pairs), unit="file", disable=kwargs["quiet"] or kwargs["as_json"], file=sys.stderr) as bar:
+        for outcome in batch.run(work, pairs, options, kwargs["jobs"]):
+            outcomes.append(outcome)
+            bar.update(1)
+            with tqdm.external_write_mode(file=sys.stderr):
+                _report(outcome, kwargs, single=False)
+    if not kwargs["quiet"]:
+        click.echo(batch.summary(outcomes, time.perf_counter() - start), err=kwargs["as_json"])
+    if any(o.status != "ok" for o in outcomes):
+        sys.exit(EXIT_BAD_INPUT)
+
+
+def _shard(text: str | None) -> tuple[int, int]:
+    if text is None:
+        return batch.env_shard()
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError as exc:
+        raise click.UsageError(f"--shard takes I/N, e.g. 0/4, not {text!r}") from exc
+    return index, count
+
+
+def _report(outcome: batch.Outcome, kwargs: dict, single: bool) -> None:
+    if kwargs["as_json"]:
+        click.echo(json.dumps(outcome.to_dict()))
+    elif outcome.status != "ok":
+        click.echo(f"error: {outcome.input}: {outcome.error}" if not single else f"error: {outcome.error}", err=True)
+    elif not kwargs["quiet"] and (single or kwargs["verbose"]):
+        click.echo(
+            f"{outcome.input} -> {outcome.output}: {outcome.width}x{outcome.height}, {outcome.bytes_out} bytes, "
+            f"{outcome.bpp:.4f} bpp, {outcome.seconds:.2f} s"
+        )
+
+
+def _compress_stream(src: Path, out: Path, options: batch.Options, kwargs: dict) -> None:
+    """compress with standard input and/or output."""
+    data = sys.stdin.buffer.read() if str(src) == "-" else _read_bytes(src)
+    if str(out) != "-":
+        _check_output(src, out, options.force)
+    _use_threads(options.threads)
+    encoded = batch._codec(options).encode(data)
+    _deliver(out, encoded.data, options)
+    _stream_report(src, out, len(data), len(encoded.data), encoded.bpp, kwargs)
+
+
+def _decompress_stream(src: Path, out: Path, options: batch.Options, kwargs: dict) -> None:
+    """decompress with standard input and/or output."""
+    data = sys.stdin.buffer.read() if str(src) == "-" else _read_bytes(src)
+    if str(out) != "-":
+        _check_output(src, out, options.force)
+    _use_threads(options.threads)
+    codec = batch._codec(options, data)
+    image = batch.decode_image(codec, data, options)
     buffer = io.BytesIO()
-    image.save(buffer, format=fmt)
-    write_atomic(out, buffer.getvalue(), replace=force)
-    bpp = 8 * len(data) / (image.width * image.height)
-    click.echo(
-        f"{src} -> {out}: {image.width}x{image.height} {image.mode}, {bpp:.4f} bpp, {time.perf_counter() - start:.2f} s"
-    )
+    batch.save_image(image, buffer, options)
+    _deliver(out, buffer.getvalue(), options)
+    _stream_report(src, out, len(data), buffer.tell(), 8 * len(data) / (image.width * image.height), kwargs)
+
+
+def _deliver(out: Path, data: bytes, options: batch.Options) -> None:
+    if str(out) == "-":
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+    else:
+        write_atomic(out, data, replace=options.force)
+
+
+def _stream_report(src: Path, out: Path, bytes_in: int, bytes_out: int, bpp: float, kwargs: dict) -> None:
+    """Report on standard error when standard output carries the data."""
+    if kwargs["quiet"]:
+        return
+    text = (json.dumps({"input": str(src), "output": str(out), "status": "ok", "bytes_in": bytes_in,
+                        "bytes_out": bytes_out, "bpp": bpp}) if kwargs["as_json"]
+            else f"{src} -> {out}: {bytes_out} bytes, {bpp:.4f} bpp")  # fmt: skip
+    click.echo(text, err=str(out) == "-")
 
 
 @main.command()

@@ -81,7 +81,7 @@ def test_output_that_is_the_input_is_refused_even_with_force(tmp_path, image_fil
         assert result.exit_code == 1 and "input file itself" in result.output
     vqc = tmp_path / "a.vqc"
     assert run("compress", image_file, vqc, "--model", model_file).exit_code == 0
-    assert run("decompress", vqc, vqc, "--model", model_file, "--force").exit_code == 1
+    assert run("decompress", vqc, vqc, "--model", model_file, "--force", "--format", "png").exit_code == 1
     assert image_file.read_bytes() == original and vqcodec.read_header(vqc.read_bytes())
 
 

@@ -1,0 +1,243 @@
+"""Many files at once: inputs expanded from files and folders, output names derived from input
+names, the work spread over processes (each with its own codecs and torch threads), and every
+file's outcome reported; a file that fails is reported and the others go on.
+
+For more than one machine, ``shard`` gives each of N workers (``torchrun`` ranks, Ray or Dask
+tasks, cluster array jobs) every N-th file of one sorted list, so they split it without talking.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .container import DEFAULT_MAX_PIXELS, read_header
+from .errors import OutputError, UsageError, VQCodecError
+from .files import check_writable, write_atomic
+
+#: Files a folder contributes: images to compress, ``.vqc`` files to decompress.
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".gif"}
+VQC_SUFFIXES = {".vqc"}
+
+
+@dataclass(frozen=True)
+class Options:
+    """How every file of a run is coded (the command line's options)."""
+
+    preset: str | None = None
+    model_path: Path | None = None
+    device: str = "auto"
+    rdo: float | None = None
+    rdo_passes: int | None = None
+    max_pixels: int | None = None
+    threads: int = 1
+    force: bool = False
+    image_format: str = "PNG"  # decompress: the Pillow format to write
+    quality: int | None = None  # decompress to a lossy format: its quality
+
+
+@dataclass
+class Outcome:
+    """What became of one file: one JSON object of ``--json``."""
+
+    input: str
+    output: str
+    status: str = "ok"
+    error: str | None = None
+    bytes_in: int = 0
+    bytes_out: int = 0
+    width: int = 0
+    height: int = 0
+    bpp: float = 0.0
+    seconds: float = 0.0
+    model: str | None = None
+    bits_per_code: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def expand(inputs: Sequence[Path], suffixes: set[str], recursive: bool) -> list[Path]:
+    """Files as given, and the files with ``suffixes`` inside folders (their subfolders too with
+    ``recursive``), each folder's files sorted by path; a file named twice is taken once."""
+    files: list[Path] = []
+    for path in inputs:
+        if path.is_dir():
+            pattern = "**/*" if recursive else "*"
+            files += sorted(p for p in path.glob(pattern) if p.is_file() and p.suffix.lower() in suffixes)
+        else:
+            files.append(path)
+    unique = {p.resolve(): p for p in reversed(files)}
+    return [p for p in files if unique[p.resolve()] is p]
+
+
+def shard(files: Sequence[Path], index: int, count: int) -> list[Path]:
+    """Worker ``index`` of ``count``'s share: every ``count``-th file from the ``index``-th, so the
+    shards of one list are disjoint and together cover it."""
+    if not 0 <= index < count:
+        raise UsageError(f"shard {index} of {count} does not exist (0 <= index < count)")
+    return list(files[index::count])
+
+
+def plan(files: Sequence[Path], out_dir: Path, suffix: str) -> list[tuple[Path, Path]]:
+    """(input, output) pairs: each output in ``out_dir``, named as its input with ``suffix``. Two
+    inputs that would write one output are refused before any work."""
+    pairs = [(src, out_dir / (src.stem + suffix)) for src in files]
+    seen: dict[Path, Path] = {}
+    for src, out in pairs:
+        if out in seen:
+            raise UsageError(f"{seen[out]} and {src} would both be written to {out}")
+        seen[out] = src
+    return pairs
+
+
+# -- one file, in whichever process runs it ----------------------------------------------------
+
+_CODECS: dict[Any, Any] = {}
+
+
+def _codec(options: Options, data: bytes | None = None) -> Any:
+    """This process' codec for ``options`` (for a ``.vqc`` file with no model named: the shipped
+    model that made it), loaded once."""
+    from . import codec as codecs  # here: a worker process imports torch once it has work
+
+    if data is not None and options.preset is None and options.model_path is None:
+        key: Any = ("file", read_header(data).model_id)
+        if key not in _CODECS:
+            _CODECS[key] = codecs.load_for(data, device=options.device, max_pixels=_max_pixels(options))
+        return _CODECS[key]
+    key = ("options", options.preset, options.model_path, options.device, options.rdo, options.rdo_passes)
+    if key not in _CODECS:
+        rdo = {} if options.rdo is None else {"rdo": options.rdo}
+        _CODECS[key] = codecs.load(
+            options.preset, path=options.model_path, device=options.device, rdo_passes=options.rdo_passes,
+            max_pixels=_max_pixels(options), **rdo,
+        )  # fmt: skip
+    return _CODECS[key]
+
+
+def _max_pixels(options: Options) -> int:
+    return options.max_pixels or DEFAULT_MAX_PIXELS
+
+
+def _init_worker(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def compress_file(src: Path, out: Path, options: Options) -> Outcome:
+    """Compress one image file to ``out`` (never half-written; replaced only with ``force``)."""
+    outcome = Outcome(str(src), str(out))
+    start = time.perf_counter()
+    try:
+        codec = _codec(options)
+        encoded = codec.encode(src)
+        write_atomic(out, encoded.data, replace=options.force)
+        outcome.bytes_in, outcome.bytes_out = src.stat().st_size, len(encoded.data)
+        outcome.width, outcome.height, outcome.bpp = encoded.width, encoded.height, encoded.bpp
+        outcome.model = codec.name
+        outcome.bits_per_code = {"top": encoded.top.bits_per_code, "bottom": encoded.bottom.bits_per_code}
+    except (VQCodecError, OSError) as exc:
+        outcome.status, outcome.error = "error", str(exc)
+    outcome.seconds = time.perf_counter() - start
+    return outcome
+
+
+def decompress_file(src: Path, out: Path, options: Options) -> Outcome:
+    """Decompress one ``.vqc`` file to the image ``out`` in ``options.image_format``."""
+    outcome = Outcome(str(src), str(out))
+    start = time.perf_counter()
+    try:
+        data = src.read_bytes()
+        codec = _codec(options, data)
+        image = decode_image(codec, data, options)
+        buffer = io.BytesIO()
+        save_image(image, buffer, options)
+        write_atomic(out, buffer.getvalue(), replace=options.force)
+        outcome.bytes_in, outcome.bytes_out = len(data), buffer.tell()
+        outcome.width, outcome.height = image.size
+        outcome.bpp, outcome.model = 8 * len(data) / (image.width * image.height), codec.name
+    except (VQCodecError, OSError) as exc:
+        outcome.status, outcome.error = "error", str(exc)
+    outcome.seconds = time.perf_counter() - start
+    return outcome
+
+
+#: Formats that cannot hold an alpha channel.
+_NO_ALPHA = {"JPEG"}
+
+
+def decode_image(codec: Any, data: bytes, options: Options) -> Any:
+    """The image of ``data``, after checking that ``options.image_format`` can hold it (before
+    decoding anything)."""
+    header = codec.read_header(data)
+    if header.has_alpha and options.image_format in _NO_ALPHA:
+        raise UsageError(f"the image has transparency, which {options.image_format} cannot hold; use .png or .webp")
+    return codec.decompress(data)
+
+
+def save_image(image: Any, stream: Any, options: Options) -> None:
+    params = {} if options.quality is None else {"quality": options.quality}
+    image.save(stream, format=options.image_format, **params)
+
+
+# -- many files ---------------------------------------------------------------------------------
+
+Work = Callable[[Path, Path, Options], Outcome]
+
+
+def run(work: Work, pairs: Sequence[tuple[Path, Path]], options: Options, workers: int = 1) -> Iterator[Outcome]:
+    """Each pair's outcome as it finishes: in this process with one worker, else in ``workers``
+    processes, each with ``options.threads`` torch threads. Outputs that exist (without
+    ``force``) or cannot be written fail before their input is read."""
+    checked = []
+    for src, out in pairs:
+        try:
+            check_writable(out, options.force)
+            checked.append((src, out))
+        except OutputError as exc:
+            yield Outcome(str(src), str(out), status="error", error=str(exc))
+    if workers <= 1 or len(checked) <= 1:
+        _init_worker(options.threads)
+        for src, out in checked:
+            yield work(src, out, options)
+        return
+    context = _spawn_context()
+    with ProcessPoolExecutor(
+        workers, mp_context=context, initializer=_init_worker, initargs=(options.threads,)
+    ) as pool:
+        futures = [pool.submit(work, src, out, options) for src, out in checked]
+        for future in futures:
+            yield future.result()
+
+
+def _spawn_context() -> Any:
+    """Fresh worker processes (fork would copy torch's thread pools, which is unsafe)."""
+    import multiprocessing
+
+    return multiprocessing.get_context(
+        "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    )
+
+
+def summary(outcomes: Sequence[Outcome], seconds: float) -> str:
+    """One line: files, failures, bytes in and out, mean bpp, wall time."""
+    ok = [o for o in outcomes if o.status == "ok"]
+    failed = len(outcomes) - len(ok)
+    bpp = sum(o.bpp for o in ok) / len(ok) if ok else 0.0
+    return (
+        f"{len(outcomes)} file(s), {failed} failed; {sum(o.bytes_in for o in ok)} bytes in, "
+        f"{sum(o.bytes_out for o in ok)} bytes out; mean {bpp:.4f} bpp; {seconds:.1f} s"
+    )
+
+
+def env_shard() -> tuple[int, int]:
+    """(index, count) from a launcher's environment: torchrun's RANK and WORLD_SIZE, else (0, 1)."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
