@@ -12,6 +12,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -101,6 +102,12 @@ def _read_bytes(path: Path) -> bytes:
 @click.version_option(vqcodec.__version__, prog_name="vqcodec")
 def main() -> None:
     """vqcodec: learned image compression with a VQ-VAE-2 and PixelSNAIL priors."""
+    warnings.showwarning = _show_warning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one line, like errors: no Python source line."""
+    click.echo(f"warning: {message}", err=True)
 
 
 def _batch_options(f):
@@ -128,11 +135,12 @@ def _batch_options(f):
 @click.option("--rdo-passes", type=click.IntRange(min=1), help="RDO choices, each around the last: more gives "
               "smaller files, slower encoding [default: the preset's, 2 for high, else 1].")  # fmt: skip
 @_force_option
+@click.option("--strip", is_flag=True, help="Leave the ICC colour profile and EXIF data out of the file.")
 @_batch_options
-def compress(inputs: tuple[Path, ...], rdo: float, rdo_passes: int | None, **kwargs) -> None:
+def compress(inputs: tuple[Path, ...], rdo: float, rdo_passes: int | None, strip: bool, **kwargs) -> None:
     """Compress the image IN into the .vqc file OUT ('-': standard input or output), or, with -o,
     every image IN (files, and the images in folders) into the folder given."""
-    options = _options(kwargs, rdo=rdo, rdo_passes=rdo_passes)
+    options = _options(kwargs, rdo=rdo, rdo_passes=rdo_passes, strip=strip)
     _run(batch.compress_file, inputs, ".vqc", batch.IMAGE_SUFFIXES, options, kwargs, _compress_stream)
 
 
@@ -286,7 +294,7 @@ def info(src: Path) -> None:
     pixels = h.width * h.height
     complete = len(data) == container.HEADER_SIZE + h.payload_len
     rows = [
-        ("format", f".vqc version {container.VERSION}"),
+        ("format", f".vqc version {h.version}" + (", with metadata" if h.has_metadata else "")),
         ("model", f"{h.model_id.hex()} ({catalog.name_of(h.model_id) or 'not installed'})"),
         ("image", f"{h.width}x{h.height}, {h.channels} channel(s), padded by {h.pad_x}x{h.pad_y}"),
         ("tiles", f"{h.tile}x{h.tile} top codes, {2 * h.tile}x{2 * h.tile} bottom codes"),

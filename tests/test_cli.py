@@ -125,3 +125,13 @@ def test_unknown_preset_and_both_sources(model_file):
 def test_python_dash_m_runs_the_cli():
     result = subprocess.run([sys.executable, "-m", "vqcodec", "--help"], capture_output=True, text=True, check=False)
     assert result.returncode == 0 and "compress" in result.stdout
+
+
+def test_warnings_are_one_line(tmp_path, rng, model_file):
+    path = tmp_path / "cmyk.jpg"
+    Image.fromarray(smooth_image(rng, 8, 8, 4), "CMYK").save(path)
+    result = subprocess.run(
+        [sys.executable, "-m", "vqcodec", "compress", str(path), str(tmp_path / "o.vqc"), "--model", str(model_file)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0 and result.stderr == "warning: CMYK image converted to RGB\n"

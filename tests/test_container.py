@@ -24,7 +24,7 @@ def sample(codec):
 
 def test_header_layout(sample, codec):
     h = container.read_header(sample)
-    assert sample[:4] == b"\x89VQC" and sample[4] == container.VERSION
+    assert sample[:4] == b"\x89VQC" and sample[4] == 1  # no metadata: still version 1
     assert (h.width, h.height, h.channels) == (21, 13, 4)
     assert (h.pad_x, h.pad_y) == (3, 3)
     assert h.model_id == codec.model_id

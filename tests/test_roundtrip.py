@@ -265,3 +265,43 @@ def test_argument_errors_are_codec_errors():
             vqcodec.Codec(make_model(), device="cpu", **kwargs)
     with pytest.raises(vqcodec.VQCodecError):
         vqcodec.load(rdo=-1)
+
+
+def test_icc_profile_and_exif_travel_in_the_file(codec, rng, tmp_path):
+    """They come back on decompress (and into the files the CLI writes); strip_metadata drops
+    them; files without them stay version 1."""
+    from PIL import ImageCms
+
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    img = Image.fromarray(smooth_image(rng, 14, 18))
+    exif = Image.Exif()
+    exif[0x010F] = "vqcodec test camera"
+    path = tmp_path / "meta.jpg"
+    img.save(path, icc_profile=icc, exif=exif.tobytes())
+    data = codec.compress(path)
+    assert data[4] == 2 and vqcodec.read_header(data).has_metadata
+    out = codec.decompress(data)
+    assert out.info["icc_profile"] == icc and out.getexif()[0x010F] == "vqcodec test camera"
+    stripped = vqcodec.Codec(codec.model, device="cpu", strip_metadata=True).compress(path)
+    assert stripped[4] == 1 and "icc_profile" not in vqcodec.Codec(codec.model, device="cpu").decompress(stripped).info
+    assert codec.compress(np.asarray(img))[4] == 1
+
+
+def test_damaged_metadata_is_refused():
+    from vqcodec import container
+
+    good = container.encode_metadata({"icc_profile": b"x" * 100, "exif": b"y"})
+    assert container.decode_metadata(good) == {"icc_profile": b"x" * 100, "exif": b"y"}
+    bomb = zlib.compress(b"\0" * (container.MAX_METADATA + 10))
+    for bad in (good[:-3], b"junk", zlib.compress(b"\x01\xff\xff\x00\x00"), bomb):
+        with pytest.raises(vqcodec.FormatError):
+            container.decode_metadata(bad)
+
+
+def test_frames_and_cmyk_are_coded_with_a_warning(codec, rng, tmp_path):
+    frames = [Image.fromarray(smooth_image(rng, 12, 12)) for _ in range(3)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    with pytest.warns(UserWarning, match="3 frames"):
+        assert codec.decompress(codec.compress(tmp_path / "anim.gif")).size == (12, 12)
+    with pytest.warns(UserWarning, match="CMYK"):
+        codec.compress(Image.fromarray(smooth_image(rng, 8, 8, 4), "CMYK"))

@@ -40,6 +40,7 @@ class Options:
     force: bool = False
     image_format: str = "PNG"  # decompress: the Pillow format to write
     quality: int | None = None  # decompress to a lossy format: its quality
+    strip: bool = False  # compress: leave the ICC profile and EXIF data out
 
 
 @dataclass
@@ -112,12 +113,20 @@ def _codec(options: Options, data: bytes | None = None) -> Any:
         if key not in _CODECS:
             _CODECS[key] = codecs.load_for(data, device=options.device, max_pixels=_max_pixels(options))
         return _CODECS[key]
-    key = ("options", options.preset, options.model_path, options.device, options.rdo, options.rdo_passes)
+    key = (
+        "options",
+        options.preset,
+        options.model_path,
+        options.device,
+        options.rdo,
+        options.rdo_passes,
+        options.strip,
+    )
     if key not in _CODECS:
         rdo = {} if options.rdo is None else {"rdo": options.rdo}
         _CODECS[key] = codecs.load(
             options.preset, path=options.model_path, device=options.device, rdo_passes=options.rdo_passes,
-            max_pixels=_max_pixels(options), **rdo,
+            max_pixels=_max_pixels(options), strip_metadata=options.strip, **rdo,
         )  # fmt: skip
     return _CODECS[key]
 
@@ -184,7 +193,10 @@ def decode_image(codec: Any, data: bytes, options: Options) -> Any:
 
 
 def save_image(image: Any, stream: Any, options: Options) -> None:
-    params = {} if options.quality is None else {"quality": options.quality}
+    """Write ``image`` in ``options.image_format``, with its ICC profile and EXIF data."""
+    params = {k: v for k, v in image.info.items() if k in ("icc_profile", "exif")}
+    if options.quality is not None:
+        params["quality"] = options.quality
     image.save(stream, format=options.image_format, **params)
 
 

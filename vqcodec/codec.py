@@ -141,6 +141,7 @@ def load(
     rdo: float = DEFAULT_RDO,
     rdo_passes: int | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    strip_metadata: bool = False,
 ) -> Codec:
     """A ``Codec`` with a shipped preset (default ``DEFAULT_PRESET``) or the model file at ``path``
     (``rdo``, ``rdo_passes``, ``max_pixels``: see ``Codec``; by default a preset brings its RDO
@@ -150,7 +151,15 @@ def load(
     name = preset or (str(path) if path else DEFAULT_PRESET)
     model = load_model(path if path is not None else catalog.preset_path(name))
     passes = rdo_passes if rdo_passes is not None else PRESET_PASSES.get(name, 1)
-    return Codec(model, device=device, name=name, rdo=rdo, rdo_passes=passes, max_pixels=max_pixels)
+    return Codec(
+        model,
+        device=device,
+        name=name,
+        rdo=rdo,
+        rdo_passes=passes,
+        max_pixels=max_pixels,
+        strip_metadata=strip_metadata,
+    )
 
 
 def load_for(data: VqcLike, *, device: str = "auto", max_pixels: int = DEFAULT_MAX_PIXELS) -> Codec:
@@ -174,13 +183,15 @@ class Codec:
         rdo_passes: int = 1,
         cuda_graphs: bool = True,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        strip_metadata: bool = False,
     ):
         """``tile``, ``rdo`` (0: always the nearest code; more: smaller files, lower quality) and
         ``rdo_passes`` (more: smaller files, slower encoding) set how files are written; any file
         decodes whatever they were. ``cuda_graphs``: on a GPU, the decoder replays each batch's
         wavefront steps from a CUDA graph (see ``vqcodec.steps``); the same codes either way.
         ``max_pixels``: larger images are refused, to code and to decode, before any work (a tiny
-        file can claim a huge image: the limit bounds what one file costs)."""
+        file can claim a huge image: the limit bounds what one file costs). An image's ICC profile
+        and EXIF data travel in the file unless ``strip_metadata``."""
         if not 1 <= tile <= MAX_TILE:
             raise UsageError(f"tile must be in 1..{MAX_TILE}, got {tile}")
         if not 0 <= rdo < math.inf:
@@ -190,7 +201,7 @@ class Codec:
         if max_pixels < 1:
             raise UsageError(f"max_pixels must be at least 1, got {max_pixels}")
         self.tile, self.rdo, self.rdo_passes, self.cuda_graphs = tile, rdo, rdo_passes, cuda_graphs
-        self.max_pixels = max_pixels
+        self.max_pixels, self.strip_metadata = max_pixels, strip_metadata
         self.device = resolve_device(device)
         self.model = model.eval().to(self.device)
         self.name = name
@@ -245,7 +256,10 @@ class Codec:
     ) -> Encoded:
         width, height = pic.size
         streams = Streams(
-            top_coded[0], bottom_coded[0], container.compress_alpha(pic.alpha) if pic.alpha is not None else b""
+            top_coded[0],
+            bottom_coded[0],
+            container.compress_alpha(pic.alpha) if pic.alpha is not None else b"",
+            b"" if self.strip_metadata else container.encode_metadata(pic.metadata),
         )
         header = Header(
             channels=pic.channels, tile=self.tile, model_id=self.model_id, width=width, height=height,
@@ -337,8 +351,11 @@ class Codec:
         return self._decode([data], timer)[0][0]
 
     @torch.no_grad()
-    def _decode(self, files: Sequence[VqcLike], timer: Timer) -> list[tuple[CodeMaps, Header, np.ndarray | None]]:
-        """Code maps, header and alpha of each file; every header is checked before any decoding."""
+    def _decode(
+        self, files: Sequence[VqcLike], timer: Timer
+    ) -> list[tuple[CodeMaps, Header, np.ndarray | None, dict[str, bytes]]]:
+        """Code maps, header, alpha and metadata of each file; every header is checked before any
+        decoding."""
         files = [vqc_bytes(data) for data in files]
         headers = [self.read_header(data) for data in files]
         streams = [container.unpack(data)[1] for data in files]
@@ -358,7 +375,7 @@ class Codec:
                     "is known to be intact, this decoder's probabilities differ from the encoder's "
                     "(different hardware or software); no image was written"
                 )
-            decoded.append((CodeMaps(top, bottom), header, alpha))
+            decoded.append((CodeMaps(top, bottom), header, alpha, container.decode_metadata(stream.metadata)))
         return decoded
 
     def _decode_maps(
@@ -430,8 +447,8 @@ class Codec:
     def decompress_many(self, files: Sequence[VqcLike], timer: Timer = no_timer) -> list[Image.Image]:
         """``decompress`` several files at once, their maps sharing the priors' batches."""
         return [
-            to_pil(Picture(self.reconstruct(codes, header.width, header.height, timer), alpha, header.channels))
-            for codes, header, alpha in self._decode(files, timer)
+            to_pil(Picture(self.reconstruct(codes, header.width, header.height, timer), alpha, header.channels, meta))
+            for codes, header, alpha, meta in self._decode(files, timer)
         ]
 
 

@@ -1,12 +1,13 @@
-"""The ``.vqc`` file format: a fixed 68-byte header followed by the coded streams.
+"""The ``.vqc`` file format: a fixed 68-byte header followed by the coded streams and, in version
+2, a metadata stream.
 
 All integers are little-endian. Layout (byte offset, size, field):
 
 ====  ====  ==========================================================================
 0     4     magic ``89 56 51 43`` (``\\x89VQC``)
-4     1     format version (1)
+4     1     format version: 1, or 2 when the flags allow a metadata stream (readers take both)
 5     1     channels of the image: 1 gray, 2 gray + alpha, 3 RGB, 4 RGBA
-6     1     flags, must be 0
+6     1     flags: bit 0 (version 2 only) a metadata stream follows the alpha stream; others 0
 7     1     prior tile: side of the independently coded regions, in top-map codes (bottom-map
             regions are twice as large); 1..64
 8     16    model identifier (``model.model_id``: SHA-256 of config and weights, truncated)
@@ -25,15 +26,18 @@ All integers are little-endian. Layout (byte offset, size, field):
 60    4     CRC-32 of the decoded content: top codes, then bottom codes (uint16 each, raster
             order), then the alpha plane (uint8, raster order)
 64    4     CRC-32 of header bytes 0..63
-68          top-map stream, bottom-map stream, alpha stream, in that order; nothing after
+68          top-map stream, bottom-map stream, alpha stream, in that order; then, with flag bit 0,
+            the metadata stream's length (4 bytes) and the stream; nothing after
 ====  ====  ==========================================================================
 
 Each map is cut into regions of tile x tile codes (top) and 2 tile x 2 tile codes (bottom), in
 raster order, that the priors code independently; within a stream, regions come in groups
 (``tiles.batches``) and, inside a group, in the wavefront order of ``IntegerPrior.wavefronts``.
 The maps are range-coded (constriction) under the model's priors; the alpha plane, when there
-is one, is stored losslessly with zlib. The payload CRC rejects a damaged file before any
-decoding; the content CRC catches a decoder whose probabilities differ from the encoder's.
+is one, is stored losslessly with zlib. The payload CRC (of everything after the header) rejects a
+damaged file before any decoding; the content CRC catches a decoder whose probabilities differ
+from the encoder's. The metadata stream is zlib-compressed records: a 1-byte tag (1 ICC colour
+profile, 2 EXIF), a 4-byte length, the bytes. A file without metadata is written as version 1.
 """
 
 from __future__ import annotations
@@ -47,7 +51,13 @@ import numpy as np
 from .errors import FormatError
 
 MAGIC = b"\x89VQC"
-VERSION = 1
+VERSION = 2
+#: Versions this reader takes; files without metadata are still written as version 1.
+VERSIONS = (1, 2)
+FLAG_METADATA = 1
+#: Largest metadata (ICC profile and EXIF together, uncompressed) a file may carry.
+MAX_METADATA = 1 << 24
+METADATA_TAGS = {1: "icc_profile", 2: "exif"}
 HEADER = struct.Struct("<4sBBBB16sIIHHHHHHIIIIII")
 HEADER_SIZE = HEADER.size
 MODEL_ID_SIZE = 16
@@ -83,6 +93,12 @@ class Header:
     alpha_len: int
     payload_crc: int
     content_crc: int
+    flags: int = 0
+    version: int = 1
+
+    @property
+    def has_metadata(self) -> bool:
+        return bool(self.flags & FLAG_METADATA)
 
     @property
     def has_alpha(self) -> bool:
@@ -90,6 +106,7 @@ class Header:
 
     @property
     def payload_len(self) -> int:
+        """Bytes of the streams whose lengths the header gives (the metadata stream comes after)."""
         return self.top_len + self.bottom_len + self.alpha_len
 
 
@@ -100,6 +117,7 @@ class Streams:
     top: bytes
     bottom: bytes
     alpha: bytes = b""
+    metadata: bytes = b""  # encode_metadata's bytes, b"" for none
 
 
 def content_crc(top: np.ndarray, bottom: np.ndarray, alpha: np.ndarray | None) -> int:
@@ -114,11 +132,13 @@ def content_crc(top: np.ndarray, bottom: np.ndarray, alpha: np.ndarray | None) -
 def pack(header: Header, streams: Streams) -> bytes:
     """Serialise a file; the stream lengths and payload CRC of ``header`` are filled in here."""
     payload = streams.top + streams.bottom + streams.alpha
+    if streams.metadata:
+        payload += struct.pack("<I", len(streams.metadata)) + streams.metadata
     fields = (
         MAGIC,
-        VERSION,
+        VERSION if streams.metadata else 1,
         header.channels,
-        0,
+        FLAG_METADATA if streams.metadata else 0,
         header.tile,
         header.model_id,
         header.width,
@@ -151,8 +171,10 @@ def read_header(data: bytes) -> Header:
      payload_crc, crc_content, crc_header) = raw  # fmt: skip
     if magic != MAGIC:
         raise FormatError("not a .vqc file (bad magic bytes)")
-    if version != VERSION:
-        raise FormatError(f"unsupported .vqc format version {version} (this vqcodec reads version {VERSION})")
+    if version not in VERSIONS:
+        raise FormatError(
+            f"unsupported .vqc format version {version} (this vqcodec reads versions {', '.join(map(str, VERSIONS))})"
+        )
     if zlib.crc32(bytes(data[: HEADER_SIZE - 4])) != crc_header:
         raise FormatError("damaged .vqc file: header checksum mismatch")
     header = Header(
@@ -170,14 +192,16 @@ def read_header(data: bytes) -> Header:
         alpha_len,
         payload_crc,
         crc_content,
+        flags,
+        version,
     )
-    _validate(header, flags)
+    _validate(header, version)
     return header
 
 
-def _validate(h: Header, flags: int) -> None:
-    if flags:
-        raise FormatError(f"unknown .vqc flags {flags:#x}")
+def _validate(h: Header, version: int) -> None:
+    if h.flags & ~(FLAG_METADATA if version >= 2 else 0):
+        raise FormatError(f"unknown .vqc flags {h.flags:#x} for version {version}")
     if not 1 <= h.tile <= MAX_TILE:
         raise FormatError(f"invalid prior tile size {h.tile} (1..{MAX_TILE})")
     if h.channels not in CHANNELS:
@@ -196,6 +220,11 @@ def unpack(data: bytes) -> tuple[Header, Streams]:
     """Parse a whole file, checking its length and the payload checksum."""
     header = read_header(data)
     expected = HEADER_SIZE + header.payload_len
+    if header.has_metadata:
+        if len(data) < expected + 4:
+            raise FormatError(f"truncated .vqc file: {len(data)} bytes, its metadata length missing")
+        (metadata_len,) = struct.unpack_from("<I", data, expected)
+        expected += 4 + metadata_len
     if len(data) < expected:
         raise FormatError(f"truncated .vqc file: {len(data)} bytes of {expected}")
     if len(data) > expected:
@@ -204,7 +233,43 @@ def unpack(data: bytes) -> tuple[Header, Streams]:
     if zlib.crc32(payload) != header.payload_crc:
         raise FormatError("damaged .vqc file: payload checksum mismatch")
     a, b = header.top_len, header.top_len + header.bottom_len
-    return header, Streams(payload[:a], payload[a:b], payload[b:])
+    c = b + header.alpha_len
+    return header, Streams(payload[:a], payload[a:b], payload[b:c], payload[c + 4 :] if header.has_metadata else b"")
+
+
+def encode_metadata(items: dict[str, bytes]) -> bytes:
+    """The metadata stream of ``items`` (keys of ``METADATA_TAGS``' values), b"" if there are none."""
+    tags = {name: tag for tag, name in METADATA_TAGS.items()}
+    records = b"".join(
+        struct.pack("<BI", tags[name], len(value)) + value for name, value in sorted(items.items()) if value
+    )
+    if len(records) > MAX_METADATA:
+        raise FormatError(f"metadata of {len(records)} bytes is over the limit of {MAX_METADATA}")
+    return zlib.compress(records, 9) if records else b""
+
+
+def decode_metadata(data: bytes) -> dict[str, bytes]:
+    """Inverse of ``encode_metadata``; never inflates past ``MAX_METADATA``; unknown tags are skipped."""
+    if not data:
+        return {}
+    inflater = zlib.decompressobj()
+    try:
+        raw = inflater.decompress(data, MAX_METADATA + 1)
+    except zlib.error as exc:
+        raise FormatError(f"damaged metadata stream: {exc}") from exc
+    if len(raw) > MAX_METADATA or not inflater.eof or inflater.unused_data:
+        raise FormatError("damaged metadata stream: wrong size")
+    items, pos = {}, 0
+    while pos < len(raw):
+        if pos + 5 > len(raw):
+            raise FormatError("damaged metadata stream: truncated record")
+        tag, size = struct.unpack_from("<BI", raw, pos)
+        if pos + 5 + size > len(raw):
+            raise FormatError("damaged metadata stream: truncated record")
+        if tag in METADATA_TAGS:
+            items[METADATA_TAGS[tag]] = raw[pos + 5 : pos + 5 + size]
+        pos += 5 + size
+    return items
 
 
 def compress_alpha(alpha: np.ndarray) -> bytes:

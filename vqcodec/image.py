@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import BinaryIO
 
 import numpy as np
@@ -35,6 +35,8 @@ class Picture:
     rgb: np.ndarray
     alpha: np.ndarray | None
     channels: int
+    #: What travels with the pixels: "icc_profile" and "exif" bytes, as Pillow names them.
+    metadata: dict[str, bytes] = field(default_factory=dict)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -77,6 +79,10 @@ def _open(path: str | os.PathLike | BinaryIO, max_pixels: int) -> Image.Image:
             check_size(*img.size, max_pixels)
             if _narrowed_on_load(img):
                 warnings.warn(_SIXTEEN_BIT_WARNING, UserWarning, stacklevel=4)
+            frames = getattr(img, "n_frames", 1)
+            if frames > 1:
+                message = f"{path} has {frames} frames or pages; only the first is coded"
+                warnings.warn(message, UserWarning, stacklevel=4)
             img.load()
             return ImageOps.exif_transpose(img)
     except (Image.DecompressionBombError, OSError, ValueError) as exc:
@@ -102,6 +108,8 @@ def _from_pil(img: Image.Image, max_pixels: int) -> Picture:
         mode = _KEYED_MODES[mode]
         img = img.convert(mode)
     if mode in _RGB_MODES:
+        if mode != "RGB":
+            warnings.warn(f"{mode} image converted to RGB", UserWarning, stacklevel=4)
         return Picture(np.asarray(img.convert("RGB")), None, 3)
     if mode in ("L", "LA", "RGBA", "La", "RGBa"):
         return _from_array(np.asarray(img.convert({"La": "LA", "RGBa": "RGBA"}.get(mode, mode))), max_pixels)
@@ -134,29 +142,39 @@ def _from_array(arr: np.ndarray, max_pixels: int) -> Picture:
 
 def read_image(image: ImageLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> Picture:
     """A ``Picture`` from a PIL image, an HxW or HxWxC uint8 array, or a path to an image file;
-    images over ``max_pixels`` are refused before their pixels are read."""
-    if isinstance(image, Image.Image):
-        return _from_pil(image, max_pixels)
+    images over ``max_pixels`` are refused before their pixels are read. An image's ICC profile
+    and EXIF data come along."""
     if isinstance(image, np.ndarray):
         return _from_array(image, max_pixels)
     if isinstance(image, (str, os.PathLike)):
-        return _from_pil(_open(image, max_pixels), max_pixels)
-    if isinstance(image, (bytes, bytearray, memoryview)):
-        return _from_pil(_open(io.BytesIO(image), max_pixels), max_pixels)
-    if hasattr(image, "read"):
-        return _from_pil(_open(image, max_pixels), max_pixels)
+        image = _open(image, max_pixels)
+    elif isinstance(image, (bytes, bytearray, memoryview)):
+        image = _open(io.BytesIO(image), max_pixels)
+    elif hasattr(image, "read"):
+        image = _open(image, max_pixels)
+    if isinstance(image, Image.Image):
+        return replace(_from_pil(image, max_pixels), metadata=_metadata(image))
     raise InputError(
         f"cannot code a {type(image).__name__}: pass a PIL image, a uint8 array, a path or an image file's bytes"
     )
 
 
+def _metadata(img: Image.Image) -> dict[str, bytes]:
+    """The ICC profile and EXIF data of a PIL image (EXIF as it stands after orientation was applied)."""
+    items = {"icc_profile": img.info.get("icc_profile") or b""}
+    exif = img.getexif()
+    items["exif"] = exif.tobytes() if len(exif) else b""
+    return {k: bytes(v) for k, v in items.items() if v}
+
+
 def to_pil(picture: Picture) -> Image.Image:
-    """The PIL image of a ``Picture``, in the mode it came in (L, LA, RGB or RGBA)."""
+    """The PIL image of a ``Picture``, in the mode it came in (L, LA, RGB or RGBA), its ICC profile
+    and EXIF data in ``info`` (pass them to ``save``: ``icc_profile=``, ``exif=``)."""
     rgb = Image.fromarray(picture.rgb, "RGB")
     base = rgb.convert("L") if picture.channels in (1, 2) else rgb
-    if picture.alpha is None:
-        return base
-    base.putalpha(Image.fromarray(picture.alpha, "L"))
+    if picture.alpha is not None:
+        base.putalpha(Image.fromarray(picture.alpha, "L"))
+    base.info.update(picture.metadata)
     return base
 
 
