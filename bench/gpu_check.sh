@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Issue 4's GPU checks in one run on a lent GPU machine (after bench/gpu_prepare.sh here):
-#   device run: bash bench/gpu_check.sh    carry: [".whl", ".kodak"]    timeout_s: 540
+# vqcodec's GPU checks in one run on a CUDA machine (.whl/ and .kodak/ from bench/gpu_prepare.sh):
+#   bash bench/gpu_check.sh        (about 9 minutes)
 # The cross-device and fused-kernel tests, then `python -m bench speed` on CUDA: the default
 # preset on all 24 Kodak images one at a time and eight at a time, and on 6 without CUDA graphs;
 # the other presets on 6 images.

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Stage, on this machine, what bench/gpu_check.sh needs on a lent GPU machine, which reaches no
-# package index: wheels of the dependencies its image lacks (.whl/, for its Python 3.12) and the
-# Kodak images (.kodak/). Both folders are git-ignored; name them in the device tool's `carry`.
-# Usage: bash bench/gpu_prepare.sh [KODAK_DIR]   (default ../shared/data/kodak)
+# Stage what bench/gpu_check.sh needs, for a CUDA machine without a package index: wheels of
+# the dependencies a bare PyTorch image lacks (.whl/, for Python 3.12) and the Kodak images
+# (.kodak/). Both folders are git-ignored; copy them to the GPU machine with the repository.
+# Usage: bash bench/gpu_prepare.sh KODAK_DIR
 set -euo pipefail
 cd "$(dirname "$0")/.."
-kodak=${1:-../shared/data/kodak}
+kodak=${1:?usage: bash bench/gpu_prepare.sh KODAK_DIR}
 rm -rf .whl .kodak
 mkdir -p .whl .kodak
 python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
