@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 import vqcodec
 from vqcodec import batch, catalog, container
+from vqcodec import quality as vqcodec_quality
 from vqcodec.config import ARCHITECTURES
 from vqcodec.defaults import DEFAULT_RDO, DEFAULT_THREADS, DEFAULT_TILE
 from vqcodec.files import check_writable, write_atomic
@@ -73,6 +74,11 @@ def rdo_option(f):
                         "gives smaller files of lower quality.")(f)  # fmt: skip
 
 
+_QUALITY_HELP = "; ".join(
+    f"{span.start}-{span.stop - 1} {preset} rdo {rdo:g}" for span, (preset, rdo) in vqcodec_quality.qualities()
+)
+
+
 def _force_option(f):
     return click.option("--force", "-f", is_flag=True, help="Overwrite OUT if it exists.")(f)
 
@@ -120,7 +126,7 @@ def _batch_options(f):
         click.option("--shard", metavar="I/N", help="With -o: take every N-th file from the I-th (0-based), to "
                      "split one list over N workers [default: torchrun's RANK/WORLD_SIZE, else all]."),
         click.option("--json", "as_json", is_flag=True, help="Print one JSON object per file."),
-        click.option("-q", "--quiet", is_flag=True, help="Print errors only."),
+        click.option("--quiet", is_flag=True, help="Print errors only."),
         click.option("-v", "--verbose", is_flag=True, help="With -o: a line per file as well."),
     ]  # fmt: skip
     for option in reversed(options):
@@ -136,11 +142,54 @@ def _batch_options(f):
               "smaller files, slower encoding [default: the preset's, 2 for high, else 1].")  # fmt: skip
 @_force_option
 @click.option("--strip", is_flag=True, help="Leave the ICC colour profile and EXIF data out of the file.")
+@click.option(
+    "-q",
+    "--quality",
+    type=click.IntRange(0, 100),
+    help="0..100, higher: larger files, better "
+    f"pictures; picks the preset and --rdo: {_QUALITY_HELP} "
+    f"[default: the default preset's, {vqcodec_quality.DEFAULT_QUALITY}].",
+)
+@click.option(
+    "--target-size", type=click.IntRange(1), metavar="BYTES", help="The best file of any quality that fits in BYTES."
+)
+@click.option(
+    "--target-bpp",
+    type=click.FloatRange(0, min_open=True),
+    metavar="X",
+    help="The best file of any quality within X bits per pixel.",
+)
 @_batch_options
-def compress(inputs: tuple[Path, ...], rdo: float, rdo_passes: int | None, strip: bool, **kwargs) -> None:
+def compress(
+    inputs: tuple[Path, ...],
+    rdo: float,
+    rdo_passes: int | None,
+    strip: bool,
+    quality: int | None,
+    target_size: int | None,
+    target_bpp: float | None,
+    **kwargs,
+) -> None:
     """Compress the image IN into the .vqc file OUT ('-': standard input or output), or, with -o,
     every image IN (files, and the images in folders) into the folder given."""
-    options = _options(kwargs, rdo=rdo, rdo_passes=rdo_passes, strip=strip)
+    chosen = [
+        name
+        for name, v in (
+            ("--quality", quality),
+            ("--target-size/--target-bpp", target_size or target_bpp),
+            ("--preset/--model", kwargs["preset"] or kwargs["model_path"]),
+        )
+        if v is not None
+    ]
+    if len(chosen) > 1:
+        raise click.UsageError(f"{' and '.join(chosen)} each choose the model: give one of them")
+    if quality is not None:
+        if click.get_current_context().get_parameter_source("rdo") != click.core.ParameterSource.DEFAULT:
+            raise click.UsageError("--quality sets --rdo: give one of them")
+        kwargs["preset"], rdo = vqcodec_quality.operating_point(quality)
+    options = _options(
+        kwargs, rdo=rdo, rdo_passes=rdo_passes, strip=strip, target_bytes=target_size, target_bpp=target_bpp
+    )
     _run(batch.compress_file, inputs, ".vqc", batch.IMAGE_SUFFIXES, options, kwargs, _compress_stream)
 
 
@@ -248,7 +297,7 @@ def _compress_stream(src: Path, out: Path, options: batch.Options, kwargs: dict)
     if str(out) != "-":
         _check_output(src, out, options.force)
     _use_threads(options.threads)
-    encoded = batch._codec(options).encode(data)
+    _, encoded = batch.encode_image(data, options)
     _deliver(out, encoded.data, options)
     _stream_report(src, out, len(data), len(encoded.data), encoded.bpp, kwargs)
 
@@ -259,7 +308,7 @@ def _decompress_stream(src: Path, out: Path, options: batch.Options, kwargs: dic
     if str(out) != "-":
         _check_output(src, out, options.force)
     _use_threads(options.threads)
-    codec = batch._codec(options, data)
+    codec = batch.codec_for(options, data)
     image = batch.decode_image(codec, data, options)
     buffer = io.BytesIO()
     batch.save_image(image, buffer, options)

@@ -13,10 +13,11 @@ import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from . import quality
 from .container import DEFAULT_MAX_PIXELS, read_header
 from .errors import OutputError, UsageError, VQCodecError
 from .files import check_writable, write_atomic
@@ -41,6 +42,8 @@ class Options:
     image_format: str = "PNG"  # decompress: the Pillow format to write
     quality: int | None = None  # decompress to a lossy format: its quality
     strip: bool = False  # compress: leave the ICC profile and EXIF data out
+    target_bytes: int | None = None  # compress: the largest file of any quality within this size
+    target_bpp: float | None = None  # the same, in bits per pixel
 
 
 @dataclass
@@ -103,7 +106,7 @@ def plan(files: Sequence[Path], out_dir: Path, suffix: str) -> list[tuple[Path, 
 _CODECS: dict[Any, Any] = {}
 
 
-def _codec(options: Options, data: bytes | None = None) -> Any:
+def codec_for(options: Options, data: bytes | None = None) -> Any:
     """This process' codec for ``options`` (for a ``.vqc`` file with no model named: the shipped
     model that made it), loaded once."""
     from . import codec as codecs  # here: a worker process imports torch once it has work
@@ -146,8 +149,7 @@ def compress_file(src: Path, out: Path, options: Options) -> Outcome:
     outcome = Outcome(str(src), str(out))
     start = time.perf_counter()
     try:
-        codec = _codec(options)
-        encoded = codec.encode(src)
+        codec, encoded = encode_image(src, options)
         write_atomic(out, encoded.data, replace=options.force)
         outcome.bytes_in, outcome.bytes_out = src.stat().st_size, len(encoded.data)
         outcome.width, outcome.height, outcome.bpp = encoded.width, encoded.height, encoded.bpp
@@ -159,13 +161,35 @@ def compress_file(src: Path, out: Path, options: Options) -> Outcome:
     return outcome
 
 
+def encode_image(image: Any, options: Options) -> tuple[Any, Any]:
+    """The codec and the encoding of ``image``: with ``options``' model, or with a target size
+    the largest operating point of ``quality.LADDER`` that fits."""
+    if options.target_bytes is None and options.target_bpp is None:
+        codec = codec_for(options)
+        return codec, codec.encode(image)
+    from .image import read_image
+
+    height, width = read_image(image, _max_pixels(options)).rgb.shape[:2]
+    budgets = [options.target_bytes or float("inf"), (options.target_bpp or float("inf")) * width * height / 8]
+    budget = int(min(budgets))
+    found = {}
+
+    def encode(preset: str, rdo: float) -> bytes:
+        codec = codec_for(replace(options, preset=preset, rdo=rdo, target_bytes=None, target_bpp=None))
+        found[(preset, rdo)] = (codec, codec.encode(image))
+        return found[(preset, rdo)][1].data
+
+    _, point = quality.largest_within(encode, budget)
+    return found[point]
+
+
 def decompress_file(src: Path, out: Path, options: Options) -> Outcome:
     """Decompress one ``.vqc`` file to the image ``out`` in ``options.image_format``."""
     outcome = Outcome(str(src), str(out))
     start = time.perf_counter()
     try:
         data = src.read_bytes()
-        codec = _codec(options, data)
+        codec = codec_for(options, data)
         image = decode_image(codec, data, options)
         buffer = io.BytesIO()
         save_image(image, buffer, options)
