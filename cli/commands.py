@@ -22,7 +22,7 @@ from PIL import Image
 from tqdm import tqdm
 
 import vqcodec
-from vqcodec import batch, catalog, container
+from vqcodec import batch, catalog, container, modelfile
 from vqcodec import quality as vqcodec_quality
 from vqcodec.config import ARCHITECTURES
 from vqcodec.defaults import DEFAULT_RDO, DEFAULT_THREADS, DEFAULT_TILE
@@ -228,6 +228,8 @@ def _image_format(name: str | None, out: Path | None) -> str:
 
 
 def _options(kwargs: dict, **extra) -> batch.Options:
+    if kwargs["model_path"] is not None:
+        modelfile.check(kwargs["model_path"])  # a bad model file is refused before torch is imported
     return batch.Options(
         preset=kwargs["preset"], model_path=kwargs["model_path"], device=kwargs["device"],
         max_pixels=kwargs["max_pixels"], threads=kwargs["threads"], force=kwargs["force"], **extra,

@@ -223,7 +223,7 @@ def test_wrong_shapes_and_dtypes_are_refused_before_reading_weights(tmp_path, mo
     weight, flag = "vqvae.dec.net.0.weight", "vqvae.quantize_t.initialised"
     tensors = good_tensors()
     changes = [(weight, torch.zeros(3)), (weight, tensors[weight].to(torch.int32)), (flag, tensors[flag].float())]
-    monkeypatch.setattr("vqcodec.weights.load_file", lambda *_: pytest.fail("weights were read"))
+    monkeypatch.setattr("vqcodec.modelfile.load_file", lambda *_: pytest.fail("weights were read"))
     for name, change in changes:
         save_with(tmp_path / "m.safetensors", **{name: change})
         with pytest.raises(vqcodec.ModelError):

@@ -1,35 +1,23 @@
 """Model files: safetensors weights with the config in the file's metadata, and the model identifier.
 
 Only safetensors is ever read, so loading a model file never runs code from it. A model file is
-untrusted: its header (config, tensor names, dtypes and shapes) is read and checked against the
-shapes the config implies before any module is built or any weight is read, and the weights are
-checked (finite, sane activation ranges) before they are used.
+untrusted: its header is checked (``modelfile``), then against the shapes its config implies
+before any module is built or any weight is read, and the weights before they are used.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import math
-import struct
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from .config import ModelConfig
 from .container import MODEL_ID_SIZE
 from .errors import ModelError
 from .model import CodecModel
-
-FORMAT = "vqcodec-model-1"
-#: Largest safetensors header read (a model's is a few tens of kilobytes).
-MAX_HEADER_BYTES = 1 << 20
-#: The dtypes a model file may store, and their sizes in bytes.
-_DTYPES = {"F16": 2, "BF16": 2, "F32": 4, "BOOL": 1}
-#: Range an activation range of the priors may take: the integer prior's scales derive from it.
-ACT_RANGE_BOUNDS = (2.0**-20, 2.0**20)
+from .modelfile import FORMAT, read_config, read_weights
 
 
 def model_id(model: CodecModel) -> bytes:
@@ -51,51 +39,6 @@ def save_model(model: CodecModel, path: str | Path, half: bool = False) -> None:
     save_file(tensors, str(path), metadata={"format": FORMAT, "config": model.config.to_json()})
 
 
-def read_header(path: Path) -> tuple[dict[str, str], dict[str, dict]]:
-    """The metadata and the tensor entries (dtype, shape, data_offsets) of a safetensors file,
-    checked for consistency with the file's size; nothing else of the file is read."""
-    try:
-        size = path.stat().st_size
-        with path.open("rb") as f:
-            prefix = f.read(8)
-            if len(prefix) < 8:
-                raise ModelError(f"{path} is not a safetensors file (too short)")
-            (length,) = struct.unpack("<Q", prefix)
-            if length > min(MAX_HEADER_BYTES, size - 8):
-                raise ModelError(f"{path} is not a safetensors model file (header of {length} bytes)")
-            header = json.loads(f.read(length))
-    except RecursionError as exc:
-        raise ModelError(f"{path}: its safetensors header is nested too deeply") from exc
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"{path} is not a valid safetensors model file: {exc}") from exc
-    if not isinstance(header, dict):
-        raise ModelError(f"{path} is not a valid safetensors model file (header is not an object)")
-    meta = header.pop("__metadata__", None) or {}
-    if not isinstance(meta, dict):
-        raise ModelError(f"{path} is not a valid safetensors model file (bad metadata)")
-    data_size = size - 8 - length
-    for name, entry in header.items():
-        _check_entry(path, name, entry, data_size)
-    return meta, header
-
-
-def _check_entry(path: Path, name: str, entry: object, data_size: int) -> None:
-    ok = (
-        isinstance(entry, dict)
-        and entry.get("dtype") in _DTYPES
-        and isinstance(entry.get("shape"), list)
-        and all(isinstance(d, int) and d >= 0 for d in entry["shape"])
-        and isinstance(entry.get("data_offsets"), list)
-        and len(entry["data_offsets"]) == 2
-        and all(isinstance(o, int) for o in entry["data_offsets"])
-    )
-    if ok:
-        begin, end = entry["data_offsets"]
-        ok = 0 <= begin <= end <= data_size and end - begin == math.prod(entry["shape"]) * _DTYPES[entry["dtype"]]
-    if not ok:
-        raise ModelError(f"{path}: invalid safetensors entry for tensor {name!r}")
-
-
 def _expected_tensors(config: ModelConfig) -> dict[str, torch.Tensor]:
     """The state dict a model of ``config`` has, as meta tensors: shapes and dtypes, no memory."""
     with torch.device("meta"):
@@ -115,32 +58,15 @@ def _check_against(path: Path, entries: dict[str, dict], expected: dict[str, tor
             raise ModelError(f"{path}: tensor {name} is {entry['dtype']}, config says {want.dtype}")
 
 
-def _check_values(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    low, high = ACT_RANGE_BOUNDS
-    for name, t in tensors.items():
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            raise ModelError(f"{path}: tensor {name} holds non-finite values")
-        if name.endswith(".absmax") and not bool(((t >= low) & (t <= high)).all()):
-            raise ModelError(f"{path}: activation range {name} = {t.tolist()} is outside [{low}, {high}]")
-
-
 def load_model(path: str | Path) -> CodecModel:
     """Build a ``CodecModel`` (float32, eval mode, CPU) from a file written by ``save_model``,
-    checking the file's header against its config before building anything."""
+    checking the file's header against its config before building anything, and its weights
+    before using them (``modelfile``)."""
     path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"model file not found: {path}")
-    meta, entries = read_header(path)
-    if meta.get("format") != FORMAT or not isinstance(meta.get("config"), str):
-        raise ModelError(f"{path} is not a vqcodec model (metadata format {meta.get('format')!r})")
-    config = ModelConfig.from_json(meta["config"])
+    config, entries = read_config(path)
     expected = _expected_tensors(config)
     _check_against(path, entries, expected)
-    try:
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise ModelError(f"{path} is not a valid safetensors model file: {exc}") from exc
-    _check_values(path, tensors)
+    arrays = read_weights(path)
     model = CodecModel(config)
-    model.load_state_dict({name: t.to(expected[name].dtype) for name, t in tensors.items()})
+    model.load_state_dict({name: torch.from_numpy(a).to(expected[name].dtype) for name, a in arrays.items()})
     return model.eval()
