@@ -18,11 +18,11 @@ def test_regions_tile_the_map(h, w, size):
 
 
 def test_batches_keep_order_and_bound():
-    items = regions(10, 10, 3)
-    groups = batches(items, 20)
+    items = list(regions(10, 10, 3))
+    groups = list(batches(items, 20))
     assert [r for g in groups for r in g] == items
     assert all(sum(r.h * r.w for r in g) <= 20 for g in groups)
-    assert batches([Region(0, 0, 9, 9)], 20) == [[Region(0, 0, 9, 9)]]  # one oversized region still goes
+    assert list(batches([Region(0, 0, 9, 9)], 20)) == [[Region(0, 0, 9, 9)]]  # one oversized region still goes
 
 
 def test_half_region():

@@ -473,11 +473,11 @@ def _batches(
     positions keep the order they have when it is coded alone: a file does not depend on what it
     was batched with.
     """
-    units = [
+    units = (  # lazily: the first batch is decoded (and a forged file refused) before the rest is cut
         [(i, region) for region in batch]
         for i, m in enumerate(maps)
         for batch in tiles.batches(tiles.regions(*m.shape, m.tile), MAX_BATCH_POSITIONS)
-    ]
+    )
     for pooled in tiles.batches(units, MAX_BATCH_POSITIONS, lambda unit: sum(r.positions for _, r in unit)):
         batch = [pair for unit in pooled for pair in unit]
         owner = np.repeat([i for i, _ in batch], [r.positions for _, r in batch])

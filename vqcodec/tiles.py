@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -51,28 +51,31 @@ class Region:
         return Region(self.top - outer.top, self.left - outer.left, self.h, self.w)
 
 
-def regions(h: int, w: int, size: int) -> list[Region]:
-    """The h x w map cut into size x size regions (smaller at the right and bottom), in raster order."""
-    return [
-        Region(top, left, min(size, h - top), min(size, w - left))
-        for top in range(0, h, size)
-        for left in range(0, w, size)
-    ]
+def regions(h: int, w: int, size: int) -> Iterator[Region]:
+    """The h x w map cut into size x size regions (smaller at the right and bottom), in raster
+    order, one at a time (a huge map with tiny tiles has millions)."""
+    for top in range(0, h, size):
+        for left in range(0, w, size):
+            yield Region(top, left, min(size, h - top), min(size, w - left))
 
 
-def batches(items: list[T], max_positions: int, size: Callable[[T], int] = lambda r: r.positions) -> list[list[T]]:
+def batches(
+    items: Iterable[T], max_positions: int, size: Callable[[T], int] = lambda r: r.positions
+) -> Iterator[list[T]]:
     """Consecutive groups of items (regions by default) with at most ``max_positions`` positions
-    each, at least one item per group. Two consecutive groups never fit in one together."""
-    groups: list[list[T]] = []
-    count = max_positions
+    each, at least one item per group, each group as soon as it is complete. Two consecutive
+    groups never fit in one together."""
+    group: list[T] = []
+    count = 0
     for item in items:
         n = size(item)
-        if count + n > max_positions:
-            groups.append([])
-            count = 0
-        groups[-1].append(item)
+        if group and count + n > max_positions:
+            yield group
+            group, count = [], 0
+        group.append(item)
         count += n
-    return groups
+    if group:
+        yield group
 
 
 def windows(h: int, w: int, size: int, margin: int) -> list[tuple[Region, Region]]:
