@@ -477,6 +477,13 @@ class _Builder:
         return out
 
 
+@lru_cache(maxsize=64)
+def _background_rows(h: int, w: int) -> np.ndarray:
+    """The 8-bit positional input of an h x w region, one row per position (regions of a batch
+    share a few shapes: computed once per shape)."""
+    return np.rint(background(h, w).flatten(1).t().numpy() * QMAX)
+
+
 def _scale(r: ActRange) -> float:
     return float(r.absmax) / QMAX
 
@@ -549,8 +556,8 @@ class IntegerPrior:
         xp = self.xp
         state = MapState(shapes, xp)
         every = slice(0, state.n)
-        bg = np.concatenate([background(h, w).flatten(1).t().numpy() for h, w in shapes])
-        state.write("bg", every, xp.array(np.rint(bg * QMAX)))
+        bg = np.concatenate([_background_rows(h, w) for h, w in shapes])
+        state.write("bg", every, xp.array(bg))
         state.write("emb", every, xp.zeros(state.n, self.embed.shape[1]))
         if self.cond_ops:
             if cond_codes is None:
