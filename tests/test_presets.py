@@ -57,6 +57,15 @@ def test_index_names_every_shipped_model_by_its_identifier():
         assert model_id(load_model(path)).hex() == hex_id and name == entry["name"]
 
 
+def test_files_of_replaced_models_still_decode():
+    """A model a later release replaced stays installed under its identifier, and its files decode."""
+    for hex_id, entry in catalog.index().items():
+        name, path = catalog.find(bytes.fromhex(hex_id))
+        data = vqcodec.Codec(load_model(path), device="cpu").compress(_patch())
+        codec = vqcodec.load_for(data, device="cpu")
+        assert codec.name == entry["name"] and codec.decompress(data).size == (64, 48)
+
+
 def test_files_find_the_model_that_made_them(tmp_path):
     for name in vqcodec.presets():
         data = vqcodec.load(name, device="cpu").compress(_patch())
