@@ -30,6 +30,8 @@ from vqcodec.files import check_writable, write_atomic
 
 EXIT_BAD_INPUT = 1
 EXIT_INTERNAL = 3
+#: 128 + SIGPIPE, what a shell reports for a command whose reader closed the pipe.
+EXIT_BROKEN_PIPE = 141
 
 
 class _Group(click.Group):
@@ -43,6 +45,9 @@ class _Group(click.Group):
         except vqcodec.VQCodecError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(EXIT_BAD_INPUT)
+        except BrokenPipeError:  # the reader went away (`vqcodec info f.vqc | head -1`): stop quietly
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(EXIT_BROKEN_PIPE)
         except Exception as exc:  # anything else is our bug: say so, briefly
             click.echo(f"internal error: {type(exc).__name__}: {exc}", err=True)
             sys.exit(EXIT_INTERNAL)
