@@ -60,7 +60,7 @@ def test_index_names_every_shipped_model_by_its_identifier():
 def test_files_of_replaced_models_still_decode():
     """A model a later release replaced stays installed under its identifier, and its files decode."""
     for hex_id, entry in catalog.index().items():
-        name, path = catalog.find(bytes.fromhex(hex_id))
+        _, path = catalog.find(bytes.fromhex(hex_id))
         data = vqcodec.Codec(load_model(path), device="cpu").compress(_patch())
         codec = vqcodec.load_for(data, device="cpu")
         assert codec.name == entry["name"] and codec.decompress(data).size == (64, 48)
