@@ -343,23 +343,41 @@ def _stream_report(src: Path, out: Path, bytes_in: int, bytes_out: int, bpp: flo
 
 @main.command()
 @click.argument("src", type=click.Path(path_type=Path))
-def info(src: Path) -> None:
-    """Show the header of the .vqc file SRC: model, image, streams, bpp and bits per code."""
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def info(src: Path, as_json: bool) -> None:
+    """Show the header of the .vqc file SRC: model, image, streams, bpp and bits per code (the file
+    is checked, not decoded)."""
     data = _read_bytes(src)
     h = container.read_header(data)
-    pixels = h.width * h.height
-    complete = len(data) == container.HEADER_SIZE + h.payload_len
+    try:
+        container.unpack(data)
+        problem = None
+    except vqcodec.FormatError as exc:
+        problem = str(exc)
+    maps = {
+        name: {"width": shape[1], "height": shape[0], "bytes": length, "bits_per_code": 8 * length / math.prod(shape)}
+        for name, shape, length in (("top", h.top_shape, h.top_len), ("bottom", h.bottom_shape, h.bottom_len))
+    }
+    fields = {
+        "version": h.version, "metadata": h.has_metadata, "model": h.model_id.hex(),
+        "preset": catalog.name_of(h.model_id), "width": h.width, "height": h.height, "channels": h.channels,
+        "padding": [h.pad_x, h.pad_y], "tile": h.tile, "bytes": len(data), "bpp": 8 * len(data) / (h.width * h.height),
+        "maps": maps, "alpha_bytes": h.alpha_len, "problem": problem,
+    }  # fmt: skip
+    if as_json:
+        click.echo(json.dumps(fields))
+        return
     rows = [
         ("format", f".vqc version {h.version}" + (", with metadata" if h.has_metadata else "")),
-        ("model", f"{h.model_id.hex()} ({catalog.name_of(h.model_id) or 'not installed'})"),
+        ("model", f"{h.model_id.hex()} ({fields['preset'] or 'not installed'})"),
         ("image", f"{h.width}x{h.height}, {h.channels} channel(s), padded by {h.pad_x}x{h.pad_y}"),
         ("tiles", f"{h.tile}x{h.tile} top codes, {2 * h.tile}x{2 * h.tile} bottom codes"),
-        ("file", f"{len(data)} bytes{'' if complete else ' (INCOMPLETE or with trailing bytes)'}"),
-        ("bpp", f"{8 * len(data) / pixels:.4f}"),
+        ("file", f"{len(data)} bytes" + (f" (DAMAGED: {problem})" if problem else "")),
+        ("bpp", f"{fields['bpp']:.4f}"),
     ]
-    for name, shape, length in (("top", h.top_shape, h.top_len), ("bottom", h.bottom_shape, h.bottom_len)):
-        codes = shape[0] * shape[1]
-        rows.append((f"{name} map", f"{shape[1]}x{shape[0]} codes, {length} bytes, {8 * length / codes:.3f} bits/code"))
+    for name, m in maps.items():
+        rows.append((f"{name} map", f"{m['width']}x{m['height']} codes, {m['bytes']} bytes, "
+                     f"{m['bits_per_code']:.3f} bits/code"))  # fmt: skip
     if h.has_alpha:
         rows.append(("alpha", f"{h.alpha_len} bytes (lossless)"))
     for key, value in rows:

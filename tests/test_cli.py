@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -135,3 +136,14 @@ def test_warnings_are_one_line(tmp_path, rng, model_file):
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert result.returncode == 0 and result.stderr == "warning: CMYK image converted to RGB\n"
+
+
+def test_info_json_and_damage(tmp_path, image_file, model_file):
+    vqc = tmp_path / "a.vqc"
+    run("compress", image_file, vqc, "--model", model_file)
+    fields = json.loads(run("info", vqc, "--json").output)
+    assert (fields["width"], fields["height"], fields["version"], fields["problem"]) == (26, 19, 1, None)
+    assert fields["maps"]["bottom"]["bits_per_code"] > 0 and fields["preset"] is None
+    vqc.write_bytes(vqc.read_bytes()[:-4])
+    result = run("info", vqc)
+    assert result.exit_code == 0 and "DAMAGED" in result.output
