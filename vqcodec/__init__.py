@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from . import batch, catalog, quality
 from .catalog import presets
 from .container import Header, read_header
 from .errors import (
@@ -57,8 +58,11 @@ __all__ = [
     "OutputError",
     "UsageError",
     "VQCodecError",
+    "batch",
+    "catalog",
     "load",
     "load_for",
     "presets",
+    "quality",
     "read_header",
 ]
