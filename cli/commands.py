@@ -96,12 +96,6 @@ def _check_output(src: Path, path: Path, force: bool) -> None:
     check_writable(path, force)
 
 
-def _use_threads(threads: int) -> None:
-    import torch  # here: the commands that need no network start without it
-
-    torch.set_num_threads(threads)
-
-
 def _read_bytes(path: Path) -> bytes:
     try:
         return path.read_bytes()
@@ -303,7 +297,7 @@ def _compress_stream(src: Path, out: Path, options: batch.Options, kwargs: dict)
     data = sys.stdin.buffer.read() if str(src) == "-" else _read_bytes(src)
     if str(out) != "-":
         _check_output(src, out, options.force)
-    _use_threads(options.threads)
+    batch.use_threads(options.threads)
     _, encoded = batch.encode_image(data, options)
     _deliver(out, encoded.data, options)
     _stream_report(src, out, len(data), len(encoded.data), encoded.bpp, kwargs)
@@ -314,7 +308,7 @@ def _decompress_stream(src: Path, out: Path, options: batch.Options, kwargs: dic
     data = sys.stdin.buffer.read() if str(src) == "-" else _read_bytes(src)
     if str(out) != "-":
         _check_output(src, out, options.force)
-    _use_threads(options.threads)
+    batch.use_threads(options.threads)
     codec = batch.codec_for(options, data)
     image = batch.decode_image(codec, data, options)
     buffer = io.BytesIO()

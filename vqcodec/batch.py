@@ -138,8 +138,9 @@ def _max_pixels(options: Options) -> int:
     return options.max_pixels or DEFAULT_MAX_PIXELS
 
 
-def _init_worker(threads: int) -> None:
-    import torch
+def use_threads(threads: int) -> None:
+    """torch's CPU threads for this process (also each worker's initializer)."""
+    import torch  # here: the commands that need no network start without it
 
     torch.set_num_threads(threads)
 
@@ -167,16 +168,19 @@ def encode_image(image: Any, options: Options) -> tuple[Any, Any]:
     if options.target_bytes is None and options.target_bpp is None:
         codec = codec_for(options)
         return codec, codec.encode(image)
-    from .image import read_image
+    from .image import read_image, to_pil
 
-    height, width = read_image(image, _max_pixels(options)).rgb.shape[:2]
+    # Read once: every operating point tried codes these pixels (and ICC and EXIF data).
+    picture = read_image(image, _max_pixels(options))
+    pixels = to_pil(picture)
+    width, height = picture.size
     budgets = [options.target_bytes or float("inf"), (options.target_bpp or float("inf")) * width * height / 8]
     budget = int(min(budgets))
     found = {}
 
     def encode(preset: str, rdo: float) -> bytes:
         codec = codec_for(replace(options, preset=preset, rdo=rdo, target_bytes=None, target_bpp=None))
-        found[(preset, rdo)] = (codec, codec.encode(image))
+        found[(preset, rdo)] = (codec, codec.encode(pixels))
         return found[(preset, rdo)][1].data
 
     _, point = quality.largest_within(encode, budget)
@@ -241,14 +245,12 @@ def run(work: Work, pairs: Sequence[tuple[Path, Path]], options: Options, worker
         except OutputError as exc:
             yield Outcome(str(src), str(out), status="error", error=str(exc))
     if workers <= 1 or len(checked) <= 1:
-        _init_worker(options.threads)
+        use_threads(options.threads)
         for src, out in checked:
             yield work(src, out, options)
         return
     context = _spawn_context()
-    with ProcessPoolExecutor(
-        workers, mp_context=context, initializer=_init_worker, initargs=(options.threads,)
-    ) as pool:
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=use_threads, initargs=(options.threads,)) as pool:
         futures = [pool.submit(work, src, out, options) for src, out in checked]
         for future in futures:
             yield future.result()

@@ -322,8 +322,7 @@ class _Synthesis(nn.Module):
         self.vqvae = vqvae
 
     def forward(self, top: torch.Tensor, bottom: torch.Tensor) -> torch.Tensor:
-        v = self.vqvae
-        return v.synthesise(v.quantize_t.lookup(top), v.quantize_b.lookup(bottom))
+        return self.vqvae.synthesise_maps(top, bottom)
 
 
 def combine(priors_source: str | Path, synthesis_source: str | Path, model_out: str | Path) -> Path:

@@ -169,10 +169,14 @@ class VQVAE2(nn.Module):
         """Images from code vectors (not indices): differentiable, for training and for RDO."""
         return self.dec(torch.cat([self.upsample_t(q_t), q_b], 1))
 
+    def synthesise_maps(self, top: torch.Tensor, bottom: torch.Tensor) -> torch.Tensor:
+        """Images from code maps (indices), differentiable: what stage 3 trains."""
+        return self.synthesise(self.quantize_t.lookup(top), self.quantize_b.lookup(bottom))
+
     @torch.no_grad()
     def decode(self, top: torch.Tensor, bottom: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1] (unclamped) from code maps."""
-        return self.synthesise(self.quantize_t.lookup(top), self.quantize_b.lookup(bottom))
+        return self.synthesise_maps(top, bottom)
 
 
 def loss(out: VQVAEOutput, x: torch.Tensor, beta: float = 0.25) -> torch.Tensor:
