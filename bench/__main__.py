@@ -19,6 +19,7 @@ from vqcodec.cli.commands import rdo_option
 
 from . import report
 from .codecs import PillowCodec, VQCodec, classical_codecs, library_versions, vqcodec_codecs
+from .colours import ANY_POINT_TOLERANCE, DEFAULT_TOLERANCE, flat_colours, ramp_steps
 from .entropy import entropy_report
 from .hostile import run_hostile
 from .images import Sample, load_images
@@ -99,7 +100,8 @@ def _notes(samples: Sequence[Sample], learned: Sequence[VQCodec], decode: bool) 
               f"{REFERENCE} always runs as the reference).")  # fmt: skip
 @click.option("--model", "models", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="A vqcodec model file to add as a codec (repeatable).")  # fmt: skip
-@click.option("--presets/--no-presets", default=True, show_default=True, help="Run the shipped vqcodec presets.")
+@click.option("--presets/--no-presets", default=True, show_default=True,
+              help="Run vqcodec's shipped operating points (every point of --quality).")  # fmt: skip
 @click.option("--vq-decode/--no-vq-decode", default=True, show_default=True,
               help="Run vqcodec's decoder; when off, quality comes from the encoder's code maps (which the "
                    "decoder reproduces exactly) and no decode time is given.")  # fmt: skip
@@ -222,6 +224,34 @@ def hostile(presets, cases, threads, out) -> None:
     out.mkdir(parents=True, exist_ok=True)
     report.write_json(out / "hostile.json", {"command": _command_line(), "presets": rows})
     click.echo(f"wrote {out / 'hostile.json'}")
+
+
+@main.command()
+@click.option("--quality", "qualities", type=click.IntRange(0, 100), multiple=True,
+              help="A --quality to test [default: the lowest quality of every operating point].")  # fmt: skip
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_OUT, show_default=True)
+def colours(qualities, out) -> None:
+    """Flat images of the 125 grid colours and a gray ramp through each operating point: colours
+    within tolerance (3/12 levels at the default quality, 6/24 elsewhere), worst errors, ramp steps."""
+    spans = vqcodec.quality.qualities()
+    picked = [(q, vqcodec.quality.operating_point(q)) for q in qualities] or [(s.start, p) for s, p in spans]
+    rows = {}
+    for q, point in picked:
+        codec = vqcodec.load(point.preset, device="cpu", rdo=point.rdo, scale=point.scale)
+        default = q == vqcodec.quality.DEFAULT_QUALITY or point == vqcodec.quality.operating_point(
+            vqcodec.quality.DEFAULT_QUALITY
+        )
+        flat = flat_colours(codec, DEFAULT_TOLERANCE if default else ANY_POINT_TOLERANCE)
+        ramp = ramp_steps(codec)
+        rows[f"q{q} {point}"] = {"flat": flat, "ramp": ramp}
+        click.echo(f"q{q} {point}: {flat['within']}/{flat['colours']} colours within "
+                   f"{flat['tolerance']['mean']:g}/{flat['tolerance']['pixel']:g}, worst mean error "
+                   f"{flat['worst_mean_error']:.1f} ({tuple(flat['worst_mean_colour'])}), worst pixel "
+                   f"{flat['worst_pixel_error']:.0f}, largest file {flat['max_bytes']} bytes; ramp: largest "
+                   f"column jump {ramp['largest_jump']:.2f} (ramp step {ramp['ramp_step']:.2f})")  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    report.write_json(out / "colours.json", {"command": _command_line(), "points": rows})
+    click.echo(f"wrote {out / 'colours.json'}")
 
 
 @main.command()

@@ -178,7 +178,8 @@ class VQCodec:
         rgb = np.asarray(image)
         encoded, enc_s = best_time(lambda: codec.encode(rgb), repeats)
         if not self.decode:
-            return Coded(encoded.data, codec.reconstruct(encoded.codes, image.width, image.height), enc_s, None)
+            pixels = codec.reconstruct(encoded.codes, image.width, image.height, coded_size=encoded.coded_size)
+            return Coded(encoded.data, pixels, enc_s, None)
         decoded, dec_s = best_time(lambda: codec.decompress(encoded.data), repeats)
         return Coded(encoded.data, rgb_array(decoded), enc_s, dec_s)
 
@@ -186,13 +187,16 @@ class VQCodec:
 def vqcodec_codecs(
     use_presets: bool, model_paths: Sequence[Path], device: str, decode: bool, rdo: float
 ) -> list[VQCodec]:
-    """The shipped presets as one codec ``vqcodec`` (one point per preset), and each model file as
-    a codec of its own, ``vqcodec-<file stem>``; all encode with ``rdo`` (see ``vqcodec.Codec``)."""
+    """The shipped operating points (every point ``--quality`` picks, named by the lowest quality
+    that picks it) as one codec ``vqcodec``, and each model file as a codec of its own,
+    ``vqcodec-<file stem>``, encoding with ``rdo`` (see ``vqcodec.Codec``)."""
     codecs = []
-    names = vqcodec.presets() if use_presets else []
-    if names:
-        models = {name: vqcodec.load(name, device=device, rdo=rdo) for name in names}
-        codecs.append(VQCodec("vqcodec", "vqcodec presets " + ", ".join(names), models, decode))
+    if use_presets and vqcodec.presets():
+        models = {
+            f"q{span.start} {point}": vqcodec.load(point.preset, device=device, rdo=point.rdo, scale=point.scale)
+            for span, point in vqcodec.quality.qualities()
+        }
+        codecs.append(VQCodec("vqcodec", "vqcodec operating points (--quality)", models, decode))
     for path in model_paths:
         codec = vqcodec.load(path=path, device=device, rdo=rdo)
         codecs.append(VQCodec(f"vqcodec-{path.stem}", f"vqcodec model {path.name}", {path.stem: codec}, decode))

@@ -25,7 +25,7 @@ import vqcodec
 from vqcodec import batch, catalog, container, modelfile
 from vqcodec import quality as vqcodec_quality
 from vqcodec.config import ARCHITECTURES
-from vqcodec.defaults import DEFAULT_RDO, DEFAULT_THREADS, DEFAULT_TILE
+from vqcodec.defaults import DEFAULT_RDO, DEFAULT_THREADS, DEFAULT_TILE, MAX_SCALE, MIN_SCALE
 from vqcodec.files import check_writable, write_atomic
 
 EXIT_BAD_INPUT = 1
@@ -79,9 +79,7 @@ def rdo_option(f):
                         "gives smaller files of lower quality.")(f)  # fmt: skip
 
 
-_QUALITY_HELP = "; ".join(
-    f"{span.start}-{span.stop - 1} {preset} rdo {rdo:g}" for span, (preset, rdo) in vqcodec_quality.qualities()
-)
+_QUALITY_HELP = "; ".join(f"{span.start}-{span.stop - 1} {point}" for span, point in vqcodec_quality.qualities())
 
 
 def _force_option(f):
@@ -140,13 +138,23 @@ def _batch_options(f):
 @click.option("--rdo-passes", type=click.IntRange(min=1), help="RDO choices, each around the last: more gives "
               "smaller files, slower encoding [default: the preset's, 2 for high, else 1].")  # fmt: skip
 @_force_option
+@click.option(
+    "--scale",
+    type=click.FloatRange(MIN_SCALE, MAX_SCALE),
+    default=1.0,
+    show_default=True,
+    callback=_finite,
+    help="Code a copy of the image resampled by X (the decoder resamples it back): above 1, larger "
+    "files and better pictures than the preset gives; below 1, smaller files.",
+    metavar="X",
+)
 @click.option("--strip", is_flag=True, help="Leave the ICC colour profile and EXIF data out of the file.")
 @click.option(
     "-q",
     "--quality",
     type=click.IntRange(0, 100),
     help="0..100, higher: larger files, better "
-    f"pictures; picks the preset and --rdo: {_QUALITY_HELP} "
+    f"pictures; picks the preset, --rdo and --scale: {_QUALITY_HELP} "
     f"[default: the default preset's, {vqcodec_quality.DEFAULT_QUALITY}].",
 )
 @click.option(
@@ -163,6 +171,7 @@ def compress(
     inputs: tuple[Path, ...],
     rdo: float,
     rdo_passes: int | None,
+    scale: float,
     strip: bool,
     quality: int | None,
     target_size: int | None,
@@ -182,12 +191,21 @@ def compress(
     ]
     if len(chosen) > 1:
         raise click.UsageError(f"{' and '.join(chosen)} each choose the model: give one of them")
+    if quality is not None or target_size or target_bpp:
+        context = click.get_current_context()
+        for name in ("rdo", "scale"):
+            if context.get_parameter_source(name) != click.core.ParameterSource.DEFAULT:
+                raise click.UsageError(f"--quality and --target-size/--target-bpp set --{name}: give one of them")
     if quality is not None:
-        if click.get_current_context().get_parameter_source("rdo") != click.core.ParameterSource.DEFAULT:
-            raise click.UsageError("--quality sets --rdo: give one of them")
-        kwargs["preset"], rdo = vqcodec_quality.operating_point(quality)
+        kwargs["preset"], rdo, scale = vqcodec_quality.operating_point(quality)
     options = _options(
-        kwargs, rdo=rdo, rdo_passes=rdo_passes, strip=strip, target_bytes=target_size, target_bpp=target_bpp
+        kwargs,
+        rdo=rdo,
+        rdo_passes=rdo_passes,
+        scale=scale,
+        strip=strip,
+        target_bytes=target_size,
+        target_bpp=target_bpp,
     )
     _run(batch.compress_file, inputs, ".vqc", batch.IMAGE_SUFFIXES, options, kwargs, _compress_stream)
 
@@ -353,7 +371,7 @@ def info(src: Path, as_json: bool) -> None:
         for name, shape, length in (("top", h.top_shape, h.top_len), ("bottom", h.bottom_shape, h.bottom_len))
     }
     fields = {
-        "version": h.version, "metadata": h.has_metadata, "model": h.model_id.hex(),
+        "version": h.version, "metadata": h.has_metadata, "resampled": h.resampled, "model": h.model_id.hex(),
         "preset": catalog.name_of(h.model_id), "width": h.width, "height": h.height, "channels": h.channels,
         "padding": [h.pad_x, h.pad_y], "tile": h.tile, "bytes": len(data), "bpp": 8 * len(data) / (h.width * h.height),
         "maps": maps, "alpha_bytes": h.alpha_len, "problem": problem,
@@ -362,7 +380,12 @@ def info(src: Path, as_json: bool) -> None:
         click.echo(json.dumps(fields))
         return
     rows = [
-        ("format", f".vqc version {h.version}" + (", with metadata" if h.has_metadata else "")),
+        (
+            "format",
+            f".vqc version {h.version}"
+            + (", with metadata" if h.has_metadata else "")
+            + (", codes a resampled copy of the image" if h.resampled else ""),
+        ),
         ("model", f"{h.model_id.hex()} ({fields['preset'] or 'not installed'})"),
         ("image", f"{h.width}x{h.height}, {h.channels} channel(s), padded by {h.pad_x}x{h.pad_y}"),
         ("tiles", f"{h.tile}x{h.tile} top codes, {2 * h.tile}x{2 * h.tile} bottom codes"),
@@ -418,6 +441,14 @@ _init_option = click.option(
 
 
 _bf16_option = click.option("--bf16", is_flag=True, help="Train in bfloat16 autocast (about twice as fast).")
+_colour_option = click.option(
+    "--colour-augment",
+    "colour",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Share of crops recoloured or replaced by flat colours and ramps, so rare colours come back right.",
+)
 
 
 def _training() -> ModuleType:
@@ -436,6 +467,7 @@ def _settings(kwargs: dict) -> Any:
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Checkpoint file.")
 @click.option("--arch", type=click.Choice(sorted(ARCHITECTURES)), default="medium", show_default=True)
 @_init_option
+@_colour_option
 @_settings_options(128, "Crop side in pixels.")
 def train_vqvae_command(folder: Path, out: Path, arch: str, init: str | None, **kwargs) -> None:
     """Stage 1: train a VQ-VAE on the images in DATA (resumes from OUT if it exists)."""
@@ -477,6 +509,7 @@ def train_prior_command(
 @click.option("--synth-res-channels", type=click.IntRange(2), help="Grow the residual blocks to this width.")
 @click.option("--synth-up-blocks", type=click.IntRange(0), help="Grow: residual blocks after each inner upsampling.")
 @_bf16_option
+@_colour_option
 @_settings_options(128, "Crop side in pixels.")
 def train_decoder_command(source: str, folder: Path, out: Path, **kwargs) -> None:
     """Stage 3: fine-tune MODEL's synthesis on its own codes of DATA; codes and file sizes stay

@@ -18,25 +18,29 @@ def test_the_scale_walks_the_ladder_in_order():
     points = [quality.operating_point(q) for q in range(101)]
     indices = [quality.LADDER.index(p) for p in points]
     assert indices == sorted(indices) and set(indices) == set(range(len(quality.LADDER)))
-    assert quality.operating_point(quality.DEFAULT_QUALITY) == (DEFAULT_PRESET, DEFAULT_RDO)
+    assert quality.operating_point(quality.DEFAULT_QUALITY) == (DEFAULT_PRESET, DEFAULT_RDO, 1.0)
     spans = [len(span) for span, _ in quality.qualities()]
-    assert sum(spans) == 101 and max(spans) - min(spans) <= 1
+    assert sum(spans) == 101 and max(spans) - min(spans) <= 3
+    scales = [point.scale for point in quality.LADDER]
+    assert scales == sorted(scales) and len(set(scales)) == len(scales)
     with pytest.raises(vqcodec.UsageError):
         quality.operating_point(101)
 
 
 def test_largest_within_searches_the_ladder():
-    sizes = dict(zip(quality.LADDER, [10, 20, 30, 40, 50, 60, 70, 80, 90], strict=True))
+    sizes = {point: 10 * (i + 1) for i, point in enumerate(quality.LADDER)}
+    largest = max(sizes.values())
     calls = []
 
-    def encode(preset, rdo):
-        calls.append((preset, rdo))
-        return b"x" * sizes[(preset, rdo)]
+    def encode(point):
+        calls.append(point)
+        return b"x" * sizes[point]
 
-    for budget, expected in ((55, 50), (90, 90), (1000, 90), (10, 10)):
+    for budget, expected in ((55, 50), (largest, largest), (1000, largest), (10, 10)):
         calls.clear()
         data, point = quality.largest_within(encode, budget)
-        assert len(data) == expected and sizes[point] == expected and len(calls) <= 4
+        assert len(data) == expected and sizes[point] == expected
+        assert len(calls) <= len(quality.LADDER).bit_length()
     with pytest.raises(vqcodec.LimitError, match="smallest"):
         quality.largest_within(encode, 9)
 
@@ -64,4 +68,11 @@ def test_quality_and_target_size_on_the_command_line(tmp_path):
     assert sizes[1] <= (tmp_path / "t.vqc").stat().st_size <= budget
     assert compress("x.vqc", "-q", "10", "--preset", "high").returncode == 2
     assert compress("y.vqc", "-q", "10", "--rdo", "0.5").returncode == 2
+    assert compress("s.vqc", "-q", "10", "--scale", "1.5").returncode == 2
+    assert compress("up.vqc", "--scale", "1.5").returncode == 0
+    assert (tmp_path / "up.vqc").stat().st_size > sizes[1]
+    command = [sys.executable, "-m", "vqcodec", "decompress", str(tmp_path / "up.vqc"), str(tmp_path / "up.png")]
+    assert subprocess.run(command, capture_output=True, check=False).returncode == 0
+    assert Image.open(tmp_path / "up.png").size == (96, 64)
+    assert compress("big.vqc", "--scale", "3").returncode == 2
     assert compress("z.vqc", "--target-size", "10").returncode == 1

@@ -36,6 +36,7 @@ class Options:
     device: str = "auto"
     rdo: float | None = None
     rdo_passes: int | None = None
+    scale: float = 1.0  # compress: code a copy resampled by this factor (see ``Codec``)
     max_pixels: int | None = None
     threads: int = 1
     force: bool = False
@@ -123,13 +124,14 @@ def codec_for(options: Options, data: bytes | None = None) -> Any:
         options.device,
         options.rdo,
         options.rdo_passes,
+        options.scale,
         options.strip,
     )
     if key not in _CODECS:
         rdo = {} if options.rdo is None else {"rdo": options.rdo}
         _CODECS[key] = codecs.load(
             options.preset, path=options.model_path, device=options.device, rdo_passes=options.rdo_passes,
-            max_pixels=_max_pixels(options), strip_metadata=options.strip, **rdo,
+            scale=options.scale, max_pixels=_max_pixels(options), strip_metadata=options.strip, **rdo,
         )  # fmt: skip
     return _CODECS[key]
 
@@ -178,10 +180,10 @@ def encode_image(image: Any, options: Options) -> tuple[Any, Any]:
     budget = int(min(budgets))
     found = {}
 
-    def encode(preset: str, rdo: float) -> bytes:
-        codec = codec_for(replace(options, preset=preset, rdo=rdo, target_bytes=None, target_bpp=None))
-        found[(preset, rdo)] = (codec, codec.encode(pixels))
-        return found[(preset, rdo)][1].data
+    def encode(point: quality.OperatingPoint) -> bytes:
+        chosen = replace(options, **point._asdict(), target_bytes=None, target_bpp=None)
+        found[point] = (codec_for(chosen), codec_for(chosen).encode(pixels))
+        return found[point][1].data
 
     _, point = quality.largest_within(encode, budget)
     return found[point]

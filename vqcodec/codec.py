@@ -16,9 +16,21 @@ from PIL import Image
 
 from . import catalog, container, entropy, tiles
 from .container import DEFAULT_MAX_PIXELS, MAX_TILE, Header, Streams
-from .defaults import DEFAULT_PRESET, DEFAULT_RDO, DEFAULT_TILE
+from .defaults import DEFAULT_PRESET, DEFAULT_RDO, DEFAULT_TILE, MAX_SCALE, MIN_SCALE
 from .errors import DecodeMismatchError, FormatError, InputError, ModelError, ModelMismatchError, UsageError
-from .image import ImageLike, Picture, check_size, pad_to, padding, read_image, to_pil, to_rgb, to_tensor
+from .image import (
+    ImageLike,
+    Picture,
+    check_size,
+    pad_to,
+    padding,
+    read_image,
+    resample,
+    scaled_size,
+    to_pil,
+    to_rgb,
+    to_tensor,
+)
 from .model import CodecModel
 from .qprior import IntegerPrior, MapState
 from .rdo import CANDIDATES, PRESET_PASSES, Terms, choose, curvature_margin, window_terms
@@ -111,6 +123,8 @@ class Encoded:
     bottom: MapStats
     width: int
     height: int
+    #: Size of the image the maps code: (width, height), or the resampled copy's (see ``Codec``).
+    coded_size: tuple[int, int]
 
     @property
     def bpp(self) -> float:
@@ -140,12 +154,13 @@ def load(
     device: str = "auto",
     rdo: float = DEFAULT_RDO,
     rdo_passes: int | None = None,
+    scale: float = 1.0,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     strip_metadata: bool = False,
 ) -> Codec:
     """A ``Codec`` with a shipped preset (default ``DEFAULT_PRESET``) or the model file at ``path``
-    (``rdo``, ``rdo_passes``, ``max_pixels``: see ``Codec``; by default a preset brings its RDO
-    passes, a file one)."""
+    (``rdo``, ``rdo_passes``, ``scale``, ``max_pixels``: see ``Codec``; by default a preset brings
+    its RDO passes, a file one)."""
     if preset is not None and path is not None:
         raise ModelError("give a preset or a model path, not both")
     name = preset or (str(path) if path else DEFAULT_PRESET)
@@ -157,6 +172,7 @@ def load(
         name=name,
         rdo=rdo,
         rdo_passes=passes,
+        scale=scale,
         max_pixels=max_pixels,
         strip_metadata=strip_metadata,
     )
@@ -182,13 +198,18 @@ class Codec:
         rdo: float = DEFAULT_RDO,
         rdo_passes: int = 1,
         cuda_graphs: bool = True,
+        scale: float = 1.0,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         strip_metadata: bool = False,
     ):
-        """``tile``, ``rdo`` (0: always the nearest code; more: smaller files, lower quality) and
-        ``rdo_passes`` (more: smaller files, slower encoding) set how files are written; any file
-        decodes whatever they were. ``cuda_graphs``: on a GPU, the decoder replays each batch's
-        wavefront steps from a CUDA graph (see ``vqcodec.steps``); the same codes either way.
+        """``tile``, ``rdo`` (0: always the nearest code; more: smaller files, lower quality),
+        ``rdo_passes`` (more: smaller files, slower encoding) and ``scale`` set how files are
+        written; any file decodes whatever they were. ``scale`` (``MIN_SCALE``..``MAX_SCALE``)
+        codes a copy of the image resampled by that factor, which the decoder resamples back:
+        above 1 for higher rates and quality than the model gives at its own resolution (about
+        ``scale`` squared times the rate and the time), below 1 for lower ones. ``cuda_graphs``:
+        on a GPU, the decoder replays each batch's wavefront steps from a CUDA graph (see
+        ``vqcodec.steps``); the same codes either way.
         ``max_pixels``: larger images are refused, to code and to decode, before any work (a tiny
         file can claim a huge image: the limit bounds what one file costs). An image's ICC profile
         and EXIF data travel in the file unless ``strip_metadata``."""
@@ -200,7 +221,10 @@ class Codec:
             raise UsageError(f"rdo_passes must be at least 1, got {rdo_passes}")
         if max_pixels < 1:
             raise UsageError(f"max_pixels must be at least 1, got {max_pixels}")
+        if not MIN_SCALE <= scale <= MAX_SCALE:
+            raise UsageError(f"scale must be in {MIN_SCALE:g}..{MAX_SCALE:g}, got {scale}")
         self.tile, self.rdo, self.rdo_passes, self.cuda_graphs = tile, rdo, rdo_passes, cuda_graphs
+        self.scale = scale
         self.max_pixels, self.strip_metadata = max_pixels, strip_metadata
         self.device = resolve_device(device)
         self.model = model.eval().to(self.device)
@@ -229,13 +253,14 @@ class Codec:
         """``encode`` several images at once: their maps share the priors' batches (more positions
         per step, which a GPU needs to be busy). Each file is the one ``encode`` would write."""
         pics = [read_image(image, self.max_pixels) for image in images]
-        tops, bottoms = self._code_maps(pics, timer)
+        sizes = [scaled_size(*pic.size, self.scale, self.max_pixels) for pic in pics]
+        tops, bottoms = self._code_maps([resample(p.rgb, *size) for p, size in zip(pics, sizes, strict=True)], timer)
         top_maps = [_Map(t.shape, self.tile) for t in tops]
         bottom_maps = [_Map(b.shape, 2 * self.tile, t) for t, b in zip(tops, bottoms, strict=True)]
         top_prior, bottom_prior = self.encoding_priors
         top_coded = self._encode_maps(top_prior, tops, top_maps, timer)
         bottom_coded = self._encode_maps(bottom_prior, bottoms, bottom_maps, timer)
-        return [self._pack(*args) for args in zip(pics, tops, bottoms, top_coded, bottom_coded, strict=True)]
+        return [self._pack(*args) for args in zip(pics, sizes, tops, bottoms, top_coded, bottom_coded, strict=True)]
 
     def compress(self, image: ImageLike) -> bytes:
         """``.vqc`` bytes of a PIL image, an HxW(xC) uint8 array, an image file's path or its bytes
@@ -249,6 +274,7 @@ class Codec:
     def _pack(
         self,
         pic: Picture,
+        coded_size: tuple[int, int],
         top: np.ndarray,
         bottom: np.ndarray,
         top_coded: tuple[bytes, MapStats],
@@ -263,13 +289,14 @@ class Codec:
         )
         header = Header(
             channels=pic.channels, tile=self.tile, model_id=self.model_id, width=width, height=height,
-            pad_x=padding(width, self.top_stride), pad_y=padding(height, self.top_stride),
+            pad_x=padding(coded_size[0], self.top_stride), pad_y=padding(coded_size[1], self.top_stride),
             top_shape=top.shape, bottom_shape=bottom.shape,
             top_len=0, bottom_len=0, alpha_len=0, payload_crc=0,
             content_crc=container.content_crc(top, bottom, pic.alpha),
+            flags=container.FLAG_RESAMPLED if coded_size != pic.size else 0,
         )  # fmt: skip
         data = container.pack(header, streams)
-        return Encoded(data, CodeMaps(top, bottom), top_coded[1], bottom_coded[1], width, height)
+        return Encoded(data, CodeMaps(top, bottom), top_coded[1], bottom_coded[1], width, height, coded_size)
 
     @staticmethod
     def _encode_maps(
@@ -286,23 +313,23 @@ class Codec:
             coded.append((data, MapStats(encoder.symbols, 8 * len(data), encoder.ideal_bits)))
         return coded
 
-    def _code_maps(self, pics: list[Picture], timer: Timer) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """Each image's top and bottom code maps: the nearest codes, or with ``rdo`` the bottom
+    def _code_maps(self, images: list[np.ndarray], timer: Timer) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Each RGB image's top and bottom code maps: the nearest codes, or with ``rdo`` the bottom
         codes RDO prefers after ``rdo_passes`` choices, each pricing the candidates by the prior in
         the context of the previous choice (at first, the nearest codes)."""
         vqvae = self.model.vqvae
         if not self.rdo:
-            maps = [self._analyse(pic.rgb, lambda x, _: vqvae.encode(x, timer)) for pic in pics]
+            maps = [self._analyse(rgb, lambda x, _: vqvae.encode(x, timer)) for rgb in images]
             return [t for t, _ in maps], [b for _, b in maps]
-        found = [self._analyse(pic.rgb, lambda x, _: vqvae.encode_candidates(x, CANDIDATES, timer)) for pic in pics]
+        found = [self._analyse(rgb, lambda x, _: vqvae.encode_candidates(x, CANDIDATES, timer)) for rgb in images]
         tops, candidates = [t for t, _ in found], [c for _, c in found]
         maps = [_Map(c.shape[:2], 2 * self.tile, t) for t, c in zip(tops, candidates, strict=True)]
         chosen = [c[..., 0] for c in candidates]
         margin = curvature_margin(self.rdo_passes)
         for _ in range(self.rdo_passes):
             terms = [
-                Terms(*self._analyse(pic.rgb, self._terms_of(t, c, b, timer)))
-                for pic, t, c, b in zip(pics, tops, candidates, chosen, strict=True)
+                Terms(*self._analyse(rgb, self._terms_of(t, c, b, timer)))
+                for rgb, t, c, b in zip(images, tops, candidates, chosen, strict=True)
             ]
             bits = _candidate_bits(self.encoding_priors[1], chosen, candidates, maps, timer)
             with timer(QUANTIZATION):
@@ -325,7 +352,7 @@ class Codec:
 
     def read_header(self, data: VqcLike) -> Header:
         """Validate ``data``'s header against this codec's model (size, model identifier) and
-        the pixel limit."""
+        the pixel limit (of the image and of the coded copy)."""
         header = container.read_header(vqc_bytes(data))
         check_size(header.width, header.height, self.max_pixels)
         if header.model_id != self.model_id:
@@ -334,16 +361,20 @@ class Codec:
                 f"but the loaded model ({self.name}) is {self.model_id.hex()}"
             )
         s = self.top_stride
-        expected = (
-            padding(header.width, s), padding(header.height, s),
-            (header.height + header.pad_y) // s, (header.width + header.pad_x) // s,
-        )  # fmt: skip
-        if (header.pad_x, header.pad_y, *header.top_shape) != expected or header.bottom_shape != (
-            2 * header.top_shape[0],
-            2 * header.top_shape[1],
+        width, height = self.coded_size(header)
+        if (
+            not (0 <= header.pad_x < s and 0 <= header.pad_y < s and width >= 1 and height >= 1)
+            or (not header.resampled and (width, height) != (header.width, header.height))
+            or header.bottom_shape != (2 * header.top_shape[0], 2 * header.top_shape[1])
         ):
             raise FormatError("damaged .vqc file: code map sizes do not match the image size")
+        check_size(width, height, self.max_pixels)
         return header
+
+    def coded_size(self, header: Header) -> tuple[int, int]:
+        """(width, height) of the image a file's maps code: its own, or its resampled copy's."""
+        s = self.top_stride
+        return header.top_shape[1] * s - header.pad_x, header.top_shape[0] * s - header.pad_y
 
     @torch.no_grad()
     def decode_codes(self, data: VqcLike, timer: Timer = no_timer) -> CodeMaps:
@@ -428,7 +459,21 @@ class Codec:
         return maps
 
     @torch.no_grad()
-    def reconstruct(self, codes: CodeMaps, width: int, height: int, timer: Timer = no_timer) -> np.ndarray:
+    def reconstruct(
+        self,
+        codes: CodeMaps,
+        width: int,
+        height: int,
+        timer: Timer = no_timer,
+        coded_size: tuple[int, int] | None = None,
+    ) -> np.ndarray:
+        """The (height, width, 3) uint8 RGB image of ``codes``: what the model synthesises from
+        them, at ``coded_size`` (default: the image's) and resampled to the image's size."""
+        pixels = self._synthesise(codes, *(coded_size or (width, height)), timer)
+        with timer(SYNTHESIS):
+            return resample(pixels, width, height)
+
+    def _synthesise(self, codes: CodeMaps, width: int, height: int, timer: Timer) -> np.ndarray:
         """The (height, width, 3) uint8 RGB image the model synthesises from ``codes``, window by window."""
         s = self.top_stride
         out = np.zeros((codes.top.shape[0] * s, codes.top.shape[1] * s, 3), dtype=np.uint8)
@@ -447,7 +492,14 @@ class Codec:
     def decompress_many(self, files: Sequence[VqcLike], timer: Timer = no_timer) -> list[Image.Image]:
         """``decompress`` several files at once, their maps sharing the priors' batches."""
         return [
-            to_pil(Picture(self.reconstruct(codes, header.width, header.height, timer), alpha, header.channels, meta))
+            to_pil(
+                Picture(
+                    self.reconstruct(codes, header.width, header.height, timer, self.coded_size(header)),
+                    alpha,
+                    header.channels,
+                    meta,
+                )
+            )
             for codes, header, alpha, meta in self._decode(files, timer)
         ]
 

@@ -1,20 +1,21 @@
-"""The ``.vqc`` file format: a fixed 68-byte header followed by the coded streams and, in version
+"""The ``.vqc`` file format: a fixed 68-byte header followed by the coded streams and, from version
 2, a metadata stream.
 
 All integers are little-endian. Layout (byte offset, size, field):
 
 ====  ====  ==========================================================================
 0     4     magic ``89 56 51 43`` (``\\x89VQC``)
-4     1     format version: 1, or 2 when the flags allow a metadata stream (readers take both)
+4     1     format version: the lowest that has the flags used (1: none, 2: bit 0, 3: bit 1)
 5     1     channels of the image: 1 gray, 2 gray + alpha, 3 RGB, 4 RGBA
-6     1     flags: bit 0 (version 2 only) a metadata stream follows the alpha stream; others 0
+6     1     flags: bit 0 (version 2 and later) a metadata stream follows the alpha stream; bit 1
+            (version 3) the maps code a resampled copy of the image (below); others 0
 7     1     prior tile: side of the independently coded regions, in top-map codes (bottom-map
             regions are twice as large); 1..64
 8     16    model identifier (``model.model_id``: SHA-256 of config and weights, truncated)
 24    4     image width (pixels)
 28    4     image height (pixels)
-32    2     padding added on the right before coding (pixels)
-34    2     padding added at the bottom before coding (pixels)
+32    2     padding added on the right of the coded image (pixels, less than the top stride)
+34    2     padding added at the bottom of the coded image (pixels, less than the top stride)
 36    2     top map width (codes)
 38    2     top map height (codes)
 40    2     bottom map width (codes)
@@ -33,11 +34,17 @@ All integers are little-endian. Layout (byte offset, size, field):
 Each map is cut into regions of tile x tile codes (top) and 2 tile x 2 tile codes (bottom), in
 raster order, that the priors code independently; within a stream, regions come in groups
 (``tiles.batches``) and, inside a group, in the wavefront order of ``IntegerPrior.wavefronts``.
+The coded image is the image itself, or with flag bit 1 a copy resampled to (top map width x
+top stride - right padding) x (top map height x top stride - bottom padding) pixels, which the
+decoder synthesises and resamples back to the image size (Lanczos): how one model serves higher
+rates (upsampled) and lower ones (downsampled). The alpha plane is never resampled.
+
 The maps are range-coded (constriction) under the model's priors; the alpha plane, when there
 is one, is stored losslessly with zlib. The payload CRC (of everything after the header) rejects a
 damaged file before any decoding; the content CRC catches a decoder whose probabilities differ
 from the encoder's. The metadata stream is zlib-compressed records: a 1-byte tag (1 ICC colour
-profile, 2 EXIF), a 4-byte length, the bytes. A file without metadata is written as version 1.
+profile, 2 EXIF), a 4-byte length, the bytes. A file is written with the lowest version its flags
+allow, so a reader that predates a flag refuses the file by its version.
 """
 
 from __future__ import annotations
@@ -51,10 +58,11 @@ import numpy as np
 from .errors import FormatError
 
 MAGIC = b"\x89VQC"
-VERSION = 2
-#: Versions this reader takes; files without metadata are still written as version 1.
-VERSIONS = (1, 2)
+#: Versions this reader takes, and the flags each allows (a file has the lowest that fits its flags).
 FLAG_METADATA = 1
+FLAG_RESAMPLED = 2
+VERSION_FLAGS = {1: 0, 2: FLAG_METADATA, 3: FLAG_METADATA | FLAG_RESAMPLED}
+VERSIONS = tuple(VERSION_FLAGS)
 #: Largest metadata (ICC profile and EXIF together, uncompressed) a file may carry.
 MAX_METADATA = 1 << 24
 METADATA_TAGS = {1: "icc_profile", 2: "exif"}
@@ -101,6 +109,10 @@ class Header:
         return bool(self.flags & FLAG_METADATA)
 
     @property
+    def resampled(self) -> bool:
+        return bool(self.flags & FLAG_RESAMPLED)
+
+    @property
     def has_alpha(self) -> bool:
         return self.channels in (2, 4)
 
@@ -134,11 +146,12 @@ def pack(header: Header, streams: Streams) -> bytes:
     payload = streams.top + streams.bottom + streams.alpha
     if streams.metadata:
         payload += struct.pack("<I", len(streams.metadata)) + streams.metadata
+    flags = (header.flags & FLAG_RESAMPLED) | (FLAG_METADATA if streams.metadata else 0)
     fields = (
         MAGIC,
-        VERSION if streams.metadata else 1,
+        min(v for v, allowed in VERSION_FLAGS.items() if flags & ~allowed == 0),
         header.channels,
-        FLAG_METADATA if streams.metadata else 0,
+        flags,
         header.tile,
         header.model_id,
         header.width,
@@ -200,7 +213,7 @@ def read_header(data: bytes) -> Header:
 
 
 def _validate(h: Header, version: int) -> None:
-    if h.flags & ~(FLAG_METADATA if version >= 2 else 0):
+    if h.flags & ~VERSION_FLAGS[version]:
         raise FormatError(f"unknown .vqc flags {h.flags:#x} for version {version}")
     if not 1 <= h.tile <= MAX_TILE:
         raise FormatError(f"invalid prior tile size {h.tile} (1..{MAX_TILE})")

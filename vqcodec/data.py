@@ -1,4 +1,5 @@
-"""Training data: the images of a folder, a fixed validation split, random crops and flips."""
+"""Training data: the images of a folder, a fixed validation split, random crops and flips, and
+colour augmentation for the colours photos rarely show."""
 
 from __future__ import annotations
 
@@ -47,19 +48,76 @@ def load_rgb(files: list[Path]) -> list[np.ndarray]:
     return [read_image(p).rgb for p in files]
 
 
+#: Channel levels a synthetic crop's colours are drawn from half the time (the rest uniformly):
+#: the saturated corners and edges of the RGB cube that photos seldom reach.
+CUBE_LEVELS = (0, 64, 128, 192, 255)
+
+
+def colour_grid() -> np.ndarray:
+    """The (125, 3) uint8 colours whose channels are all cube levels: the flat-colour test set."""
+    levels = np.array(CUBE_LEVELS, dtype=np.uint8)
+    return np.stack(np.meshgrid(levels, levels, levels, indexing="ij"), -1).reshape(-1, 3)
+
+
+def _uniform(generator: torch.Generator, *shape: int) -> np.ndarray:
+    return torch.rand(shape, generator=generator, dtype=torch.float64).numpy()
+
+
+def _random_colour(generator: torch.Generator) -> np.ndarray:
+    """An RGB colour (3,) in [0, 255]: each channel a cube level or uniform, by a coin per channel."""
+    levels = np.array(CUBE_LEVELS, dtype=np.float64)
+    on_grid = levels[(_uniform(generator, 3) * len(levels)).astype(int)]
+    return np.where(_uniform(generator, 3) < 0.5, on_grid, _uniform(generator, 3) * 255)
+
+
+def synthetic_crop(size: int, generator: torch.Generator) -> np.ndarray:
+    """A flat colour, or a linear ramp between two colours in a random direction (uint8, size x size x 3):
+    what a codec must keep exactly (logos, screenshots, skies) and photos teach too seldom."""
+    a, b = _random_colour(generator), _random_colour(generator)
+    if _uniform(generator, 1)[0] < 0.5:
+        return np.broadcast_to(np.round(a).astype(np.uint8), (size, size, 3)).copy()
+    angle = _uniform(generator, 1)[0] * 2 * np.pi
+    ys, xs = np.mgrid[0:size, 0:size] / max(1, size - 1)
+    t = np.cos(angle) * xs + np.sin(angle) * ys
+    t = (t - t.min()) / max(np.ptp(t), 1e-9)
+    return np.round(a + (b - a) * t[..., None]).clip(0, 255).astype(np.uint8)
+
+
+def recoloured(crop: np.ndarray, generator: torch.Generator) -> np.ndarray:
+    """``crop`` with its channels permuted and its saturation scaled by 1..2.5 (clipped): natural
+    texture in colours the photos do not have."""
+    order = torch.randperm(3, generator=generator).numpy()
+    x = crop[..., order].astype(np.float64)
+    gray = x.mean(axis=2, keepdims=True)
+    gain = 1 + 1.5 * _uniform(generator, 1)[0]
+    return np.round(gray + gain * (x - gray)).clip(0, 255).astype(np.uint8)
+
+
 class CropSampler:
     """Random size x size crops, flipped left-right half the time, as (B, 3, size, size) floats in [-1, 1].
 
+    ``colour`` is the share of crops given colours photos seldom have: half of those are replaced
+    by a synthetic flat colour or ramp (``synthetic_crop``), half recoloured (``recoloured``).
     The generator's state is part of a training checkpoint, so a resumed run draws the same crops.
     """
 
-    def __init__(self, images: list[np.ndarray], size: int, generator: torch.Generator):
+    def __init__(self, images: list[np.ndarray], size: int, generator: torch.Generator, colour: float = 0.0):
         small = [img.shape[:2] for img in images if min(img.shape[:2]) < size]
         if small:
             raise InputError(f"crop size {size} is larger than an image of size {small[0]}")
+        if not 0.0 <= colour <= 1.0:
+            raise InputError(f"the colour-augmented share must be in [0, 1], not {colour}")
         self.images = images
         self.size = size
         self.generator = generator
+        self.colour = colour
+
+    def _augmented(self, crop: np.ndarray) -> np.ndarray:
+        if not self.colour or _uniform(self.generator, 1)[0] >= self.colour:
+            return crop
+        if _uniform(self.generator, 1)[0] < 0.5:
+            return synthetic_crop(self.size, self.generator)
+        return recoloured(crop, self.generator)
 
     def sample(self, batch: int) -> torch.Tensor:
         crops = []
@@ -70,7 +128,7 @@ class CropSampler:
             crop = img[top : top + self.size, left : left + self.size]
             if torch.rand(1, generator=self.generator) < 0.5:
                 crop = crop[:, ::-1]
-            crops.append(np.ascontiguousarray(crop))
+            crops.append(np.ascontiguousarray(self._augmented(crop)))
         return to_batch(crops)
 
 

@@ -12,3 +12,7 @@ DEFAULT_TILE = 16
 #: depend on the thread count), and on a busy 2-core machine two threads ran the priors 5 to 8
 #: times slower than one.
 DEFAULT_THREADS = 1
+#: Bounds of the resampling factor (``Codec(scale=...)``): coding an upsampled copy raises the
+#: rate and the quality, a downsampled one lowers them; beyond these the time or the loss of
+#: detail outgrows the gain.
+MIN_SCALE, MAX_SCALE = 0.25, 2.0

@@ -183,6 +183,24 @@ def padding(size: int, multiple: int) -> int:
     return -size % multiple
 
 
+def scaled_size(width: int, height: int, scale: float, max_pixels: int) -> tuple[int, int]:
+    """(width, height) times ``scale``, rounded, at least 1, and shrunk to stay within
+    ``max_pixels`` and the format's limits (an image allowed in is never refused for its scale)."""
+    limit = min(max_pixels, MAX_PIXELS)
+    scale = min(scale, (limit / (width * height)) ** 0.5, MAX_SIDE / max(width, height))
+    w, h = max(1, round(width * scale)), max(1, round(height * scale))
+    while w * h > limit:
+        w, h = max(1, w - 1), max(1, h - 1)
+    return w, h
+
+
+def resample(rgb: np.ndarray, width: int, height: int) -> np.ndarray:
+    """(height, width, 3) uint8: ``rgb`` resized with a Lanczos filter (itself if already that size)."""
+    if rgb.shape[:2] == (height, width):
+        return rgb
+    return np.asarray(Image.fromarray(rgb).resize((width, height), Image.Resampling.LANCZOS))
+
+
 def pad_to(rgb: np.ndarray, multiple: int) -> np.ndarray:
     """(H, W, 3) edge-padded on the right and bottom to multiples of ``multiple``, as the codec codes it."""
     h, w = rgb.shape[:2]

@@ -55,6 +55,8 @@ class Settings:
     #: Train in bfloat16 autocast (CPUs with AVX512-BF16 and GPUs): about twice as fast. Only the
     #: priors and the synthesis take it; code search stays in float32, and so does validation.
     bf16: bool = False
+    #: Share of training crops recoloured or replaced by flat colours and ramps (``data.CropSampler``).
+    colour: float = 0.0
 
     def autocast(self, device: torch.device) -> torch.autocast:
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.bf16)
@@ -215,7 +217,7 @@ def train_vqvae(
     run = _Run(out, {"vqvae": model}, settings, {"stage": "vqvae", "arch": arch, "vqvae": asdict(config.vqvae)})
     run.resume(init)
     train_files, val_files = data.split(folder)
-    sampler = data.CropSampler(data.load_rgb(train_files), settings.crop, run.generator)
+    sampler = data.CropSampler(data.load_rgb(train_files), settings.crop, run.generator, settings.colour)
     val_images = data.load_rgb(val_files)
     net = _ddp(model)
 
@@ -258,6 +260,33 @@ def validate_vqvae(model: VQVAE2, images: list[np.ndarray]) -> dict[str, float]:
         "psnr": _psnr(mse),
         **{f"top_{k}": v for k, v in use_t.items()},
         **{f"bottom_{k}": v for k, v in use_b.items()},
+        **flat_colour_errors(model),
+    }
+
+
+#: Side of the flat images ``flat_colour_errors`` codes, and the margin left out of the measure
+#: (the edge of an image is not what a flat area inside a photo sees).
+FLAT_SIDE, FLAT_MARGIN = 64, 8
+
+
+@torch.no_grad()
+def flat_colour_errors(model: VQVAE2) -> dict[str, float]:
+    """How flat images of the 125 grid colours come back through the VQ-VAE (codes, no priors):
+    the worst error of a mean channel, the worst pixel, and how many colours have every mean
+    within 3 levels and every pixel within 12."""
+    device = next(model.parameters()).device
+    colours = torch.from_numpy(data.colour_grid()).float().to(device)
+    x = (colours / 127.5 - 1.0)[:, :, None, None].expand(-1, -1, FLAT_SIDE, FLAT_SIDE).contiguous()
+    top, bottom = model.encode(x)
+    y = ((model.decode(top, bottom) + 1.0) * 127.5).round().clamp(0, 255)
+    inner = slice(FLAT_MARGIN, FLAT_SIDE - FLAT_MARGIN)
+    error = y[:, :, inner, inner] - colours[:, :, None, None]
+    mean_error = error.mean((2, 3)).abs().amax(1)
+    pixel_error = error.abs().amax((1, 2, 3))
+    return {
+        "flat_worst_mean": float(mean_error.max()),
+        "flat_worst_pixel": float(pixel_error.max()),
+        "flat_within": float(((mean_error <= 3) & (pixel_error <= 12)).sum()),
     }
 
 
@@ -297,7 +326,7 @@ def train_decoder(
     run = _Run(out, {"vqvae": vqvae}, settings, {"stage": "decoder", "source": source_id, "grow": grow})
     run.resume()
     train_files, val_files = data.split(folder)
-    sampler = data.CropSampler(data.load_rgb(train_files), settings.crop, run.generator)
+    sampler = data.CropSampler(data.load_rgb(train_files), settings.crop, run.generator, settings.colour)
     val_images = data.load_rgb(val_files)
     net = _ddp(_Synthesis(vqvae))
 
