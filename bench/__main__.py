@@ -136,28 +136,34 @@ def rd(folder, out, quick, limit, crop, names, models, presets, vq_decode, devic
 def _model_options(f):
     f = click.option("--preset", help="A shipped vqcodec preset.")(f)
     f = rdo_option(f)
+    f = click.option("--quality", type=click.IntRange(0, 100),
+                     help="The operating point of vqcodec's --quality Q (preset, RDO and scale).")(f)  # fmt: skip
     return click.option("--model", "model_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
                         help="A vqcodec model file (.safetensors).")(f)  # fmt: skip
 
 
-def _loader(preset: str | None, model_path: Path | None, rdo: float):
-    """A function from a device name to a loaded codec; exactly one of preset and model is needed."""
-    if (preset is None) == (model_path is None):
-        raise click.UsageError("give exactly one of --preset NAME or --model PATH")
+def _loader(preset: str | None, model_path: Path | None, rdo: float, quality: int | None):
+    """A function from a device name to a loaded codec; exactly one of preset, model and quality
+    is needed."""
+    if sum(v is not None for v in (preset, model_path, quality)) != 1:
+        raise click.UsageError("give exactly one of --preset NAME, --model PATH or --quality Q")
+    scale = 1.0
+    if quality is not None:
+        preset, rdo, scale = vqcodec.quality.operating_point(quality)
     try:
         vqcodec.load(preset, path=model_path, device="cpu")  # fail early, with vqcodec's message
     except vqcodec.VQCodecError as exc:
         raise click.UsageError(str(exc)) from exc
-    return lambda device: vqcodec.load(preset, path=model_path, device=device, rdo=rdo)
+    return lambda device: vqcodec.load(preset, path=model_path, device=device, rdo=rdo, scale=scale)
 
 
 @main.command()
 @_images_options
 @_model_options
 @_device_option
-def entropy(folder, out, quick, limit, crop, model_path, rdo, preset, device) -> None:
+def entropy(folder, out, quick, limit, crop, model_path, quality, rdo, preset, device) -> None:
     """Bits per code of the code maps of the images in FOLDER: priors vs simple baselines."""
-    load = _loader(preset, model_path, rdo)
+    load = _loader(preset, model_path, rdo, quality)
     result = entropy_report(load(device), _samples(folder, quick, limit, crop))
     out.mkdir(parents=True, exist_ok=True)
     report.write_json(out / "entropy.json", result | {"command": _command_line(), "rdo": rdo})
@@ -179,12 +185,26 @@ def entropy(folder, out, quick, limit, crop, model_path, rdo, preset, device) ->
 @click.option("--cuda-graphs/--no-cuda-graphs", default=True, show_default=True,
               help="On CUDA, replay the decoder's wavefront steps from CUDA graphs.")  # fmt: skip
 def speed(
-    folder, out, quick, limit, crop, model_path, rdo, preset, device_names, decode, repeats, threads, batch, cuda_graphs
+    folder,
+    out,
+    quick,
+    limit,
+    crop,
+    model_path,
+    quality,
+    rdo,
+    preset,
+    device_names,
+    decode,
+    repeats,
+    threads,
+    batch,
+    cuda_graphs,
 ) -> None:
     """Time per stage of vqcodec's encoder and decoder on the images in FOLDER."""
     if threads:
         torch.set_num_threads(threads)
-    load = _loader(preset, model_path, rdo)
+    load = _loader(preset, model_path, rdo, quality)
 
     def load_codec(device: str) -> vqcodec.Codec:
         codec = load(device)

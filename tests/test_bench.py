@@ -208,7 +208,7 @@ def test_entropy_command_reports_every_map(tmp_path, image_dir, model_file):
 
 def test_entropy_needs_a_model(tmp_path, image_dir):
     result = CliRunner().invoke(main, ["entropy", str(image_dir), "--out", str(tmp_path)])
-    assert result.exit_code == 2 and "--preset NAME or --model PATH" in result.output
+    assert result.exit_code == 2 and "--preset NAME, --model PATH or --quality Q" in result.output
 
 
 def test_speed_command_times_every_stage(tmp_path, image_dir, model_file):
@@ -238,3 +238,15 @@ def test_speed_of_batches_is_per_image(tmp_path, image_dir, model_file):
     (row,) = run["rows"]
     assert (row["image"], row["batch"], row["pixels"]) == ("a+b", 2, (40 * 32 + 48 * 24) / 2)
     assert row["encode"]["seconds"]["total"] > 0 and row["decode"]["seconds"]["total"] > 0
+
+
+def test_flat_colours_and_ramps_go_through_the_codec(codec):
+    from bench.colours import Tolerance, flat_colours, ramp_steps
+
+    loose = flat_colours(codec, Tolerance(255, 255), side=16)
+    strict = flat_colours(codec, Tolerance(-1, -1), side=16)
+    assert loose["colours"] == len(loose["rows"]) == 125 and loose["within"] == 125 and strict["within"] == 0
+    assert 0 <= loose["worst_mean_error"] <= loose["worst_pixel_error"] <= 255
+    assert all(r["bytes"] > 0 for r in loose["rows"])
+    ramp = ramp_steps(codec, width=64, height=16)
+    assert ramp["largest_jump"] >= 0 and ramp["ramp_step"] == 255 / 63
