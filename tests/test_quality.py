@@ -19,8 +19,13 @@ def test_the_scale_walks_the_ladder_in_order():
     indices = [quality.LADDER.index(p) for p in points]
     assert indices == sorted(indices) and set(indices) == set(range(len(quality.LADDER)))
     assert quality.operating_point(quality.DEFAULT_QUALITY) == (DEFAULT_PRESET, DEFAULT_RDO, 1.0)
-    spans = [len(span) for span, _ in quality.qualities()]
-    assert sum(spans) == 101 and max(spans) - min(spans) <= 3
+    spans = quality.qualities()
+    assert sum(len(span) for span, _ in spans) == 101
+    for side in (
+        [s for s in spans if s[0].start < quality.DEFAULT_QUALITY],
+        [s for s in spans if s[0].start >= quality.DEFAULT_QUALITY],
+    ):
+        assert max(len(span) for span, _ in side) - min(len(span) for span, _ in side) <= 1
     scales = [point.scale for point in quality.LADDER]
     assert scales == sorted(scales) and len(set(scales)) == len(scales)
     with pytest.raises(vqcodec.UsageError):
