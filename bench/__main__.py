@@ -24,7 +24,7 @@ from .entropy import entropy_report
 from .hostile import run_hostile
 from .images import Sample, load_images
 from .metrics import MSSSIM_MIN_SIDE
-from .rd import REFERENCE, average_curve, bd_rates, same_size_jpeg, sweep
+from .rd import REFERENCE, average_curve, bd_rates, same_rate, same_size_jpeg, sweep
 from .speed import devices, measure_speed
 
 DEFAULT_OUT = Path(__file__).parent / "results"
@@ -125,7 +125,8 @@ def rd(folder, out, quick, limit, crop, names, models, presets, vq_decode, devic
         "command": _command_line(), "dataset": str(folder), "environment": environment, "rdo": rdo,
         "images": [{"name": s.name, "width": s.image.width, "height": s.image.height} for s in samples],
         "codecs": curves, "bd_rate": bd_rates(curves), "same_size_jpeg": same_size,
-        "same_size_jpeg_mean": report.same_size_summary(same_size), "notes": _notes(samples, learned, vq_decode),
+        "same_size_jpeg_mean": report.same_size_summary(same_size),
+        "same_rate": same_rate(curves, {c.name for c in learned}), "notes": _notes(samples, learned, vq_decode),
         "per_image": records,
     }  # fmt: skip
     paths = report.write_rd(run, out)

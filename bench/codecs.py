@@ -46,6 +46,8 @@ class Coded:
     decoded: np.ndarray
     encode_s: float
     decode_s: float | None
+    #: vqcodec: the bits per code of the top and bottom maps; None for the classical codecs.
+    bits_per_code: tuple[float, float] | None = None
 
 
 class RDCodec(Protocol):
@@ -177,11 +179,12 @@ class VQCodec:
         codec = self.models[str(setting)]
         rgb = np.asarray(image)
         encoded, enc_s = best_time(lambda: codec.encode(rgb), repeats)
+        bits = (encoded.top.bits_per_code, encoded.bottom.bits_per_code)
         if not self.decode:
             pixels = codec.reconstruct(encoded.codes, image.width, image.height, coded_size=encoded.coded_size)
-            return Coded(encoded.data, pixels, enc_s, None)
+            return Coded(encoded.data, pixels, enc_s, None, bits)
         decoded, dec_s = best_time(lambda: codec.decompress(encoded.data), repeats)
-        return Coded(encoded.data, rgb_array(decoded), enc_s, dec_s)
+        return Coded(encoded.data, rgb_array(decoded), enc_s, dec_s, bits)
 
 
 def vqcodec_codecs(

@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from .codecs import PillowCodec, RDCodec, Setting
 from .images import Sample
-from .metrics import bd_rate, ms_ssim, ms_ssim_db, psnr
+from .metrics import bd_rate, ms_ssim, ms_ssim_db, psnr, quality_at
 
 #: The reference codec for BD-rates and same-size comparisons.
 REFERENCE = "jpeg420"
@@ -41,6 +41,8 @@ def measure(codec: RDCodec, sample: Sample, setting: Setting, repeats: int) -> d
         **quality_metrics(np.asarray(sample.image), coded.decoded),
         "encode_s": coded.encode_s,
         "decode_s": coded.decode_s,
+        "top_bits_per_code": coded.bits_per_code[0] if coded.bits_per_code else None,
+        "bottom_bits_per_code": coded.bits_per_code[1] if coded.bits_per_code else None,
     }
 
 
@@ -76,6 +78,8 @@ def average_curve(codec: RDCodec, records: Sequence[dict]) -> dict:
         "decoding_time": lambda rows: mean([r["decode_s"] for r in rows]),
         "encoding_mpx_per_s": lambda rows: _mpx_per_s(rows, "encode_s"),
         "decoding_mpx_per_s": lambda rows: _mpx_per_s(rows, "decode_s"),
+        "top-bits-per-code": lambda rows: mean([r["top_bits_per_code"] for r in rows]),
+        "bottom-bits-per-code": lambda rows: mean([r["bottom_bits_per_code"] for r in rows]),
     }
     results = {"setting": list(codec.settings)}
     results |= {key: [fn(rows) for rows in per_setting] for key, fn in columns.items()}
@@ -93,6 +97,28 @@ def bd_rates(curves: dict[str, dict]) -> dict[str, dict[str, dict | None]]:
             bd = bd_rate(ref["bpp"], ref[key], res["bpp"], res[key])
             out[name][metric] = bd._asdict() if bd else None
     return out
+
+
+#: The codecs each learned codec's points are compared with at the same rate.
+SAME_RATE_CODECS = ("jpeg420", "webp_m4", "avif")
+
+
+def same_rate(curves: dict[str, dict], learned: set[str]) -> list[dict]:
+    """Each point of the learned codecs with the PSNR and MS-SSIM of ``SAME_RATE_CODECS`` at its
+    bpp, read off their averaged curves (PCHIP over log bpp; None outside a curve's range)."""
+    rows = []
+    for name in sorted(learned):
+        res = curves[name]["results"]
+        for i, setting in enumerate(res["setting"]):
+            row = {"codec": name, "setting": setting, "bpp": res["bpp"][i], "psnr": res["psnr-rgb"][i],
+                   "ms_ssim": res["ms-ssim-rgb"][i]}  # fmt: skip
+            for other in SAME_RATE_CODECS:
+                if other in curves:
+                    ref = curves[other]["results"]
+                    row[f"{other}_psnr"] = quality_at(ref["bpp"], ref["psnr-rgb"], res["bpp"][i])
+                    row[f"{other}_ms_ssim"] = quality_at(ref["bpp"], ref["ms-ssim-rgb"], res["bpp"][i])
+            rows.append(row)
+    return rows
 
 
 def match_size(image: Image.Image, target_bytes: int, jpeg: PillowCodec) -> tuple[int, bytes]:

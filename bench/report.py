@@ -107,17 +107,32 @@ def _median(values: Sequence[float | None]) -> float | None:
 def curve_table(curve: dict) -> str:
     """The averaged curve of one codec, one row per setting."""
     res = curve["results"]
-    keys = ("bpp", "bits-per-subpixel", "psnr-rgb", "ms-ssim-rgb", "ms-ssim-rgb-db", "encoding_time", "decoding_time")
-    digits = (4, 4, 3, 5, 3, 1, 1)
-    scale = (1, 1, 1, 1, 1, 1000, 1000)
+    keys = ("bpp", "bits-per-subpixel", "psnr-rgb", "ms-ssim-rgb", "ms-ssim-rgb-db", "encoding_time", "decoding_time",
+            "top-bits-per-code", "bottom-bits-per-code")  # fmt: skip
+    digits = (4, 4, 3, 5, 3, 1, 1, 3, 3)
+    scale = (1, 1, 1, 1, 1, 1000, 1000, 1, 1)
     rows = []
     for i, setting in enumerate(res["setting"]):
         cells = [
             fmt(None if res[k][i] is None else res[k][i] * s, d) for k, d, s in zip(keys, digits, scale, strict=True)
         ]
         rows.append([str(setting), *cells])
-    header = ["setting", "bpp", "bits/subpixel", "PSNR", "MS-SSIM", "MS-SSIM dB", "enc ms", "dec ms"]
+    header = ["setting", "bpp", "bits/subpixel", "PSNR", "MS-SSIM", "MS-SSIM dB", "enc ms", "dec ms",
+              "top bits/code", "bottom bits/code"]  # fmt: skip
     return table(header, rows)
+
+
+def same_rate_table(rows: Sequence[dict]) -> str:
+    """Each learned point against the other codecs' curves at its bpp."""
+    others = [k[: -len("_psnr")] for k in (rows[0] if rows else {}) if k.endswith("_psnr")]
+    header = ["codec", "setting", "bpp", "PSNR", "MS-SSIM", *[f"{o} PSNR" for o in others],
+              *[f"{o} MS-SSIM" for o in others]]  # fmt: skip
+    body = [
+        [r["codec"], str(r["setting"]), fmt(r["bpp"], 4), fmt(r["psnr"]), fmt(r["ms_ssim"], 4),
+         *[fmt(r[f"{o}_psnr"]) for o in others], *[fmt(r[f"{o}_ms_ssim"], 4) for o in others]]
+        for r in rows
+    ]  # fmt: skip
+    return table(header, body)
 
 
 def same_size_summary(rows: Sequence[dict]) -> list[dict]:
@@ -177,6 +192,8 @@ def markdown(run: dict) -> str:
         parts += ["Notes:", "\n".join(f"- {note}" for note in run["notes"])]
     for name, curve in curves.items():
         parts += [f"## {name}", curve["description"], curve_table(curve)]
+    if run.get("same_rate"):
+        parts += ["## At the same rate, on the other codecs' averaged curves", same_rate_table(run["same_rate"])]
     if run["same_size_jpeg"]:
         parts += [f"## Against {REFERENCE} at the same size", same_size_tables(run["same_size_jpeg"])]
     return "\n\n".join(parts) + "\n"

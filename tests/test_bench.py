@@ -165,6 +165,17 @@ def test_rd_quick_run_writes_compressai_json_tables_and_plots(tmp_path, image_di
         assert row["bpp"] == pytest.approx(8 * len(data) / (row["width"] * row["height"]), rel=1e-5)
         assert row["bits_per_subpixel"] == pytest.approx(row["bpp"] / 3, rel=1e-5)
         assert row["psnr"] == pytest.approx(psnr(original, np.asarray(codec.decompress(data))), rel=1e-5)
+        encoded = codec.encode(original)
+        assert row["top_bits_per_code"] == pytest.approx(encoded.top.bits_per_code, rel=1e-5)
+        assert row["bottom_bits_per_code"] == pytest.approx(encoded.bottom.bits_per_code, rel=1e-5)
+    assert results["top-bits-per-code"] == [None] * 4  # a classical codec has no code maps
+    vq_results = run["codecs"]["vqcodec-tiny"]["results"]
+    assert vq_results["top-bits-per-code"][0] == pytest.approx(
+        np.mean([r["top_bits_per_code"] for r in vq_rows]), rel=1e-5
+    )
+    (point,) = run["same_rate"]
+    assert point["codec"] == "vqcodec-tiny" and point["bpp"] == vq_results["bpp"][0]
+    assert set(point) >= {"jpeg420_psnr", "jpeg420_ms_ssim"}  # None where the point is off JPEG's curve
 
     same = run["same_size_jpeg"]
     assert [(r["codec"], r["image"]) for r in same] == [("vqcodec-tiny", "a"), ("vqcodec-tiny", "b")]
