@@ -198,15 +198,8 @@ def compress(
                 raise click.UsageError(f"--quality and --target-size/--target-bpp set --{name}: give one of them")
     if quality is not None:
         kwargs["preset"], rdo, scale = vqcodec_quality.operating_point(quality)
-    options = _options(
-        kwargs,
-        rdo=rdo,
-        rdo_passes=rdo_passes,
-        scale=scale,
-        strip=strip,
-        target_bytes=target_size,
-        target_bpp=target_bpp,
-    )
+    coding = {"rdo": rdo, "rdo_passes": rdo_passes, "scale": scale, "strip": strip}
+    options = _options(kwargs, **coding, target_bytes=target_size, target_bpp=target_bpp)
     _run(batch.compress_file, inputs, ".vqc", batch.IMAGE_SUFFIXES, options, kwargs, _compress_stream)
 
 
