@@ -105,3 +105,18 @@ def test_forged_large_headers_are_refused_before_decoding(**fields):
         return  # the sample's own header
     with pytest.raises(vqcodec.VQCodecError):
         CODEC.read_header(_forge(**fields))
+
+
+@settings(max_examples=max(CASES // 5, 100), deadline=None)
+@given(
+    width=st.integers(0, 600), height=st.integers(0, 600), pad_x=small, pad_y=small,
+    top_shape=st.tuples(small, small), bottom_shape=st.tuples(small, small), channels=st.sampled_from([3, 4]),
+)  # fmt: skip
+def test_forged_resampled_headers(**fields):
+    """With the resampled flag the image size no longer follows from the maps: any such header is
+    refused, or the file decodes to an image of the size it declares."""
+    try:
+        image = CODEC.decompress(_forge(flags=container.FLAG_RESAMPLED, **fields))
+    except vqcodec.VQCodecError:
+        return
+    assert image.size == (fields["width"], fields["height"])
