@@ -258,10 +258,8 @@ def colours(qualities, out) -> None:
     picked = [(q, vqcodec.quality.operating_point(q)) for q in qualities] or [(s.start, p) for s, p in spans]
     rows = {}
     for q, point in picked:
-        codec = vqcodec.load(point.preset, device="cpu", rdo=point.rdo, scale=point.scale)
-        default = q == vqcodec.quality.DEFAULT_QUALITY or point == vqcodec.quality.operating_point(
-            vqcodec.quality.DEFAULT_QUALITY
-        )
+        codec = vqcodec.load(**point._asdict(), device="cpu")
+        default = point == vqcodec.quality.operating_point(vqcodec.quality.DEFAULT_QUALITY)
         flat = flat_colours(codec, DEFAULT_TOLERANCE if default else ANY_POINT_TOLERANCE)
         ramp = ramp_steps(codec)
         rows[f"q{q} {point}"] = {"flat": flat, "ramp": ramp}

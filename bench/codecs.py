@@ -196,7 +196,7 @@ def vqcodec_codecs(
     codecs = []
     if use_presets and vqcodec.presets():
         models = {
-            f"q{span.start} {point}": vqcodec.load(point.preset, device=device, rdo=point.rdo, scale=point.scale)
+            f"q{span.start} {point}": vqcodec.load(**point._asdict(), device=device)
             for span, point in vqcodec.quality.qualities()
         }
         codecs.append(VQCodec("vqcodec", "vqcodec operating points (--quality)", models, decode))

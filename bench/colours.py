@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 import vqcodec
-from vqcodec.data import colour_grid
+from vqcodec.data import FLAT_MEAN_TOLERANCE, FLAT_PIXEL_TOLERANCE, colour_grid
 
 #: Side of the flat test images.
 SIDE = 256
@@ -25,8 +25,8 @@ class Tolerance:
 
 
 #: The tolerances: at the default operating point, and at every other one.
-DEFAULT_TOLERANCE = Tolerance(3, 12)
-ANY_POINT_TOLERANCE = Tolerance(6, 24)
+DEFAULT_TOLERANCE = Tolerance(FLAT_MEAN_TOLERANCE, FLAT_PIXEL_TOLERANCE)
+ANY_POINT_TOLERANCE = Tolerance(2 * FLAT_MEAN_TOLERANCE, 2 * FLAT_PIXEL_TOLERANCE)
 
 
 def flat_colours(codec: vqcodec.Codec, tolerance: Tolerance, side: int = SIDE) -> dict:

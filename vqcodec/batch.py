@@ -181,8 +181,8 @@ def encode_image(image: Any, options: Options) -> tuple[Any, Any]:
     found = {}
 
     def encode(point: quality.OperatingPoint) -> bytes:
-        chosen = replace(options, **point._asdict(), target_bytes=None, target_bpp=None)
-        found[point] = (codec_for(chosen), codec_for(chosen).encode(pixels))
+        codec = codec_for(replace(options, **point._asdict(), target_bytes=None, target_bpp=None))
+        found[point] = (codec, codec.encode(pixels))
         return found[point][1].data
 
     _, point = quality.largest_within(encode, budget)

@@ -53,6 +53,11 @@ def load_rgb(files: list[Path]) -> list[np.ndarray]:
 CUBE_LEVELS = (0, 64, 128, 192, 255)
 
 
+#: How close a flat grid colour must come back at the default quality, in 8-bit levels: every
+#: channel's mean, and every pixel (twice these at the other operating points).
+FLAT_MEAN_TOLERANCE, FLAT_PIXEL_TOLERANCE = 3, 12
+
+
 def colour_grid() -> np.ndarray:
     """The (125, 3) uint8 colours whose channels are all cube levels: the flat-colour test set."""
     levels = np.array(CUBE_LEVELS, dtype=np.uint8)

@@ -272,8 +272,8 @@ FLAT_SIDE, FLAT_MARGIN = 64, 8
 @torch.no_grad()
 def flat_colour_errors(model: VQVAE2) -> dict[str, float]:
     """How flat images of the 125 grid colours come back through the VQ-VAE (codes, no priors):
-    the worst error of a mean channel, the worst pixel, and how many colours have every mean
-    within 3 levels and every pixel within 12."""
+    the worst error of a mean channel, the worst pixel, and how many colours are within
+    ``data.FLAT_MEAN_TOLERANCE`` and ``data.FLAT_PIXEL_TOLERANCE``."""
     device = next(model.parameters()).device
     colours = torch.from_numpy(data.colour_grid()).float().to(device)
     x = (colours / 127.5 - 1.0)[:, :, None, None].expand(-1, -1, FLAT_SIDE, FLAT_SIDE).contiguous()
@@ -286,7 +286,9 @@ def flat_colour_errors(model: VQVAE2) -> dict[str, float]:
     return {
         "flat_worst_mean": float(mean_error.max()),
         "flat_worst_pixel": float(pixel_error.max()),
-        "flat_within": float(((mean_error <= 3) & (pixel_error <= 12)).sum()),
+        "flat_within": float(
+            ((mean_error <= data.FLAT_MEAN_TOLERANCE) & (pixel_error <= data.FLAT_PIXEL_TOLERANCE)).sum()
+        ),
     }
 
 
