@@ -105,17 +105,19 @@ def _notes(samples: Sequence[Sample], learned: Sequence[VQCodec], decode: bool) 
 @click.option("--vq-decode/--no-vq-decode", default=True, show_default=True,
               help="Run vqcodec's decoder; when off, quality comes from the encoder's code maps (which the "
                    "decoder reproduces exactly) and no decode time is given.")  # fmt: skip
+@click.option("--ladder", is_flag=True, help="Run each --model at every --quality point's RDO and scale, "
+              "in place of that point's preset (a candidate model's whole curve; --rdo is then unused).")  # fmt: skip
 @_device_option
 @rdo_option
 @click.option("--repeats", type=click.IntRange(1), help="Timing runs per file, best kept [default: 3, 1 with --quick].")
 @click.option("--threads", type=click.IntRange(1), default=1, show_default=True,
               help="torch threads (vqcodec on the CPU, MS-SSIM); the classical codecs run on one thread.")  # fmt: skip
-def rd(folder, out, quick, limit, crop, names, models, presets, vq_decode, device, rdo, repeats, threads) -> None:
+def rd(folder, out, quick, limit, crop, names, models, presets, vq_decode, ladder, device, rdo, repeats, threads) -> None:
     """Rate-distortion of vqcodec and classical codecs on the images in FOLDER."""
     torch.set_num_threads(threads)
     samples = _samples(folder, quick, limit, crop)
     classical = _pick_classical(names, quick)
-    learned = vqcodec_codecs(presets, models, device, vq_decode, rdo)
+    learned = vqcodec_codecs(presets, models, device, vq_decode, rdo, ladder)
     codecs = [*classical, *learned]
     records = sweep(codecs, samples, repeats or (1 if quick else 3))
     curves = {c.name: average_curve(c, records) for c in codecs}

@@ -187,20 +187,33 @@ class VQCodec:
         return Coded(encoded.data, rgb_array(decoded), enc_s, dec_s, bits)
 
 
+def _ladder(device: str, path: Path | None = None) -> dict[str, vqcodec.Codec]:
+    """Every point ``--quality`` picks (named by the lowest quality that picks it), with the
+    model file ``path`` in place of the point's preset when given."""
+    models = {}
+    for span, point in vqcodec.quality.qualities():
+        if path is None:
+            models[f"q{span.start} {point}"] = vqcodec.load(**point._asdict(), device=device)
+        else:
+            name = f"q{span.start} {point._replace(preset=path.stem)}"
+            models[name] = vqcodec.load(path=path, rdo=point.rdo, scale=point.scale, device=device)
+    return models
+
+
 def vqcodec_codecs(
-    use_presets: bool, model_paths: Sequence[Path], device: str, decode: bool, rdo: float
+    use_presets: bool, model_paths: Sequence[Path], device: str, decode: bool, rdo: float, ladder: bool = False
 ) -> list[VQCodec]:
-    """The shipped operating points (every point ``--quality`` picks, named by the lowest quality
-    that picks it) as one codec ``vqcodec``, and each model file as a codec of its own,
-    ``vqcodec-<file stem>``, encoding with ``rdo`` (see ``vqcodec.Codec``)."""
+    """The shipped operating points as one codec ``vqcodec``, and each model file as a codec of
+    its own, ``vqcodec-<file stem>``: encoding with ``rdo`` (see ``vqcodec.Codec``), or with
+    ``ladder`` at every operating point's RDO and scale (a candidate model's whole curve)."""
     codecs = []
     if use_presets and vqcodec.presets():
-        models = {
-            f"q{span.start} {point}": vqcodec.load(**point._asdict(), device=device)
-            for span, point in vqcodec.quality.qualities()
-        }
-        codecs.append(VQCodec("vqcodec", "vqcodec operating points (--quality)", models, decode))
+        codecs.append(VQCodec("vqcodec", "vqcodec operating points (--quality)", _ladder(device), decode))
     for path in model_paths:
-        codec = vqcodec.load(path=path, device=device, rdo=rdo)
-        codecs.append(VQCodec(f"vqcodec-{path.stem}", f"vqcodec model {path.name}", {path.stem: codec}, decode))
+        name, description = f"vqcodec-{path.stem}", f"vqcodec model {path.name}"
+        if ladder:
+            codecs.append(VQCodec(name, description + " at the --quality points", _ladder(device, path), decode))
+        else:
+            codec = vqcodec.load(path=path, device=device, rdo=rdo)
+            codecs.append(VQCodec(name, description, {path.stem: codec}, decode))
     return codecs

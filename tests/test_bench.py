@@ -18,7 +18,7 @@ from PIL import Image
 
 import vqcodec
 from bench.__main__ import main, spread
-from bench.codecs import VQCodec, classical_codecs
+from bench.codecs import VQCodec, classical_codecs, vqcodec_codecs
 from bench.metrics import MSSSIM_MIN_SIDE, bd_rate, ms_ssim, psnr, quality_at
 from bench.rd import match_size
 from bench.report import write_json
@@ -132,6 +132,18 @@ def test_vqcodec_without_decoding_gives_the_decoder_s_image(model_file, rng):
     fast = VQCodec("vq", "", {"m": codec}, decode=False).run(image, "m", 1)
     assert full.data == fast.data and fast.decode_s is None and full.decode_s > 0
     np.testing.assert_array_equal(full.decoded, fast.decoded)
+
+
+def test_ladder_runs_a_model_file_at_every_operating_point(model_file):
+    (codec,) = vqcodec_codecs(False, [model_file], "cpu", decode=False, rdo=0.5, ladder=True)
+    points = [point for _, point in vqcodec.quality.qualities()]
+    assert codec.name == "vqcodec-tiny" and len(codec.settings) == len(points)
+    for setting, point in zip(codec.settings, points, strict=True):
+        loaded = codec.models[setting]
+        assert (loaded.rdo, loaded.scale) == (point.rdo, point.scale)
+        assert setting.startswith("q") and str(point._replace(preset="tiny")) in setting
+    (single,) = vqcodec_codecs(False, [model_file], "cpu", decode=False, rdo=0.5)
+    assert single.settings == ["tiny"] and single.models["tiny"].rdo == 0.5
 
 
 # -- commands ---------------------------------------------------------------------------------
