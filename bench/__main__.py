@@ -112,7 +112,9 @@ def _notes(samples: Sequence[Sample], learned: Sequence[VQCodec], decode: bool) 
 @click.option("--repeats", type=click.IntRange(1), help="Timing runs per file, best kept [default: 3, 1 with --quick].")
 @click.option("--threads", type=click.IntRange(1), default=1, show_default=True,
               help="torch threads (vqcodec on the CPU, MS-SSIM); the classical codecs run on one thread.")  # fmt: skip
-def rd(folder, out, quick, limit, crop, names, models, presets, vq_decode, ladder, device, rdo, repeats, threads) -> None:
+def rd(
+    folder, out, quick, limit, crop, names, models, presets, vq_decode, ladder, device, rdo, repeats, threads
+) -> None:
     """Rate-distortion of vqcodec and classical codecs on the images in FOLDER."""
     torch.set_num_threads(threads)
     samples = _samples(folder, quick, limit, crop)
