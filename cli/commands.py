@@ -481,15 +481,18 @@ def train_vqvae_command(folder: Path, out: Path, arch: str, init: str | None, **
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Finished model file.")
 @click.option("--arch", type=click.Choice(sorted(ARCHITECTURES)), help="Priors' architecture [default: the VQ-VAE's].")
 @_init_option
+@click.option("--rdo", type=click.FloatRange(min=0), default=0.0, show_default=True, callback=_finite,
+              help="Learn the codes the encoder writes at this RDO strength, priced by the priors of "
+              "--vqvae (a finished model), instead of the nearest codes.")  # fmt: skip
 @_bf16_option
 @_settings_options(DEFAULT_TILE, "Crop side in top-map codes (bottom crops are twice that).")
 def train_prior_command(
-    vqvae_source: str, folder: Path, out: Path, arch: str | None, init: str | None, **kwargs
+    vqvae_source: str, folder: Path, out: Path, arch: str | None, init: str | None, rdo: float, **kwargs
 ) -> None:
     """Stage 2: train the priors on the code maps of DATA; writes the codec model OUT."""
     _training().init_distributed()
     checkpoint = out.with_name(out.name + ".ckpt")
-    _training().train_prior(vqvae_source, folder, checkpoint, out, _settings(kwargs), arch, init)
+    _training().train_prior(vqvae_source, folder, checkpoint, out, _settings(kwargs), arch, init, rdo)
     _report_model(out, checkpoint)
 
 

@@ -27,6 +27,7 @@ from tqdm import tqdm
 from . import data
 from .catalog import model_file
 from .checkpoint import is_checkpoint, load_checkpoint, load_modules, read_meta, save_checkpoint
+from .codec import Codec
 from .config import ARCHITECTURES, ModelConfig, VQVAEConfig
 from .defaults import DEFAULT_TILE
 from .errors import ModelError
@@ -451,6 +452,17 @@ def _crops(maps: list[tuple[np.ndarray, np.ndarray]], size: int) -> Iterator[tup
                 )
 
 
+@torch.no_grad()
+def rdo_maps(source: str | Path, images: list[np.ndarray], rdo: float) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(top, bottom) code maps the encoder of the finished model ``source`` writes for whole
+    images at RDO strength ``rdo``: the bottom codes its priors price, not the nearest ones."""
+    if is_checkpoint(Path(source)):
+        raise ModelError("RDO code maps need a finished model (its priors price the codes), not a checkpoint")
+    codec = Codec(load_model(model_file(source)), device=_device(), rdo=rdo)
+    coded = (codec.encode(img).codes for img in tqdm(images, desc="RDO code maps", disable=_rank() != 0))
+    return [(c.top, c.bottom) for c in coded]
+
+
 def train_prior(
     vqvae_source: str | Path,
     folder: str | Path,
@@ -459,10 +471,13 @@ def train_prior(
     settings: Settings = Settings(crop=DEFAULT_TILE),
     arch: str | None = None,
     init: str | Path | None = None,
+    rdo: float = 0.0,
 ) -> Path:
     """Train (or resume) both priors on the code maps of ``folder``; write the finished, calibrated
     codec model to ``model_out`` (the checkpoint for resuming goes to ``out``). ``init`` (a model
-    file or preset with the same priors) fine-tunes its priors, e.g. after fine-tuning its VQ-VAE."""
+    file or preset with the same priors) fine-tunes its priors, e.g. after fine-tuning its VQ-VAE.
+    With ``rdo`` the maps are those the finished model ``vqvae_source`` encodes at that strength
+    (``rdo_maps``), so the priors learn the codes files hold; otherwise the nearest codes."""
     out, model_out = Path(out), Path(model_out)
     vqvae, config = load_vqvae(vqvae_source, arch)
     device = _device()
@@ -470,8 +485,12 @@ def train_prior(
     run = _Run(out, {"top_prior": top_prior, "bottom_prior": bottom_prior}, settings, {"stage": "prior"})
     run.resume(init)
     train_files, val_files = data.split(folder)
-    train_maps = code_maps(vqvae, data.load_rgb(train_files))
-    val_maps = code_maps(vqvae, data.load_rgb(val_files))
+
+    def maps(files: list[Path]) -> list[tuple[np.ndarray, np.ndarray]]:
+        images = data.load_rgb(files)
+        return rdo_maps(vqvae_source, images, rdo) if rdo else code_maps(vqvae, images)
+
+    train_maps, val_maps = maps(train_files), maps(val_files)
     sampler = MapCropSampler(train_maps, settings.crop, run.generator)
     val_crops = [(t.to(device), b.to(device)) for t, b in _crops(val_maps, settings.crop)]
     top_net, bottom_net = _ddp(top_prior), _ddp(bottom_prior)
