@@ -152,14 +152,14 @@ def _loader(preset: str | None, model_path: Path | None, rdo: float, quality: in
     is needed."""
     if sum(v is not None for v in (preset, model_path, quality)) != 1:
         raise click.UsageError("give exactly one of --preset NAME, --model PATH or --quality Q")
-    scale = 1.0
+    coding = {"preset": preset, "rdo": rdo}
     if quality is not None:
-        preset, rdo, scale = vqcodec.quality.operating_point(quality)
+        coding = vqcodec.quality.operating_point(quality)._asdict()
     try:
-        vqcodec.load(preset, path=model_path, device="cpu")  # fail early, with vqcodec's message
+        vqcodec.load(coding["preset"], path=model_path, device="cpu")  # fail early, with vqcodec's message
     except vqcodec.VQCodecError as exc:
         raise click.UsageError(str(exc)) from exc
-    return lambda device: vqcodec.load(preset, path=model_path, device=device, rdo=rdo, scale=scale)
+    return lambda device: vqcodec.load(**coding, path=model_path, device=device)
 
 
 @main.command()

@@ -196,7 +196,7 @@ def _ladder(device: str, path: Path | None = None) -> dict[str, vqcodec.Codec]:
             models[f"q{span.start} {point}"] = vqcodec.load(**point._asdict(), device=device)
         else:
             name = f"q{span.start} {point._replace(preset=path.stem)}"
-            models[name] = vqcodec.load(path=path, rdo=point.rdo, scale=point.scale, device=device)
+            models[name] = vqcodec.load(**point._replace(preset=None)._asdict(), path=path, device=device)
     return models
 
 

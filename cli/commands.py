@@ -193,11 +193,12 @@ def compress(
         raise click.UsageError(f"{' and '.join(chosen)} each choose the model: give one of them")
     if quality is not None or target_size or target_bpp:
         context = click.get_current_context()
-        for name in ("rdo", "scale"):
+        for name in ("rdo", "rdo_passes", "scale"):
             if context.get_parameter_source(name) != click.core.ParameterSource.DEFAULT:
-                raise click.UsageError(f"--quality and --target-size/--target-bpp set --{name}: give one of them")
+                flag = "--" + name.replace("_", "-")
+                raise click.UsageError(f"--quality and --target-size/--target-bpp set {flag}: give one of them")
     if quality is not None:
-        kwargs["preset"], rdo, scale = vqcodec_quality.operating_point(quality)
+        kwargs["preset"], rdo, scale, rdo_passes = vqcodec_quality.operating_point(quality)
     coding = {"rdo": rdo, "rdo_passes": rdo_passes, "scale": scale, "strip": strip}
     options = _options(kwargs, **coding, target_bytes=target_size, target_bpp=target_bpp)
     _run(batch.compress_file, inputs, ".vqc", batch.IMAGE_SUFFIXES, options, kwargs, _compress_stream)

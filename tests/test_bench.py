@@ -140,7 +140,7 @@ def test_ladder_runs_a_model_file_at_every_operating_point(model_file):
     assert codec.name == "vqcodec-tiny" and len(codec.settings) == len(points)
     for setting, point in zip(codec.settings, points, strict=True):
         loaded = codec.models[setting]
-        assert (loaded.rdo, loaded.scale) == (point.rdo, point.scale)
+        assert (loaded.rdo, loaded.scale, loaded.rdo_passes) == (point.rdo, point.scale, point.rdo_passes)
         assert setting.startswith("q") and str(point._replace(preset="tiny")) in setting
     (single,) = vqcodec_codecs(False, [model_file], "cpu", decode=False, rdo=0.5)
     assert single.settings == ["tiny"] and single.models["tiny"].rdo == 0.5

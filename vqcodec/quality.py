@@ -17,20 +17,27 @@ class OperatingPoint(NamedTuple):
     preset: str
     rdo: float
     scale: float = 1.0
+    rdo_passes: int = 1
 
     def __str__(self) -> str:
+        passes = f" ({self.rdo_passes} passes)" if self.rdo_passes != 1 else ""
         scale = f" at {self.scale:g}x" if self.scale != 1 else ""
-        return f"{self.preset} rdo {self.rdo:g}{scale}"
+        return f"{self.preset} rdo {self.rdo:g}{passes}{scale}"
 
 
 #: Above this scale the encoder codes the nearest codes (no RDO): RDO's small gain there would
 #: cost more encoding time than the largest points can spare.
 RDO_SCALE_LIMIT = 1.5
+#: Below this scale the encoder makes its RDO choice twice, the second around the first: about
+#: 3.5% smaller files for 0.03 dB on validation photos, and 40% more encoding time, which only
+#: the points smaller than the default can spare.
+TWO_PASS_SCALE_LIMIT = 1.0
 
 
 def _point(k: int) -> OperatingPoint:
     scale = round(2 ** (k / 4), 3)
-    return OperatingPoint("medium", 0.2 if scale <= RDO_SCALE_LIMIT else 0.0, scale)
+    rdo = 0.2 if scale <= RDO_SCALE_LIMIT else 0.0
+    return OperatingPoint("medium", rdo, scale, 2 if scale < TWO_PASS_SCALE_LIMIT else 1)
 
 
 #: The operating points, smallest files first: the default preset on copies of the image
