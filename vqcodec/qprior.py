@@ -111,7 +111,7 @@ class Backend:
         return np.zeros((rows, cols), np.float32)
 
     def f32(self, x: ArrayLike) -> ArrayLike:
-        return x.float() if self.torch else x.astype(np.float32)
+        return x.float() if self.torch else x.astype(np.float32, copy=False)
 
     def f64(self, x: ArrayLike) -> ArrayLike:
         return x.double() if self.torch else x.astype(np.float64)
