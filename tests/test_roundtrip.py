@@ -7,6 +7,7 @@ import zlib
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import vqcodec
@@ -197,6 +198,27 @@ def test_exif_orientation_is_applied(codec, rng, tmp_path):
     exif[0x0112] = 6  # rotate 90 degrees clockwise on display
     img.save(tmp_path / "r.jpg", exif=exif)
     assert codec.decompress(codec.compress(tmp_path / "r.jpg")).size == (10, 20)
+
+
+def test_windows_side_by_side_give_the_files_and_pixels_of_one_thread(rng, monkeypatch):
+    """On several threads the windows run side by side, each on one thread: the same bytes (RDO's
+    gradients included) and pixels as on one thread, and the caller's thread count comes back."""
+    codec = vqcodec.Codec(make_model(seed=13), device="cpu", rdo=0.5)
+    image = smooth_image(rng, 70, 90)
+    monkeypatch.setattr(vqcodec.codec, "WINDOW", 2)
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for n in (1, 3):
+            torch.set_num_threads(n)
+            timer = StageTimer()
+            data = codec.encode(image, timer=timer).data
+            results.append((data, np.asarray(codec.decompress(data))))
+            assert torch.get_num_threads() == n and timer.seconds["analysis"] > 0
+    finally:
+        torch.set_num_threads(threads)
+    assert results[0][0] == results[1][0]
+    np.testing.assert_array_equal(results[0][1], results[1][1])
 
 
 def test_stage_timer_sees_every_stage(codec, rng):

@@ -5,10 +5,11 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 import numpy as np
 import torch
@@ -37,6 +38,8 @@ from .rdo import CANDIDATES, PRESET_PASSES, Terms, choose, curvature_margin, win
 from .steps import wavefront_steps
 from .timing import ENTROPY_CODING, PRIOR, QUANTIZATION, SYNTHESIS, Timer, no_timer
 from .weights import load_model, model_id
+
+T = TypeVar("T")
 
 #: Positions coded together: bounds the priors' memory, whatever the image size.
 MAX_BATCH_POSITIONS = 1 << 15
@@ -445,11 +448,13 @@ class Codec:
         s = self.top_stride
         padded = pad_to(rgb, s)
         h, w = padded.shape[0] // s, padded.shape[1] // s
-        maps: list[np.ndarray] = []
-        for inner, outer in tiles.windows(h, w, WINDOW, WINDOW_MARGIN):
+
+        def window(outer: tiles.Region) -> list[np.ndarray]:
             x = to_tensor(outer.scaled(s).take(padded)).to(self.device)
-            with _one_thread():
-                parts = [t[0].cpu().numpy() for t in analyse(x, outer)]
+            return [t[0].cpu().numpy() for t in analyse(x, outer)]
+
+        maps: list[np.ndarray] = []
+        for inner, outer, parts in self._each_window((h, w), window):
             scales = [p.shape[0] // outer.h for p in parts]
             if not maps:
                 maps = [np.zeros((f * h, f * w, *p.shape[2:]), p.dtype) for f, p in zip(scales, parts, strict=True)]
@@ -476,14 +481,40 @@ class Codec:
     def _synthesise(self, codes: CodeMaps, width: int, height: int, timer: Timer) -> np.ndarray:
         """The (height, width, 3) uint8 RGB image the model synthesises from ``codes``, window by window."""
         s = self.top_stride
-        out = np.zeros((codes.top.shape[0] * s, codes.top.shape[1] * s, 3), dtype=np.uint8)
-        for inner, outer in tiles.windows(*codes.top.shape, WINDOW, WINDOW_MARGIN):
+
+        def window(outer: tiles.Region) -> np.ndarray:
             top = torch.as_tensor(outer.take(codes.top), device=self.device).unsqueeze(0)
             bottom = torch.as_tensor(outer.scaled(2).take(codes.bottom), device=self.device).unsqueeze(0)
-            with timer(SYNTHESIS), _one_thread():
-                pixels = to_rgb(self.model.vqvae.decode(top, bottom))
+            with timer(SYNTHESIS):
+                return to_rgb(self.model.vqvae.decode(top, bottom))
+
+        out = np.zeros((codes.top.shape[0] * s, codes.top.shape[1] * s, 3), dtype=np.uint8)
+        for inner, outer, pixels in self._each_window(codes.top.shape, window):
             inner.scaled(s).take(out)[...] = inner.within(outer).scaled(s).take(pixels)
         return np.ascontiguousarray(out[:height, :width])
+
+    def _each_window(
+        self, shape: tuple[int, int], work: Callable[[tiles.Region], T]
+    ) -> list[tuple[tiles.Region, tiles.Region, T]]:
+        """(inner, outer, ``work(outer)``) for every window of a top map of ``shape``, each
+        window's work on one CPU thread (see ``_one_thread``). The windows are independent, so on
+        the CPU they run side by side, one per torch thread: the results are those of one thread."""
+        windows = list(tiles.windows(*shape, WINDOW, WINDOW_MARGIN))
+        workers = min(torch.get_num_threads(), len(windows)) if self.device.type == "cpu" else 1
+        grad = torch.is_grad_enabled()
+
+        def run(outer: tiles.Region) -> T:
+            torch.set_num_threads(1)  # a new thread starts with the default count and grad mode
+            with torch.set_grad_enabled(grad):
+                return work(outer)
+
+        with _one_thread():  # restores the caller's thread count once every window is done
+            if workers == 1:
+                results = [run(outer) for _, outer in windows]
+            else:
+                with ThreadPoolExecutor(workers) as pool:
+                    results = list(pool.map(run, [outer for _, outer in windows]))
+        return [(inner, outer, r) for (inner, outer), r in zip(windows, results, strict=True)]
 
     def decompress(self, data: VqcLike, timer: Timer = no_timer) -> Image.Image:
         """The image stored in ``.vqc`` bytes (mode L, LA, RGB or RGBA, as compressed)."""

@@ -6,6 +6,7 @@ stage name to a context manager. ``StageTimer`` is the one the bench uses.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -30,11 +31,13 @@ def no_timer(stage: str) -> AbstractContextManager:
 
 
 class StageTimer:
-    """Wall-clock seconds per stage, summed over calls; waits for the GPU at each boundary."""
+    """Wall-clock seconds per stage, summed over calls (and over the threads that run windows of
+    an image side by side); waits for the GPU at each boundary."""
 
     def __init__(self, device: torch.device | str = "cpu"):
         self.device = torch.device(device)
         self.seconds: dict[str, float] = {}
+        self._lock = threading.Lock()
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -48,4 +51,6 @@ class StageTimer:
             yield
         finally:
             self._sync()
-            self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
+            elapsed = time.perf_counter() - start
+            with self._lock:
+                self.seconds[stage] = self.seconds.get(stage, 0.0) + elapsed
