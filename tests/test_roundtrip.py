@@ -221,6 +221,23 @@ def test_windows_side_by_side_give_the_files_and_pixels_of_one_thread(rng, monke
     np.testing.assert_array_equal(results[0][1], results[1][1])
 
 
+def test_a_code_the_coder_cannot_encode_becomes_its_nearest_code(rng, monkeypatch):
+    """Where the last code gets no quantized probability in its context, the encoder writes the
+    code nearest to it instead, and the file decodes to exactly the maps it reports."""
+    codec = vqcodec.Codec(make_model(seed=14), device="cpu")
+    image = smooth_image(rng, 48, 64)
+    last = codec.model.config.vqvae.bottom_codes - 1
+    assert (codec.encode(image).codes.bottom == last).any()
+    monkeypatch.setattr(vqcodec.entropy, "uncodable", lambda symbols, probs: symbols == probs.shape[1] - 1)
+    encoded = codec.encode(image)
+    _, bottom_substitute = codec._substitutes
+    assert not (encoded.codes.bottom == last).any() and not (encoded.codes.top == last).any()
+    assert (encoded.codes.bottom == bottom_substitute).any() and bottom_substitute != last
+    decoded = codec.decode_codes(encoded.data)
+    np.testing.assert_array_equal(decoded.top, encoded.codes.top)
+    np.testing.assert_array_equal(decoded.bottom, encoded.codes.bottom)
+
+
 def test_stage_timer_sees_every_stage(codec, rng):
     timer = StageTimer()
     data = codec.encode(smooth_image(rng, 20, 20), timer=timer).data

@@ -242,6 +242,12 @@ class Codec:
             tuple(IntegerPrior(p, self.device) for p in priors) if self.device.type == "cpu" else self.encoding_priors
         )
         self.top_stride = model.config.vqvae.top_stride
+        vqvae = self.model.vqvae
+        #: For each codebook, the code nearest its last one: what the encoder writes where the
+        #: coder cannot encode the last code (see ``_encode_maps``).
+        self._substitutes = tuple(
+            _nearest_other(q.embed, q.embed.shape[0] - 1) for q in (vqvae.quantize_t, vqvae.quantize_b)
+        )
 
     # -- encoding ---------------------------------------------------------------------------
 
@@ -261,8 +267,9 @@ class Codec:
         top_maps = [_Map(t.shape, self.tile) for t in tops]
         bottom_maps = [_Map(b.shape, 2 * self.tile, t) for t, b in zip(tops, bottoms, strict=True)]
         top_prior, bottom_prior = self.encoding_priors
-        top_coded = self._encode_maps(top_prior, tops, top_maps, timer)
-        bottom_coded = self._encode_maps(bottom_prior, bottoms, bottom_maps, timer)
+        top_substitute, bottom_substitute = self._substitutes
+        top_coded = self._encode_maps(top_prior, tops, top_maps, top_substitute, timer)
+        bottom_coded = self._encode_maps(bottom_prior, bottoms, bottom_maps, bottom_substitute, timer)
         return [self._pack(*args) for args in zip(pics, sizes, tops, bottoms, top_coded, bottom_coded, strict=True)]
 
     def compress(self, image: ImageLike) -> bytes:
@@ -303,13 +310,25 @@ class Codec:
 
     @staticmethod
     def _encode_maps(
-        prior: IntegerPrior, codes: Sequence[np.ndarray], maps: list[_Map], timer: Timer
+        prior: IntegerPrior, codes: Sequence[np.ndarray], maps: list[_Map], substitute: int, timer: Timer
     ) -> list[tuple[bytes, MapStats]]:
-        """Each map's stream, its codes coded in decoding order."""
-        encoders = [entropy.Encoder() for _ in maps]
-        for i, positions, probs in _probability_rows(prior, codes, maps, timer):
-            with timer(ENTROPY_CODING):
-                encoders[i].encode(codes[i].reshape(-1)[positions], probs)
+        """Each map's stream, its codes coded in decoding order. A code the coder cannot encode
+        in its context (``entropy.uncodable``) becomes ``substitute`` in ``codes`` (in place), and
+        the maps are coded again, since the codes after it have a new context."""
+        while True:
+            encoders = [entropy.Encoder() for _ in maps]
+            replaced = False
+            for i, positions, probs in _probability_rows(prior, codes, maps, timer):
+                with timer(ENTROPY_CODING):
+                    symbols = codes[i].reshape(-1)[positions]
+                    stuck = entropy.uncodable(symbols, probs)
+                    if stuck.any():  # only the last code can be stuck, and never its substitute
+                        codes[i].flat[positions[stuck]] = substitute
+                        replaced = True
+                    if not replaced:
+                        encoders[i].encode(symbols, probs)
+            if not replaced:
+                break
         coded = []
         for encoder in encoders:
             data = encoder.data()
@@ -601,6 +620,13 @@ def _probability_rows(
                 probs = prior.tables(state, rows)
             for i, mine in _by_owner(owner[rows]):
                 yield i, where[rows[mine]], probs[mine]
+
+
+def _nearest_other(embed: torch.Tensor, code: int) -> int:
+    """The code of ``embed`` (K, D) nearest to ``code``, other than itself."""
+    distances = (embed - embed[code]).pow(2).sum(1)
+    distances[code] = float("inf")
+    return int(distances.argmin())
 
 
 def _candidate_bits(

@@ -21,6 +21,21 @@ MAX_BITS_PAST_END = 128
 CODER_PRECISION = 24
 
 
+def uncodable(symbols: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """Which ``symbols`` (N,) the coder cannot encode under their rows ``probs`` (N, K): the last
+    symbol of a row where it gets no quantized probability. constriction quantizes a row lazily
+    in float32, the left end of symbol s at floor(sum(p[:s]) * (2^24 - K) / sum(p)) + s, summed
+    in order, and the last symbol's right end at 2^24; when the last symbol's share is tiny,
+    rounding can put its left end at 2^24 too, and encoding it panics. The same float32
+    operations here (sequential sums, one rounding each) find those rows exactly."""
+    k = probs.shape[1]
+    stuck = symbols == k - 1
+    cumulative = np.cumsum(np.asarray(probs[stuck], dtype=np.float32), axis=1, dtype=np.float32)
+    scale = np.float32(2**CODER_PRECISION - k) / cumulative[:, -1]
+    stuck[stuck] = np.floor(cumulative[:, -2] * scale).astype(np.int64) + (k - 1) >= 2**CODER_PRECISION
+    return stuck
+
+
 def ideal_bits(symbols: np.ndarray, probs: np.ndarray) -> float:
     """The information content sum(-log2 p(x)) that an ideal coder would spend."""
     picked = probs[np.arange(len(symbols)), symbols].astype(np.float64)
