@@ -154,7 +154,7 @@ def _batch_options(f):
     "--quality",
     type=click.IntRange(0, 100),
     help="0..100, higher: larger files, better "
-    f"pictures; picks the preset, --rdo and --scale: {_QUALITY_HELP} "
+    f"pictures; picks the preset, --rdo, --rdo-passes and --scale: {_QUALITY_HELP} "
     f"[default: the default preset's, {vqcodec_quality.DEFAULT_QUALITY}].",
 )
 @click.option(
