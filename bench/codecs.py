@@ -190,13 +190,11 @@ class VQCodec:
 def _ladder(device: str, path: Path | None = None) -> dict[str, vqcodec.Codec]:
     """Every point ``--quality`` picks (named by the lowest quality that picks it), with the
     model file ``path`` in place of the point's preset when given."""
+    model = {} if path is None else {"preset": None, "path": path}
     models = {}
     for span, point in vqcodec.quality.qualities():
-        if path is None:
-            models[f"q{span.start} {point}"] = vqcodec.load(**point._asdict(), device=device)
-        else:
-            name = f"q{span.start} {point._replace(preset=path.stem)}"
-            models[name] = vqcodec.load(**point._replace(preset=None)._asdict(), path=path, device=device)
+        shown = point if path is None else point._replace(preset=path.stem)
+        models[f"q{span.start} {shown}"] = vqcodec.load(**point._asdict() | model, device=device)
     return models
 
 

@@ -28,6 +28,7 @@ from vqcodec.train import (
     codebook_use,
     combine,
     load_vqvae,
+    rdo_codec,
     rdo_maps,
     train_decoder,
     train_prior,
@@ -134,7 +135,7 @@ def test_rdo_maps_are_the_maps_the_encoder_writes(folder, model_file, vqvae_ckpt
     """``train prior --rdo`` learns the maps files hold at that strength: the codec's own choice,
     which differs from the nearest codes; a stage-1 checkpoint has no priors to price them."""
     images = [smooth_image(np.random.default_rng(i), 40, 48) for i in range(3)]
-    maps = rdo_maps(model_file, images, 5.0)
+    maps = rdo_maps(rdo_codec(model_file, 5.0), images)
     codec = vqcodec.Codec(load_model(model_file), device="cpu", rdo=5.0)
     nearest = vqcodec.Codec(load_model(model_file), device="cpu", rdo=0.0)
     for image, (top, bottom) in zip(images, maps, strict=True):
@@ -143,7 +144,7 @@ def test_rdo_maps_are_the_maps_the_encoder_writes(folder, model_file, vqvae_ckpt
         np.testing.assert_array_equal(bottom, codes.bottom)
     assert any((b != nearest.encode(img).codes.bottom).any() for img, (_, b) in zip(images, maps, strict=True))
     with pytest.raises(vqcodec.ModelError, match="finished model"):
-        rdo_maps(vqvae_ckpt, images, 5.0)
+        rdo_codec(vqvae_ckpt, 5.0)
     settings = Settings(steps=2, batch=2, crop=2, val_every=1, checkpoint_every=100)
     tuned = train_prior(model_file, folder, tmp_path / "r.ckpt", tmp_path / "r.st", settings, init=model_file, rdo=5.0)
     assert load_model(tuned).config == load_model(model_file).config

@@ -452,13 +452,17 @@ def _crops(maps: list[tuple[np.ndarray, np.ndarray]], size: int) -> Iterator[tup
                 )
 
 
-@torch.no_grad()
-def rdo_maps(source: str | Path, images: list[np.ndarray], rdo: float) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(top, bottom) code maps the encoder of the finished model ``source`` writes for whole
-    images at RDO strength ``rdo``: the bottom codes its priors price, not the nearest ones."""
+def rdo_codec(source: str | Path, rdo: float) -> Codec:
+    """The encoder of the finished model ``source`` at RDO strength ``rdo``, whose maps
+    ``rdo_maps`` gives: the bottom codes its priors price, not the nearest ones."""
     if is_checkpoint(Path(source)):
         raise ModelError("RDO code maps need a finished model (its priors price the codes), not a checkpoint")
-    codec = Codec(load_model(model_file(source)), device=_device(), rdo=rdo)
+    return Codec(load_model(model_file(source)), device=_device(), rdo=rdo)
+
+
+@torch.no_grad()
+def rdo_maps(codec: Codec, images: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(top, bottom) code maps ``codec`` writes for whole images."""
     coded = (codec.encode(img).codes for img in tqdm(images, desc="RDO code maps", disable=_rank() != 0))
     return [(c.top, c.bottom) for c in coded]
 
@@ -477,7 +481,7 @@ def train_prior(
     codec model to ``model_out`` (the checkpoint for resuming goes to ``out``). ``init`` (a model
     file or preset with the same priors) fine-tunes its priors, e.g. after fine-tuning its VQ-VAE.
     With ``rdo`` the maps are those the finished model ``vqvae_source`` encodes at that strength
-    (``rdo_maps``), so the priors learn the codes files hold; otherwise the nearest codes."""
+    (``rdo_codec``), so the priors learn the codes files hold; otherwise the nearest codes."""
     out, model_out = Path(out), Path(model_out)
     vqvae, config = load_vqvae(vqvae_source, arch)
     device = _device()
@@ -485,10 +489,11 @@ def train_prior(
     run = _Run(out, {"top_prior": top_prior, "bottom_prior": bottom_prior}, settings, {"stage": "prior"})
     run.resume(init)
     train_files, val_files = data.split(folder)
+    codec = rdo_codec(vqvae_source, rdo) if rdo else None
 
     def maps(files: list[Path]) -> list[tuple[np.ndarray, np.ndarray]]:
         images = data.load_rgb(files)
-        return rdo_maps(vqvae_source, images, rdo) if rdo else code_maps(vqvae, images)
+        return rdo_maps(codec, images) if codec else code_maps(vqvae, images)
 
     train_maps, val_maps = maps(train_files), maps(val_files)
     sampler = MapCropSampler(train_maps, settings.crop, run.generator)
