@@ -24,24 +24,23 @@ def random_maps(prior, h: int, w: int, seed: int):
 
 
 def one_pass(prior: IntegerPrior, codes, top) -> np.ndarray:
+    """Probability rows of every position (in raster order), all at once."""
     h, w = codes.shape
     state = prior.start([(h, w)], None if top is None else [top])
-    every = np.arange(h * w)
+    every = state.rows_of(np.arange(h * w))
     prior.set_codes(state, every, codes.reshape(-1))
     return prior.probabilities(state, every)
 
 
 def by_wavefront(prior: IntegerPrior, codes, top) -> np.ndarray:
+    """Probability rows of every position (in raster order), as a decoder gets them."""
     h, w = codes.shape
     state = prior.start([(h, w)], None if top is None else [top])
-    order, sizes = prior.wavefronts([(h, w)])
     out = np.zeros((h * w, prior.codes))
-    start = 0
-    for size in sizes:
-        rows = order[start : start + size]
-        out[rows] = prior.probabilities(state, rows)
-        prior.set_codes(state, rows, codes.reshape(-1)[rows])
-        start += size
+    for rows in state.fronts:
+        positions = state.order[rows]
+        out[positions] = prior.probabilities(state, rows)
+        prior.set_codes(state, rows, codes.reshape(-1)[positions])
     return out
 
 
@@ -72,9 +71,9 @@ def test_encoders_whole_map_pass_matches_wavefronts(which, monkeypatch):
     prior = IntegerPrior(getattr(model, which), use_torch=True)
     codes, top = random_maps(prior, 6, 10, seed=8)
     state = prior.start([codes.shape], None if top is None else [top])
-    every = np.arange(codes.size)
-    prior.set_codes(state, every, codes.reshape(-1))
+    prior.set_codes(state, slice(0, state.n), codes.reshape(-1)[state.order])
     prior.prepare(state)
+    every = state.rows_of(np.arange(codes.size))
     np.testing.assert_array_equal(
         prior.tables(state, every), by_wavefront(IntegerPrior(getattr(model, which)), codes, top)
     )
@@ -133,7 +132,7 @@ def test_regions_in_a_batch_are_independent(which):
     shapes = [codes.shape for codes, _ in maps]
     state = prior.start(shapes, None if maps[0][1] is None else [top for _, top in maps])
     flat = np.concatenate([codes.reshape(-1) for codes, _ in maps])
-    every = np.arange(len(flat))
+    every = state.rows_of(np.arange(len(flat)))
     prior.set_codes(state, every, flat)
     batched = prior.probabilities(state, every)
     alone = np.concatenate([one_pass(prior, codes, top) for codes, top in maps])
@@ -153,18 +152,16 @@ def test_padded_steps_reproduce_one_pass(which, extra, monkeypatch):
     tops = None if maps[0][1] is None else [top for _, top in maps]
     flat = np.concatenate([codes.reshape(-1) for codes, _ in maps])
     state = prior.start(shapes, tops)
-    order, sizes = prior.wavefronts(shapes)
-    steps = PaddedSteps(prior, state, max(sizes) + extra, capture=False)
-    out, start = np.zeros((len(flat), prior.codes)), 0
-    for size in sizes:
-        rows = order[start : start + size]
-        out[rows] = steps.probabilities(rows)
-        steps.set_codes(rows, flat[rows])
-        start += size
+    steps = PaddedSteps(prior, state, state.widest + extra, capture=False)
+    out = np.zeros((len(flat), prior.codes))
+    for rows in state.fronts:
+        positions = state.order[rows]
+        out[positions] = steps.probabilities(rows)
+        steps.set_codes(rows, flat[positions])
     alone = np.concatenate([one_pass(IntegerPrior(getattr(model, which)), codes, top) for codes, top in maps])
     np.testing.assert_array_equal(out, alone)
     with pytest.raises(ValueError, match="wavefront"):
-        steps.probabilities(np.arange(max(sizes) + extra + 1))
+        steps.probabilities(np.arange(state.widest + extra + 1))
 
 
 def test_causal_offsets():

@@ -438,22 +438,21 @@ class Codec:
         decoders = [entropy.Decoder(stream) for stream in streams]
         codes = [np.zeros(m.shape, dtype=np.int64) for m in maps]
         for batch, owner, state in _batches(prior, maps, timer):
-            order, sizes = prior.wavefronts(state.shapes)
-            owner = owner[order]
-            flat = np.zeros(state.n, dtype=np.int64)
-            start = 0
+            owner = owner[state.order]
+            decoded = np.zeros(state.n, dtype=np.int64)  # by row: in decoding order
             with timer(PRIOR):
-                steps = wavefront_steps(prior, state, max(sizes), self.cuda_graphs)
+                steps = wavefront_steps(prior, state, state.widest, self.cuda_graphs)
             with prior.stepping():
-                for size in sizes:
-                    rows = order[start : start + size]
+                for rows in state.fronts:
                     with timer(PRIOR):
                         probs = steps.probabilities(rows)
+                    front = decoded[rows]
                     with timer(ENTROPY_CODING):
-                        for i, mine in _by_owner(owner[start : start + size]):
-                            flat[rows[mine]] = decoders[i].decode(probs[mine])
-                    steps.set_codes(rows, flat[rows])
-                    start += size
+                        for i, mine in _by_owner(owner[rows]):
+                            front[mine] = decoders[i].decode(probs[mine])
+                    steps.set_codes(rows, front)
+            flat = np.empty_like(decoded)
+            flat[state.order] = decoded
             for (i, region), base in zip(batch, state.bases, strict=True):
                 region.take(codes[i])[...] = flat[base : base + region.positions].reshape(region.shape)
         return codes
@@ -611,15 +610,15 @@ def _probability_rows(
         with timer(PRIOR):
             flat = np.concatenate([region.take(codes[i]).reshape(-1) for i, region in batch])
             where = np.concatenate([region.take(grids[i]).reshape(-1) for i, region in batch])
-            prior.set_codes(state, np.arange(len(flat)), flat)
-            order = prior.wavefronts(state.shapes)[0]
+            prior.set_codes(state, slice(0, state.n), flat[state.order])
             prior.prepare(state)  # every position at once
-        for start in range(0, len(order), prior.row_chunk):
-            rows = order[start : start + prior.row_chunk]
+            owner, where = owner[state.order], where[state.order]
+        for start in range(0, state.n, prior.row_chunk):
+            rows = slice(start, min(start + prior.row_chunk, state.n))
             with timer(PRIOR):
                 probs = prior.tables(state, rows)
             for i, mine in _by_owner(owner[rows]):
-                yield i, where[rows[mine]], probs[mine]
+                yield i, where[rows][mine], probs[mine]
 
 
 def _nearest_other(embed: torch.Tensor, code: int) -> int:

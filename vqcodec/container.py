@@ -33,7 +33,7 @@ All integers are little-endian. Layout (byte offset, size, field):
 
 Each map is cut into regions of tile x tile codes (top) and 2 tile x 2 tile codes (bottom), in
 raster order, that the priors code independently; within a stream, regions come in groups
-(``tiles.batches``) and, inside a group, in the wavefront order of ``IntegerPrior.wavefronts``.
+(``tiles.batches``) and, inside a group, in the wavefront order of ``qprior.MapState``.
 The coded image is the image itself, or with flag bit 1 a copy resampled to (top map width x
 top stride - right padding) x (top map height x top stride - bottom padding) pixels, which the
 decoder synthesises and resamples back to the image size (Lanczos): how one model serves higher

@@ -11,8 +11,9 @@ A trained ``PixelSNAIL`` becomes a list of integer operations over the positions
 
 So the probabilities at a position are the same integers whether they are computed for the whole
 map at once (the encoder) or a wavefront at a time (the decoder), on a CPU or a GPU. Positions are
-rows of per-source caches of shape (N + 2, C); row N stays zero and stands for "outside the region",
-row N + 1 is scratch that steps padded to a fixed size write to and nothing reads.
+rows of per-source caches of shape (N + 2, C), numbered in decoding order so that a wavefront is a
+slice of rows; row N stays zero and stands for "outside the region", row N + 1 is scratch that
+steps padded to a fixed size write to and nothing reads.
 """
 
 from __future__ import annotations
@@ -144,9 +145,10 @@ class Backend:
         return np.take(x, idx, axis=0)
 
     def put_rows(self, x: ArrayLike, idx: Rows, values: ArrayLike) -> None:
-        """``x[idx] = values`` for a 1-D index array or a slice."""
+        """``x[idx] = values`` for a 1-D index array or a slice, cast to ``x``'s type on the way
+        (integer values, so exactly; one pass instead of a cast and a copy)."""
         if self.torch and not isinstance(idx, slice):
-            x.index_copy_(0, idx, values)
+            x.index_copy_(0, idx, values.to(x.dtype))
         else:
             x[idx] = values
 
@@ -212,24 +214,51 @@ def _local_coords(shapes: list[Shape]) -> tuple[np.ndarray, np.ndarray]:
 class MapState:
     """The caches of a batch of independent regions being coded: one (N + 2, C) array per source.
 
-    Positions are numbered region after region, each region in raster order; row N stays zero
-    and stands for "outside the region"; row N + 1 (``scratch``), whose neighbours all lie
-    outside, takes what padded steps compute and is never read for a real position.
+    Positions (numbered region after region, each region in raster order) sit in the caches in
+    decoding order: wavefront by wavefront, a position's wavefront being c + r * ``slope`` within
+    its region (ties by position). ``order`` is the position of each row and ``fronts`` the slices
+    of rows of the wavefronts, so a wavefront's reads of its own rows are views and its writes
+    block copies, not gathers and scatters. Without a slope (nothing to decode, all positions
+    known) rows are positions and there is one front. Row N stays zero and stands for "outside
+    the region"; row N + 1 (``scratch``), whose neighbours all lie outside, takes what padded
+    steps compute and is never read for a real position.
     """
 
-    def __init__(self, shapes: list[Shape], xp: Backend):
+    def __init__(self, shapes: list[Shape], xp: Backend, slope: int | None = None):
         self.shapes, self.xp = shapes, xp
         sizes = [h * w for h, w in shapes]
         self.bases = np.cumsum([0, *sizes[:-1]])
         self.n = sum(sizes)
         self.scratch = self.n + 1
+        if slope is None:
+            self.order, front_sizes = np.arange(self.n), [self.n]
+        else:
+            r, c = _local_coords(shapes)
+            front = c + r * slope
+            self.order = np.argsort(front, kind="stable")
+            front_sizes = [int(k) for k in np.bincount(front) if k]
+        ends = np.cumsum([0, *front_sizes])
+        self.fronts = [slice(int(a), int(b)) for a, b in zip(ends[:-1], ends[1:], strict=True)]
+        #: The row of each position, and rows N and N + 1 of themselves.
+        self._row = np.empty(self.n + 2, np.int64)
+        self._row[self.order] = np.arange(self.n)
+        self._row[self.n :] = (self.n, self.scratch)
         self.caches: dict[str, ArrayLike] = {}
         self._tables: dict[Offsets, ArrayLike] = {}
         self._rows: Rows | None = None
         self._step: dict[Offsets, ArrayLike] = {}
 
+    @property
+    def widest(self) -> int:
+        """Positions of the largest wavefront."""
+        return max(f.stop - f.start for f in self.fronts)
+
+    def rows_of(self, positions: np.ndarray) -> np.ndarray:
+        """The cache rows of positions."""
+        return self._row[positions]
+
     def neighbours(self, offsets: Offsets, rows: Rows) -> ArrayLike:
-        """(S, T) indices of the neighbours of ``rows``; N where they fall outside their region."""
+        """(S, T) rows of the neighbours of ``rows``; N where they fall outside their region."""
         if rows is not self._rows:
             self._rows, self._step = rows, {}
         if offsets not in self._step:
@@ -238,15 +267,17 @@ class MapState:
                 for (h, w), base in zip(self.shapes, self.bases, strict=True):
                     local = _local_neighbours(offsets, h, w)
                     parts.append(np.where(local == h * w, self.n, local + base))
-                parts.append(np.full((2, len(offsets)), self.n))  # rows N and N + 1: all outside
-                self._tables[offsets] = self.xp.array(np.concatenate(parts))
+                by_position = np.concatenate(parts)
+                by_row = self._row[by_position[self.order]]
+                outside = np.full((2, len(offsets)), self.n)  # rows N and N + 1: all outside
+                self._tables[offsets] = self.xp.array(np.concatenate([by_row, outside]))
             self._step[offsets] = self.xp.rows(self._tables[offsets], rows)
         return self._step[offsets]
 
     def write(self, name: str, rows: Rows, values: ArrayLike) -> None:
         if name not in self.caches:
             self.caches[name] = self.xp.zeros(self.n + 2, values.shape[1])
-        self.xp.put_rows(self.caches[name], rows, self.xp.f32(values))
+        self.xp.put_rows(self.caches[name], rows, values)
 
     def read(self, name: str, rows: Rows) -> ArrayLike:
         """The values of ``name`` at ``rows`` (indices of any shape, or a slice)."""
@@ -554,10 +585,10 @@ class IntegerPrior:
         """Fresh caches for a batch of regions of these (h, w) shapes; the bottom prior also needs
         the (h/2, w/2) top codes of each region."""
         xp = self.xp
-        state = MapState(shapes, xp)
+        state = MapState(shapes, xp, self.slope)
         every = slice(0, state.n)
         bg = np.concatenate([_background_rows(h, w) for h, w in shapes])
-        state.write("bg", every, xp.array(bg))
+        state.write("bg", every, xp.array(bg[state.order]))
         state.write("emb", every, xp.zeros(state.n, self.embed.shape[1]))
         if self.cond_ops:
             if cond_codes is None:
@@ -581,54 +612,52 @@ class IntegerPrior:
         region = np.repeat(np.arange(len(state.shapes)), [h * w for h, w in state.shapes])
         widths = np.array([w for _, w in top_shapes])
         upsample = top.bases[region] + (r // 2) * widths[region] + c // 2
-        return top.read(self.cond_out, self.xp.array(upsample))
+        return top.read(self.cond_out, self.xp.array(upsample[state.order]))
 
-    def set_codes(self, state: MapState, rows: ArrayLike, codes: ArrayLike) -> None:
-        """Record the codes at flat positions ``rows`` (known to the encoder, just decoded by the decoder)."""
+    def set_codes(self, state: MapState, rows: Rows, codes: ArrayLike) -> None:
+        """Record the codes at ``rows`` (known to the encoder, just decoded by the decoder)."""
         xp = self.xp
-        state.write("emb", xp.index(rows), xp.rows(self.embed, xp.index(codes)))
+        state.write("emb", rows if isinstance(rows, slice) else xp.index(rows), xp.rows(self.embed, xp.index(codes)))
 
-    def probabilities(self, state: MapState, rows: np.ndarray) -> np.ndarray:
+    def probabilities(self, state: MapState, rows: Rows) -> np.ndarray:
         """(len(rows), K) integer probability rows (float32) for positions whose context is set."""
         return self.xp.numpy(self.device_probabilities(state, rows))
 
-    def device_probabilities(self, state: MapState, rows: ArrayLike) -> ArrayLike:
+    def device_probabilities(self, state: MapState, rows: Rows) -> ArrayLike:
         """``probabilities`` left on the backend's device; ``rows`` may be there already. No step
         waits for the device, so a CUDA graph can record it."""
         self.prepare(state, rows)
         return self._head_tables(state, rows)
 
-    def prepare(self, state: MapState, rows: ArrayLike | None = None) -> None:
+    def prepare(self, state: MapState, rows: Rows | None = None) -> None:
         """Run every layer but the head at ``rows``, whose context must be set; by default at
         every position (an encoder, which knows every code: contiguous rows read and write the
         caches as slices instead of gathers and scatters)."""
         xp = self.xp
         # Each op runs over a chunk of rows at a time, which bounds its temporaries; an op's rows
         # depend only on earlier ops, so the split does not change any result.
-        chunks = self._row_chunks(rows) if rows is not None else self._slices(state.n)
+        chunks = self._row_chunks(rows if rows is not None else slice(0, state.n))
         with xp.exact():
             for op in self.ops:
                 for chunk in chunks:
                     op(state, chunk)
 
-    def tables(self, state: MapState, rows: np.ndarray) -> np.ndarray:
+    def tables(self, state: MapState, rows: Rows) -> np.ndarray:
         """The probability rows of ``prepare``d positions. An encoder asks for them a slice of rows
         at a time, since a whole map's tables take positions x K x 4 bytes."""
         return np.ascontiguousarray(self.xp.numpy(self._head_tables(state, rows)))
 
-    def _head_tables(self, state: MapState, rows: ArrayLike) -> ArrayLike:
+    def _head_tables(self, state: MapState, rows: Rows) -> ArrayLike:
         xp = self.xp
         with xp.exact():
             tables = [self._table(self.head.compute(state, chunk)) for chunk in self._row_chunks(rows)]
         return tables[0] if len(tables) == 1 else xp.concat(tables)
 
-    def _row_chunks(self, rows: ArrayLike) -> list[ArrayLike]:
+    def _row_chunks(self, rows: Rows) -> list[Rows]:
         n = self.row_chunk
+        if isinstance(rows, slice):
+            return [slice(a, min(a + n, rows.stop)) for a in range(rows.start, rows.stop, n)]
         return [self.xp.array(rows[a : a + n]) for a in range(0, len(rows), n)]
-
-    def _slices(self, n: int) -> list[slice]:
-        step = self.row_chunk
-        return [slice(a, min(a + step, n)) for a in range(0, n, step)]
 
     @property
     def row_chunk(self) -> int:
@@ -651,11 +680,3 @@ class IntegerPrior:
             return
         with threadpool_limits(limits=1, user_api="blas"):
             yield
-
-    def wavefronts(self, shapes: list[Shape]) -> tuple[np.ndarray, list[int]]:
-        """The decoding order of a batch of regions: positions sorted by wavefront (c + r * slope
-        within their region; ties by position), and the number of positions of each wavefront."""
-        r, c = _local_coords(shapes)
-        step = c + r * self.slope
-        sizes = np.bincount(step)
-        return np.argsort(step, kind="stable"), sizes[sizes > 0].tolist()

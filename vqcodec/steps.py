@@ -17,7 +17,7 @@ from functools import cache
 import numpy as np
 import torch
 
-from .qprior import IntegerPrior, MapState
+from .qprior import IntegerPrior, MapState, Rows
 
 #: No codes waiting to be written: (rows, codes).
 _NOTHING_PENDING = (np.empty(0, np.int64), np.empty(0, np.int64))
@@ -29,11 +29,11 @@ class DirectSteps:
     def __init__(self, prior: IntegerPrior, state: MapState):
         self.prior, self.state = prior, state
 
-    def probabilities(self, rows: np.ndarray) -> np.ndarray:
+    def probabilities(self, rows: Rows) -> np.ndarray:
         """(len(rows), K) probability rows of a wavefront whose context is set."""
         return self.prior.probabilities(self.state, rows)
 
-    def set_codes(self, rows: np.ndarray, codes: np.ndarray) -> None:
+    def set_codes(self, rows: Rows, codes: np.ndarray) -> None:
         """Record a wavefront's decoded codes."""
         self.prior.set_codes(self.state, rows, codes)
 
@@ -82,8 +82,9 @@ class PaddedSteps:
         host[2, : len(codes)] = codes
         return host
 
-    def probabilities(self, rows: np.ndarray) -> np.ndarray:
+    def probabilities(self, rows: Rows) -> np.ndarray:
         """Like ``DirectSteps.probabilities`` (after writing the codes ``set_codes`` left)."""
+        rows = _indices(rows)
         if len(rows) > self.size:
             raise ValueError(f"a wavefront of {len(rows)} positions in steps of {self.size}")
         self._inputs.copy_(torch.from_numpy(self._pack(rows)))
@@ -94,9 +95,14 @@ class PaddedSteps:
             self._output = self._step()
         return self._output[: len(rows)].cpu().numpy()
 
-    def set_codes(self, rows: np.ndarray, codes: np.ndarray) -> None:
+    def set_codes(self, rows: Rows, codes: np.ndarray) -> None:
         """Keep a wavefront's codes for the next step to write."""
-        self._pending = (rows, codes)
+        self._pending = (_indices(rows), codes)
+
+
+def _indices(rows: Rows) -> np.ndarray:
+    """Rows as an index array (a padded step takes its rows as a tensor of fixed size)."""
+    return np.arange(rows.start, rows.stop) if isinstance(rows, slice) else rows
 
 
 @cache
