@@ -18,6 +18,7 @@ steps padded to a fixed size write to and nothing reads.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -238,7 +239,7 @@ class MapState:
             self.order = np.argsort(front, kind="stable")
             front_sizes = [int(k) for k in np.bincount(front) if k]
         ends = np.cumsum([0, *front_sizes])
-        self.fronts = [slice(int(a), int(b)) for a, b in zip(ends[:-1], ends[1:], strict=True)]
+        self.fronts = [slice(int(a), int(b)) for a, b in itertools.pairwise(ends)]
         #: The row of each position, and rows N and N + 1 of themselves.
         self._row = np.empty(self.n + 2, np.int64)
         self._row[self.order] = np.arange(self.n)
