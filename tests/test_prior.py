@@ -124,6 +124,21 @@ def test_integer_prior_follows_float_prior():
     assert abs(int_bits - float_bits) < 0.03 * float_bits
 
 
+def test_caches_hold_positions_in_decoding_order():
+    """Rows are every position once, wavefront after wavefront, each wavefront one slice."""
+    prior = IntegerPrior(make_model(seed=4).top_prior)
+    shapes = [(4, 6), (2, 2), (6, 4)]
+    state = prior.start(shapes)
+    assert sorted(state.order.tolist()) == list(range(state.n))
+    np.testing.assert_array_equal(state.rows_of(state.order), np.arange(state.n))
+    assert [f.start for f in state.fronts[1:]] == [f.stop for f in state.fronts[:-1]]
+    assert state.fronts[0].start == 0 and state.fronts[-1].stop == state.n
+    local = np.concatenate([np.arange(h * w) for h, w in shapes])
+    widths = np.concatenate([np.full(h * w, w) for h, w in shapes])
+    front = (local % widths + (local // widths) * prior.slope)[state.order]
+    assert [set(front[f].tolist()) for f in state.fronts] == [{t} for t in sorted(set(front.tolist()))]
+
+
 @pytest.mark.parametrize("which", ["top_prior", "bottom_prior"])
 def test_regions_in_a_batch_are_independent(which):
     """A region's probabilities are the same alone or batched with others of other sizes."""
