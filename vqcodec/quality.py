@@ -26,8 +26,8 @@ class OperatingPoint(NamedTuple):
 
 
 #: Above this scale the encoder codes the nearest codes (no RDO): RDO's small gain there would
-#: cost more encoding time than the largest point can spare (2x: about 3.5 s for a Kodak image).
-RDO_SCALE_LIMIT = 1.7
+#: cost more encoding time than the largest points can spare.
+RDO_SCALE_LIMIT = 1.5
 #: Below this scale the points other than the default make their RDO choice twice, the second
 #: around the first: about 3.5% smaller files for 0.03 dB on validation photos, and 40% more
 #: encoding time, which neither the default (1 s for a Kodak image) nor the larger points (3 s)
