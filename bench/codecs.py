@@ -181,7 +181,9 @@ class VQCodec:
         encoded, enc_s = best_time(lambda: codec.encode(rgb), repeats)
         bits = (encoded.top.bits_per_code, encoded.bottom.bits_per_code)
         if not self.decode:
-            pixels = codec.reconstruct(encoded.codes, image.width, image.height, coded_size=encoded.coded_size)
+            pixels = codec.reconstruct(
+                encoded.codes, image.width, image.height, coded_size=encoded.coded_size, restored=encoded.restoration
+            )
             return Coded(encoded.data, pixels, enc_s, None, bits)
         decoded, dec_s = best_time(lambda: codec.decompress(encoded.data), repeats)
         return Coded(encoded.data, rgb_array(decoded), enc_s, dec_s, bits)

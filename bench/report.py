@@ -276,10 +276,10 @@ def speed_markdown(rows: Sequence[dict], command: str) -> str:
     body = []
     for r in rows:
         enc, dec = r["encode"], r["decode"]
-        dec_cells = [ms(dec["seconds"][s]) if dec else "-" for s in (*DECODE_STAGES, "total")]
+        dec_cells = [ms(dec["seconds"].get(s, 0.0)) if dec else "-" for s in (*DECODE_STAGES, "total")]
         body.append([
             r["device"], str(r["threads"] or "-"), r["image"], f"{r['width']}x{r['height']}", fmt(r["bpp"], 3),
-            *[ms(enc["seconds"][s]) for s in (*ENCODE_STAGES, "total")],
+            *[ms(enc["seconds"].get(s, 0.0)) for s in (*ENCODE_STAGES, "total")],
             fmt(r["pixels"] / enc["seconds"]["total"] / 1e6, 3), memory(enc), *dec_cells, memory(dec),
         ])  # fmt: skip
     header = ["device", "threads", "image", "size", "bpp", *[f"enc {s} ms" for s in ENCODE_STAGES], "enc total ms",

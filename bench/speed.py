@@ -19,12 +19,21 @@ import torch
 from tqdm import tqdm
 
 import vqcodec
-from vqcodec.timing import ANALYSIS, ENTROPY_CODING, PRIOR, QUANTIZATION, SYNTHESIS, StageTimer, no_timer
+from vqcodec.timing import (
+    ANALYSIS,
+    ENTROPY_CODING,
+    PRIOR,
+    QUANTIZATION,
+    RESTORATION,
+    SYNTHESIS,
+    StageTimer,
+    no_timer,
+)
 
 from .images import Sample
 
-ENCODE_STAGES = (ANALYSIS, QUANTIZATION, PRIOR, ENTROPY_CODING)
-DECODE_STAGES = (PRIOR, ENTROPY_CODING, SYNTHESIS)
+ENCODE_STAGES = (ANALYSIS, QUANTIZATION, PRIOR, ENTROPY_CODING, SYNTHESIS, RESTORATION)
+DECODE_STAGES = (PRIOR, ENTROPY_CODING, SYNTHESIS, RESTORATION)
 
 
 def reset_peak_memory(device: torch.device) -> None:

@@ -151,6 +151,12 @@ def _batch_options(f):
 )
 @click.option("--strip", is_flag=True, help="Leave the ICC colour profile and EXIF data out of the file.")
 @click.option(
+    "--no-restoration",
+    "no_restoration",
+    is_flag=True,
+    help="Write no restoration filter: encoding saves one synthesis, pictures lose 0.1-0.5 dB.",
+)
+@click.option(
     "-q",
     "--quality",
     type=click.IntRange(0, 100),
@@ -174,6 +180,7 @@ def compress(
     rdo_passes: int | None,
     scale: float,
     strip: bool,
+    no_restoration: bool,
     quality: int | None,
     target_size: int | None,
     target_bpp: float | None,
@@ -200,7 +207,7 @@ def compress(
                 raise click.UsageError(f"--quality and --target-size/--target-bpp set {flag}: give one of them")
     if quality is not None:
         kwargs["preset"], rdo, scale, rdo_passes = vqcodec_quality.operating_point(quality)
-    coding = {"rdo": rdo, "rdo_passes": rdo_passes, "scale": scale, "strip": strip}
+    coding = {"rdo": rdo, "rdo_passes": rdo_passes, "scale": scale, "strip": strip, "restore": not no_restoration}
     options = _options(kwargs, **coding, target_bytes=target_size, target_bpp=target_bpp)
     _run(batch.compress_file, inputs, ".vqc", batch.IMAGE_SUFFIXES, options, kwargs, _compress_stream)
 

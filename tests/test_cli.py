@@ -13,6 +13,7 @@ from PIL import Image
 
 import vqcodec
 from tests.conftest import smooth_image
+from vqcodec import container
 from vqcodec.cli import main
 from vqcodec.weights import load_model
 
@@ -42,7 +43,19 @@ def test_compress_decompress_round_trip(tmp_path, image_file, model_file):
     decoded = codec.decode_codes(vqc.read_bytes())
     np.testing.assert_array_equal(decoded.top, encoded.codes.top)
     np.testing.assert_array_equal(decoded.bottom, encoded.codes.bottom)
-    np.testing.assert_array_equal(np.asarray(Image.open(png)), codec.reconstruct(encoded.codes, 26, 19))
+    expected = codec.reconstruct(encoded.codes, 26, 19, restored=encoded.restoration)
+    np.testing.assert_array_equal(np.asarray(Image.open(png)), expected)
+
+
+def test_no_restoration_option_writes_no_filter(tmp_path, image_file, model_file, monkeypatch):
+    monkeypatch.setattr(vqcodec.restoration, "_db_worth", lambda file_bytes, pixels: 100.0)  # a filter pays
+    vqc, plain = tmp_path / "out.vqc", tmp_path / "plain.vqc"
+    assert run("compress", image_file, vqc, "--model", model_file).exit_code == 0
+    assert run("compress", image_file, plain, "--model", model_file, "--no-restoration").exit_code == 0
+    assert container.read_header(vqc.read_bytes()).has_filter
+    assert not container.read_header(plain.read_bytes()).has_filter
+    codec = vqcodec.Codec(load_model(model_file), device="cpu", restore=False)
+    assert plain.read_bytes() == codec.compress(image_file)
 
 
 def test_rdo_passes_option_writes_that_codecs_file(tmp_path, image_file, model_file):

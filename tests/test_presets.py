@@ -31,7 +31,7 @@ def test_preset_round_trip(name):
     image = _patch()
     encoded = codec.encode(image)
     out = np.asarray(codec.decompress(encoded.data))
-    np.testing.assert_array_equal(out, codec.reconstruct(encoded.codes, 64, 48))
+    np.testing.assert_array_equal(out, codec.reconstruct(encoded.codes, 64, 48, restored=encoded.restoration))
 
     def psnr(approx: np.ndarray) -> float:
         return 10 * np.log10(255**2 / ((approx.astype(float) - image) ** 2).mean())

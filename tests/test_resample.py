@@ -32,12 +32,12 @@ def test_resampled_round_trip(model, rng, scale, size):
     assert out.size == size and out.mode == "RGBA"
     pixels = np.asarray(out)
     np.testing.assert_array_equal(pixels[..., 3], image[..., 3])  # alpha is never resampled
-    expected = codec.reconstruct(encoded.codes, *size, coded_size=encoded.coded_size)
+    expected = codec.reconstruct(encoded.codes, *size, coded_size=encoded.coded_size, restored=encoded.restoration)
     np.testing.assert_array_equal(pixels[..., :3], expected)
     header = container.read_header(encoded.data)
     resampled = encoded.coded_size != size
     assert header.resampled == resampled
-    assert encoded.data[4] == (3 if resampled else 1)
+    assert encoded.data[4] == (4 if header.has_filter else 3 if resampled else 1)
     # the decoder needs no scale: any codec with the model decodes the file
     np.testing.assert_array_equal(np.asarray(vqcodec.Codec(model, device="cpu").decompress(encoded.data)), pixels)
 

@@ -12,7 +12,7 @@ from PIL import Image
 
 import vqcodec
 from tests.conftest import make_model, smooth_image
-from vqcodec import qprior
+from vqcodec import container, qprior
 from vqcodec.steps import PaddedSteps
 from vqcodec.timing import StageTimer
 
@@ -26,7 +26,9 @@ def assert_round_trip(codec: vqcodec.Codec, image) -> Image.Image:
     assert out.size == (encoded.width, encoded.height)
     rgb = np.asarray(out.convert("RGB")) if out.mode in ("RGB", "RGBA") else None
     if rgb is not None:
-        np.testing.assert_array_equal(rgb, codec.reconstruct(encoded.codes, encoded.width, encoded.height))
+        np.testing.assert_array_equal(
+            rgb, codec.reconstruct(encoded.codes, encoded.width, encoded.height, restored=encoded.restoration)
+        )
     return out
 
 
@@ -241,10 +243,11 @@ def test_a_code_the_coder_cannot_encode_becomes_its_nearest_code(rng, monkeypatc
 def test_stage_timer_sees_every_stage(codec, rng):
     timer = StageTimer()
     data = codec.encode(smooth_image(rng, 20, 20), timer=timer).data
-    assert set(timer.seconds) == {"analysis", "quantization", "prior", "entropy coding"}
+    assert set(timer.seconds) == {"analysis", "quantization", "prior", "entropy coding", "synthesis", "restoration"}
     timer = StageTimer()
     codec.decompress(data, timer=timer)
-    assert set(timer.seconds) == {"prior", "entropy coding", "synthesis"}
+    filtered = {"restoration"} if container.read_header(data).has_filter else set()
+    assert set(timer.seconds) == {"prior", "entropy coding", "synthesis"} | filtered
     assert all(t >= 0 for t in timer.seconds.values())
 
 

@@ -43,6 +43,7 @@ class Options:
     image_format: str = "PNG"  # decompress: the Pillow format to write
     quality: int | None = None  # decompress to a lossy format: its quality
     strip: bool = False  # compress: leave the ICC profile and EXIF data out
+    restore: bool = True  # compress: fit and write a restoration filter where it pays
     target_bytes: int | None = None  # compress: the largest file of any quality within this size
     target_bpp: float | None = None  # the same, in bits per pixel
 
@@ -126,12 +127,14 @@ def codec_for(options: Options, data: bytes | None = None) -> Any:
         options.rdo_passes,
         options.scale,
         options.strip,
+        options.restore,
     )
     if key not in _CODECS:
         rdo = {} if options.rdo is None else {"rdo": options.rdo}
         _CODECS[key] = codecs.load(
             options.preset, path=options.model_path, device=options.device, rdo_passes=options.rdo_passes,
-            scale=options.scale, max_pixels=_max_pixels(options), strip_metadata=options.strip, **rdo,
+            scale=options.scale, max_pixels=_max_pixels(options), strip_metadata=options.strip,
+            restore=options.restore, **rdo,
         )  # fmt: skip
     return _CODECS[key]
 

@@ -1,14 +1,16 @@
 """The ``.vqc`` file format: a fixed 68-byte header followed by the coded streams and, from version
-2, a metadata stream.
+2, a metadata stream; from version 4, a restoration filter.
 
 All integers are little-endian. Layout (byte offset, size, field):
 
 ====  ====  ==========================================================================
 0     4     magic ``89 56 51 43`` (``\\x89VQC``)
-4     1     format version: the lowest that has the flags used (1: none, 2: bit 0, 3: bit 1)
+4     1     format version: the lowest that has the flags used (1: none, 2: bit 0, 3: bit 1,
+            4: bit 2)
 5     1     channels of the image: 1 gray, 2 gray + alpha, 3 RGB, 4 RGBA
 6     1     flags: bit 0 (version 2 and later) a metadata stream follows the alpha stream; bit 1
-            (version 3) the maps code a resampled copy of the image (below); others 0
+            (version 3) the maps code a resampled copy of the image (below); bit 2 (version 4)
+            a restoration filter follows the alpha stream; others 0
 7     1     prior tile: side of the independently coded regions, in top-map codes (bottom-map
             regions are twice as large); 1..64
 8     16    model identifier (``model.model_id``: SHA-256 of config and weights, truncated)
@@ -27,8 +29,9 @@ All integers are little-endian. Layout (byte offset, size, field):
 60    4     CRC-32 of the decoded content: top codes, then bottom codes (uint16 each, raster
             order), then the alpha plane (uint8, raster order)
 64    4     CRC-32 of header bytes 0..63
-68          top-map stream, bottom-map stream, alpha stream, in that order; then, with flag bit 0,
-            the metadata stream's length (4 bytes) and the stream; nothing after
+68          top-map stream, bottom-map stream, alpha stream, in that order; then, with flag bit 2,
+            the filter record's length (2 bytes) and the record; then, with flag bit 0, the
+            metadata stream's length (4 bytes) and the stream; nothing after
 ====  ====  ==========================================================================
 
 Each map is cut into regions of tile x tile codes (top) and 2 tile x 2 tile codes (bottom), in
@@ -37,7 +40,8 @@ raster order, that the priors code independently; within a stream, regions come 
 The coded image is the image itself, or with flag bit 1 a copy resampled to (top map width x
 top stride - right padding) x (top map height x top stride - bottom padding) pixels, which the
 decoder synthesises and resamples back to the image size (Lanczos): how one model serves higher
-rates (upsampled) and lower ones (downsampled). The alpha plane is never resampled.
+rates (upsampled) and lower ones (downsampled). The alpha plane is never resampled. The
+restoration filter (``vqcodec.restoration``) is applied last, to the RGB image at its own size.
 
 The maps are range-coded (constriction) under the model's priors; the alpha plane, when there
 is one, is stored losslessly with zlib. The payload CRC (of everything after the header) rejects a
@@ -61,10 +65,18 @@ MAGIC = b"\x89VQC"
 #: Versions this reader takes, and the flags each allows (a file has the lowest that fits its flags).
 FLAG_METADATA = 1
 FLAG_RESAMPLED = 2
-VERSION_FLAGS = {1: 0, 2: FLAG_METADATA, 3: FLAG_METADATA | FLAG_RESAMPLED}
+FLAG_FILTER = 4
+VERSION_FLAGS = {
+    1: 0,
+    2: FLAG_METADATA,
+    3: FLAG_METADATA | FLAG_RESAMPLED,
+    4: FLAG_METADATA | FLAG_RESAMPLED | FLAG_FILTER,
+}
 VERSIONS = tuple(VERSION_FLAGS)
 #: Largest metadata (ICC profile and EXIF together, uncompressed) a file may carry.
 MAX_METADATA = 1 << 24
+#: Largest restoration filter record (its 2-byte length field's limit).
+MAX_FILTER = 0xFFFF
 METADATA_TAGS = {1: "icc_profile", 2: "exif"}
 HEADER = struct.Struct("<4sBBBB16sIIHHHHHHIIIIII")
 HEADER_SIZE = HEADER.size
@@ -113,6 +125,10 @@ class Header:
         return bool(self.flags & FLAG_RESAMPLED)
 
     @property
+    def has_filter(self) -> bool:
+        return bool(self.flags & FLAG_FILTER)
+
+    @property
     def has_alpha(self) -> bool:
         return self.channels in (2, 4)
 
@@ -130,6 +146,7 @@ class Streams:
     bottom: bytes
     alpha: bytes = b""
     metadata: bytes = b""  # encode_metadata's bytes, b"" for none
+    filter: bytes = b""  # the restoration filter's record, b"" for none
 
 
 def content_crc(top: np.ndarray, bottom: np.ndarray, alpha: np.ndarray | None) -> int:
@@ -144,9 +161,17 @@ def content_crc(top: np.ndarray, bottom: np.ndarray, alpha: np.ndarray | None) -
 def pack(header: Header, streams: Streams) -> bytes:
     """Serialise a file; the stream lengths and payload CRC of ``header`` are filled in here."""
     payload = streams.top + streams.bottom + streams.alpha
+    if streams.filter:
+        if len(streams.filter) > MAX_FILTER:
+            raise FormatError(f"restoration filter of {len(streams.filter)} bytes is over {MAX_FILTER}")
+        payload += struct.pack("<H", len(streams.filter)) + streams.filter
     if streams.metadata:
         payload += struct.pack("<I", len(streams.metadata)) + streams.metadata
-    flags = (header.flags & FLAG_RESAMPLED) | (FLAG_METADATA if streams.metadata else 0)
+    flags = (
+        (header.flags & FLAG_RESAMPLED)
+        | (FLAG_METADATA if streams.metadata else 0)
+        | (FLAG_FILTER if streams.filter else 0)
+    )
     fields = (
         MAGIC,
         min(v for v, allowed in VERSION_FLAGS.items() if flags & ~allowed == 0),
@@ -233,6 +258,13 @@ def unpack(data: bytes) -> tuple[Header, Streams]:
     """Parse a whole file, checking its length and the payload checksum."""
     header = read_header(data)
     expected = HEADER_SIZE + header.payload_len
+    filter_at = expected
+    if header.has_filter:
+        if len(data) < expected + 2:
+            raise FormatError(f"truncated .vqc file: {len(data)} bytes, its filter length missing")
+        (filter_len,) = struct.unpack_from("<H", data, expected)
+        expected += 2 + filter_len
+    metadata_at = expected
     if header.has_metadata:
         if len(data) < expected + 4:
             raise FormatError(f"truncated .vqc file: {len(data)} bytes, its metadata length missing")
@@ -247,7 +279,14 @@ def unpack(data: bytes) -> tuple[Header, Streams]:
         raise FormatError("damaged .vqc file: payload checksum mismatch")
     a, b = header.top_len, header.top_len + header.bottom_len
     c = b + header.alpha_len
-    return header, Streams(payload[:a], payload[a:b], payload[b:c], payload[c + 4 :] if header.has_metadata else b"")
+    f, m = filter_at - HEADER_SIZE, metadata_at - HEADER_SIZE
+    return header, Streams(
+        payload[:a],
+        payload[a:b],
+        payload[b:c],
+        payload[m + 4 :] if header.has_metadata else b"",
+        payload[f + 2 : m] if header.has_filter else b"",
+    )
 
 
 def encode_metadata(items: dict[str, bytes]) -> bytes:

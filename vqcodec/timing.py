@@ -16,12 +16,13 @@ import torch
 Timer = Callable[[str], AbstractContextManager]
 
 #: The stages the codec reports, in pipeline order.
-ANALYSIS, QUANTIZATION, PRIOR, ENTROPY_CODING, SYNTHESIS = (
+ANALYSIS, QUANTIZATION, PRIOR, ENTROPY_CODING, SYNTHESIS, RESTORATION = (
     "analysis",
     "quantization",
     "prior",
     "entropy coding",
     "synthesis",
+    "restoration",
 )
 
 
