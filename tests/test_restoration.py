@@ -125,3 +125,19 @@ def test_filter_and_metadata_together(codec, rng):
     assert container.decode_metadata(again.metadata) == {"exif": b"Exif\0\0xyz"}
     with pytest.raises(FormatError, match="truncated"):
         container.unpack(data[:-1])
+
+
+def test_any_record_parses_or_is_refused(rng):
+    """Random records either parse to a filter the decoder can apply or raise ``FormatError``."""
+    image = smooth_image(rng, 9, 11)
+    parsed = 0
+    for _ in range(2000):
+        record = bytes(rng.integers(0, 256, int(rng.integers(1, 120)), dtype=np.uint8))
+        record = bytes([int(rng.integers(1, len(SHAPES) + 1))]) + record[1:]
+        try:
+            filt = restoration.from_bytes(record)
+        except FormatError:
+            continue
+        parsed += 1
+        assert restoration.apply(image, filt).shape == image.shape
+    assert parsed > 0
