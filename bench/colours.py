@@ -29,14 +29,11 @@ DEFAULT_TOLERANCE = Tolerance(FLAT_MEAN_TOLERANCE, FLAT_PIXEL_TOLERANCE)
 ANY_POINT_TOLERANCE = Tolerance(2 * FLAT_MEAN_TOLERANCE, 2 * FLAT_PIXEL_TOLERANCE)
 
 
-def flat_colours(
-    codec: vqcodec.Codec, tolerance: Tolerance, side: int = SIDE, colours: np.ndarray | None = None
-) -> dict:
-    """Each grid colour (or each of ``colours``) as a flat ``side`` x ``side`` image through
-    ``codec``: its file size, the worst channel-mean error and the worst pixel error, and how many
-    colours are within ``tolerance``."""
+def flat_colours(codec: vqcodec.Codec, tolerance: Tolerance, side: int = SIDE) -> dict:
+    """Each grid colour as a flat ``side`` x ``side`` image through ``codec``: its file size, the
+    worst channel-mean error and the worst pixel error, and how many colours are within ``tolerance``."""
     rows = []
-    for colour in colour_grid() if colours is None else colours:
+    for colour in colour_grid():
         image = np.broadcast_to(colour, (side, side, 3)).copy()
         data = codec.compress(image)
         error = np.asarray(codec.decompress(data).convert("RGB")).astype(np.int64) - colour
