@@ -50,14 +50,6 @@ MAX_BATCH_POSITIONS = 1 << 15
 #: the default preset, 32-code windows 1.5 times.
 WINDOW = 64
 WINDOW_MARGIN = 6
-#: Top codes of context the VQ-VAE gets beyond each edge of the image: the analysis sees the
-#: image's edge pixels repeated, the synthesis the edge codes. The networks pad their
-#: convolutions with zeros, which at an image's edge left a texture 4 to 5 pixels deep (a flat
-#: colour came back up to 37 levels off there and within 3 inside); with this context the edge is
-#: coded like the inside (one code of context still left two colours 13 and 18 levels off; two
-#: leave every colour within 12). No code of the context is written; the VQ-VAE's work grows by
-#: the context's area (a 768 x 512 image: 11%).
-BORDER = 2
 
 
 #: What the decoder takes: the bytes of a ``.vqc`` file (bytes, bytearray, memoryview), its path,
@@ -397,8 +389,6 @@ class Codec:
     ) -> Callable[[torch.Tensor, tiles.Region], Sequence[torch.Tensor]]:
         """``rdo.window_terms`` of a window of an image whose maps are ``top``, ``candidates`` and ``current``."""
 
-        top, candidates, current = _extended(top, 1), _extended(candidates, 2), _extended(current, 2)
-
         def terms(x: torch.Tensor, outer: tiles.Region) -> Sequence[torch.Tensor]:
             window = (outer.take(top), outer.scaled(2).take(candidates), outer.scaled(2).take(current))
             maps = (torch.from_numpy(m).unsqueeze(0).to(self.device) for m in window)
@@ -500,11 +490,9 @@ class Codec:
     ) -> list[np.ndarray]:
         """Maps of an RGB image computed window by window: ``analyse`` gives, for a batch of one
         window's pixels and the window (in top-map codes), maps at the top or the bottom map's
-        resolution (with trailing dimensions or not), and they are pieced together. The windows
-        are those of the image extended by ``BORDER`` top codes on every side (``_extended``)."""
+        resolution (with trailing dimensions or not), and they are pieced together."""
         s = self.top_stride
-        b = BORDER * s
-        padded = np.pad(pad_to(rgb, s), ((b, b), (b, b), (0, 0)), mode="edge")
+        padded = pad_to(rgb, s)
         h, w = padded.shape[0] // s, padded.shape[1] // s
 
         def window(outer: tiles.Region) -> list[np.ndarray]:
@@ -519,10 +507,7 @@ class Codec:
             local = inner.within(outer)
             for full, part, f in zip(maps, parts, scales, strict=True):
                 inner.scaled(f).take(full)[...] = local.scaled(f).take(part)
-        return [
-            m[f * BORDER : m.shape[0] - f * BORDER, f * BORDER : m.shape[1] - f * BORDER]
-            for m, f in zip(maps, scales, strict=True)
-        ]
+        return maps
 
     @torch.no_grad()
     def reconstruct(
@@ -546,10 +531,8 @@ class Codec:
             return restoration.apply(pixels, restored)
 
     def _synthesise(self, codes: CodeMaps, width: int, height: int, timer: Timer) -> np.ndarray:
-        """The (height, width, 3) uint8 RGB image the model synthesises from ``codes``, window by
-        window, from the maps extended by ``BORDER`` top codes on every side (``_extended``)."""
+        """The (height, width, 3) uint8 RGB image the model synthesises from ``codes``, window by window."""
         s = self.top_stride
-        codes = CodeMaps(_extended(codes.top, 1), _extended(codes.bottom, 2))
 
         def window(outer: tiles.Region) -> np.ndarray:
             top = torch.as_tensor(outer.take(codes.top), device=self.device).unsqueeze(0)
@@ -560,8 +543,7 @@ class Codec:
         out = np.zeros((codes.top.shape[0] * s, codes.top.shape[1] * s, 3), dtype=np.uint8)
         for inner, outer, pixels in self._each_window(codes.top.shape, window):
             inner.scaled(s).take(out)[...] = inner.within(outer).scaled(s).take(pixels)
-        b = BORDER * s
-        return np.ascontiguousarray(out[b : b + height, b : b + width])
+        return np.ascontiguousarray(out[:height, :width])
 
     def _each_window(
         self, shape: tuple[int, int], work: Callable[[tiles.Region], T]
@@ -612,13 +594,6 @@ class _Map:
     shape: tuple[int, int]
     tile: int
     cond: np.ndarray | None = None
-
-
-def _extended(codes: np.ndarray, scale: int) -> np.ndarray:
-    """A code map (at ``scale`` times the top map's resolution; trailing dimensions kept) with
-    ``BORDER * scale`` copies of its edge codes on every side."""
-    b = BORDER * scale
-    return np.pad(codes, ((b, b), (b, b)) + ((0, 0),) * (codes.ndim - 2), mode="edge")
 
 
 def _batches(
