@@ -77,6 +77,9 @@ VERSIONS = tuple(VERSION_FLAGS)
 MAX_METADATA = 1 << 24
 #: Largest restoration filter record (its 2-byte length field's limit).
 MAX_FILTER = 0xFFFF
+#: The length fields before the filter record and the metadata stream.
+_FILTER_LEN = struct.Struct("<H")
+_METADATA_LEN = struct.Struct("<I")
 METADATA_TAGS = {1: "icc_profile", 2: "exif"}
 HEADER = struct.Struct("<4sBBBB16sIIHHHHHHIIIIII")
 HEADER_SIZE = HEADER.size
@@ -164,9 +167,9 @@ def pack(header: Header, streams: Streams) -> bytes:
     if streams.filter:
         if len(streams.filter) > MAX_FILTER:
             raise FormatError(f"restoration filter of {len(streams.filter)} bytes is over {MAX_FILTER}")
-        payload += struct.pack("<H", len(streams.filter)) + streams.filter
+        payload += _FILTER_LEN.pack(len(streams.filter)) + streams.filter
     if streams.metadata:
-        payload += struct.pack("<I", len(streams.metadata)) + streams.metadata
+        payload += _METADATA_LEN.pack(len(streams.metadata)) + streams.metadata
     flags = (
         (header.flags & FLAG_RESAMPLED)
         | (FLAG_METADATA if streams.metadata else 0)
@@ -254,22 +257,23 @@ def _validate(h: Header, version: int) -> None:
         raise FormatError("empty code map")
 
 
+def _length(data: bytes, at: int, field: struct.Struct, part: str) -> int:
+    """The length of ``part`` that the ``field`` at byte ``at`` gives."""
+    if len(data) < at + field.size:
+        raise FormatError(f"truncated .vqc file: {len(data)} bytes, its {part} length missing")
+    return field.unpack_from(data, at)[0]
+
+
 def unpack(data: bytes) -> tuple[Header, Streams]:
     """Parse a whole file, checking its length and the payload checksum."""
     header = read_header(data)
     expected = HEADER_SIZE + header.payload_len
     filter_at = expected
     if header.has_filter:
-        if len(data) < expected + 2:
-            raise FormatError(f"truncated .vqc file: {len(data)} bytes, its filter length missing")
-        (filter_len,) = struct.unpack_from("<H", data, expected)
-        expected += 2 + filter_len
+        expected += _FILTER_LEN.size + _length(data, expected, _FILTER_LEN, "filter")
     metadata_at = expected
     if header.has_metadata:
-        if len(data) < expected + 4:
-            raise FormatError(f"truncated .vqc file: {len(data)} bytes, its metadata length missing")
-        (metadata_len,) = struct.unpack_from("<I", data, expected)
-        expected += 4 + metadata_len
+        expected += _METADATA_LEN.size + _length(data, expected, _METADATA_LEN, "metadata")
     if len(data) < expected:
         raise FormatError(f"truncated .vqc file: {len(data)} bytes of {expected}")
     if len(data) > expected:
@@ -284,8 +288,8 @@ def unpack(data: bytes) -> tuple[Header, Streams]:
         payload[:a],
         payload[a:b],
         payload[b:c],
-        payload[m + 4 :] if header.has_metadata else b"",
-        payload[f + 2 : m] if header.has_filter else b"",
+        payload[m + _METADATA_LEN.size :] if header.has_metadata else b"",
+        payload[f + _FILTER_LEN.size : m] if header.has_filter else b"",
     )
 
 
