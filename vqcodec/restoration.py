@@ -76,10 +76,15 @@ class Shape:
         rest = range(CHANNELS * len(self.offsets), self.features)
         return np.array([*diffs, *rest])
 
-    def steps(self, channel: int) -> np.ndarray:
-        """The quantization step of each used feature's weight."""
-        n = len(self.used(channel))
-        return np.array([STEPS[0]] * (n - CHANNELS - 1) + [STEPS[1]] * CHANNELS + [STEPS[2]])
+    @cached_property
+    def differences(self) -> int:
+        """How many second differences each output channel weighs (its weights before the colours')."""
+        return len(self.offsets) * (CHANNELS if self.cross else 1)
+
+    @cached_property
+    def steps(self) -> np.ndarray:
+        """The quantization step of each weight of an output channel."""
+        return np.array([STEPS[0]] * self.differences + [STEPS[1]] * CHANNELS + [STEPS[2]])
 
 
 #: The shapes a file may name (by index + 1), from the fewest weights (12) to the most (192).
@@ -98,7 +103,7 @@ class Filter:
         shape = SHAPES[self.shape]
         w = np.zeros((shape.features, CHANNELS))
         for c, q in enumerate(self.weights):
-            w[shape.used(c), c] = q * shape.steps(c)
+            w[shape.used(c), c] = q * shape.steps
         return w
 
 
@@ -189,7 +194,7 @@ def fit(original: np.ndarray, decoded: np.ndarray, file_bytes: int) -> Filter | 
             used = _in_largest(shape, c)
             a, b = gram[np.ix_(used, used)], cross[used, c]
             ridge = RIDGE * (np.trace(a) / len(used) + 1.0)
-            steps = shape.steps(c)
+            steps = shape.steps
             q = np.rint(np.linalg.solve(a + ridge * np.eye(len(used)), b) / steps).astype(np.int64)
             w = q * steps
             after += energy[c] - 2 * w @ b + w @ a @ w
@@ -223,7 +228,7 @@ def _db_worth(file_bytes: int, pixels: int) -> float:
 ORDER_BITS = 4
 
 
-def _groups(shape: Shape, weights: tuple[np.ndarray, ...]) -> list[np.ndarray]:
+def _groups(weights: tuple[np.ndarray, ...]) -> list[np.ndarray]:
     """Every channel's weights by group: differences, colour matrix, constant."""
     cut = [len(w) - CHANNELS - 1 for w in weights]
     return [
@@ -246,7 +251,7 @@ def _eg_bits(u: np.ndarray, k: int) -> int:
 def to_bytes(filt: Filter) -> bytes:
     """The filter's record: shape, each group's Exp-Golomb order, the zigzagged weights."""
     bits: list[str] = [format(filt.shape + 1, "08b")]
-    groups = [_zigzag(g) for g in _groups(SHAPES[filt.shape], filt.weights)]
+    groups = [_zigzag(g) for g in _groups(filt.weights)]
     orders = [min(range(1 << ORDER_BITS), key=lambda k, g=g: _eg_bits(g, k)) for g in groups]
     bits += [format(k, f"0{ORDER_BITS}b") for k in orders]
     for g, k in zip(groups, orders, strict=True):
@@ -273,7 +278,7 @@ def from_bytes(data: bytes) -> Filter:
     if len(bits) < pos:
         raise FormatError("truncated restoration filter record")
     orders = [int(bits[8 + i * ORDER_BITS : 8 + (i + 1) * ORDER_BITS], 2) for i in range(3)]
-    sizes = [sum(len(shape.used(c)) - CHANNELS - 1 for c in range(CHANNELS)), CHANNELS * CHANNELS, CHANNELS]
+    sizes = [CHANNELS * shape.differences, CHANNELS * CHANNELS, CHANNELS]
     groups = []
     for size, k in zip(sizes, orders, strict=True):
         values = []
@@ -295,8 +300,7 @@ def from_bytes(data: bytes) -> Filter:
 
 def _ungroup(shape: Shape, groups: list[np.ndarray]) -> tuple[np.ndarray, ...]:
     """Each channel's weights from ``_groups``' order."""
-    per = [len(shape.used(c)) - CHANNELS - 1 for c in range(CHANNELS)]
-    starts = np.cumsum([0, *per])
+    starts = np.arange(CHANNELS + 1) * shape.differences
     return tuple(
         np.concatenate(
             [groups[0][starts[c] : starts[c + 1]], groups[1][CHANNELS * c : CHANNELS * (c + 1)], groups[2][c : c + 1]]
