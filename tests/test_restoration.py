@@ -65,7 +65,7 @@ def test_convolution_is_the_fitted_formula(rng, index):
     filt = _random_filter(rng, index, 20.0)
     expected = np.empty(decoded.shape)
     for rows, f in restoration._features(decoded, SHAPES[index]):
-        expected[rows] = decoded[rows] + (f.astype(np.float64) @ filt.matrix()).reshape(decoded[rows].shape)
+        expected[rows] = decoded[rows] + (f.T.astype(np.float64) @ filt.matrix()).reshape(decoded[rows].shape)
     out = restoration.apply(decoded, filt).astype(float)
     assert np.abs(out - expected.round().clip(0, 255)).max() <= 1  # float32 rounding at .5
 

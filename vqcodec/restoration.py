@@ -108,25 +108,25 @@ class Filter:
 
 
 def _features(rgb: np.ndarray, shape: Shape, every: int = 1) -> Iterator[tuple[slice, np.ndarray]]:
-    """(rows, (pixels, features) float32) for bands of ``ROWS`` rows of a (H, W, 3) image (every
-    ``every``-th band)."""
+    """(rows, (features, pixels) float32) for bands of ``ROWS`` rows of a (H, W, 3) image (every
+    ``every``-th band). Features are rows, so each is written as one contiguous block."""
     r = shape.radius
-    padded = np.pad(rgb, ((r, r), (r, r), (0, 0)), mode="edge").astype(np.float32)
+    padded = np.pad(rgb, ((r, r), (r, r), (0, 0)), mode="edge").transpose(2, 0, 1).astype(np.float32)
     h, w = rgb.shape[:2]
     diffs = CHANNELS * len(shape.offsets)
     for top in range(0, h, ROWS * every):
         n = min(ROWS, h - top)
-        f = np.empty((n, w, shape.features), np.float32)
-        centre = padded[top + r : top + r + n, r : r + w]
+        f = np.empty((shape.features, n, w), np.float32)
+        centre = padded[:, top + r : top + r + n, r : r + w]
         twice = 2 * centre
         for i, (dy, dx) in enumerate(shape.offsets):
-            out = f[:, :, CHANNELS * i : CHANNELS * (i + 1)]
-            np.add(padded[top + r + dy : top + r + dy + n, r + dx : r + dx + w],
-                   padded[top + r - dy : top + r - dy + n, r - dx : r - dx + w], out=out)  # fmt: skip
+            out = f[CHANNELS * i : CHANNELS * (i + 1)]
+            np.add(padded[:, top + r + dy : top + r + dy + n, r + dx : r + dx + w],
+                   padded[:, top + r - dy : top + r - dy + n, r - dx : r - dx + w], out=out)  # fmt: skip
             out -= twice
-        f[:, :, diffs : diffs + CHANNELS] = centre - GREY
-        f[:, :, -1] = 1.0
-        yield slice(top, top + n), f.reshape(n * w, shape.features)
+        np.subtract(centre, GREY, out=f[diffs : diffs + CHANNELS])
+        f[-1] = 1.0
+        yield slice(top, top + n), f.reshape(shape.features, n * w)
 
 
 def _kernel(filt: Filter) -> tuple[torch.Tensor, torch.Tensor]:
@@ -180,8 +180,8 @@ def fit(original: np.ndarray, decoded: np.ndarray, file_bytes: int) -> Filter | 
     every = max(1, round(decoded.shape[0] * decoded.shape[1] / FIT_PIXELS))
     for rows, f in _features(decoded, largest, every):
         t = (original[rows].astype(np.float32) - decoded[rows]).reshape(-1, CHANNELS)
-        gram += f.T @ f
-        cross += f.T @ t
+        gram += f @ f.T
+        cross += f @ t
         energy += (t * t).sum(0, dtype=np.float64)
     before = energy.sum()
     if before == 0:
