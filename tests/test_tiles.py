@@ -1,11 +1,11 @@
-"""Regions cover a map exactly once, and batches respect their size bound."""
+"""Regions and windows cover a map exactly once, and batches respect their size bound."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from vqcodec.tiles import Region, batches, regions
+from vqcodec.tiles import Region, batches, regions, windows
 
 
 @pytest.mark.parametrize("h,w,size", [(1, 1, 16), (5, 7, 2), (32, 32, 16), (33, 17, 16)])
@@ -27,3 +27,21 @@ def test_batches_keep_order_and_bound():
 
 def test_half_region():
     assert Region(4, 6, 8, 10).half() == Region(2, 3, 4, 5)
+
+
+@pytest.mark.parametrize("h,w,size,margin", [(1, 1, 64, 6), (96, 64, 64, 6), (65, 200, 64, 3), (7, 5, 2, 1)])
+def test_windows_cover_the_map_evenly(h, w, size, margin):
+    """Inner regions tile the map in the fewest windows, their sides differing by at most one
+    (windows run side by side); outer regions add the margin, clipped to the map."""
+    covered = np.zeros((h, w), int)
+    pairs = windows(h, w, size, margin)
+    for inner, outer in pairs:
+        inner.take(covered)[...] += 1
+        assert outer.top == max(0, inner.top - margin) and outer.left == max(0, inner.left - margin)
+        assert outer.top + outer.h == min(h, inner.top + inner.h + margin)
+        assert outer.left + outer.w == min(w, inner.left + inner.w + margin)
+    assert (covered == 1).all()
+    assert len(pairs) == -(-h // size) * -(-w // size)
+    for side in (lambda r: r.h, lambda r: r.w):
+        sides = [side(inner) for inner, _ in pairs]
+        assert max(sides) <= size and max(sides) - min(sides) <= 1

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
@@ -78,12 +79,21 @@ def batches(
         yield group
 
 
+def _even_cuts(n: int, size: int) -> list[int]:
+    """Where to cut n into the fewest parts of at most ``size``, as even as they go."""
+    parts = -(-n // size)
+    return [n * i // parts for i in range(parts + 1)]
+
+
 def windows(h: int, w: int, size: int, margin: int) -> list[tuple[Region, Region]]:
-    """(inner, outer) pairs: size x size inner regions covering the map, each inside an outer
-    region extended by ``margin`` on every side (clipped to the map)."""
+    """(inner, outer) pairs: inner regions of at most size x size, as even as they go (windows run
+    side by side, so the largest sets the time), covering the map in raster order, each inside
+    an outer region extended by ``margin`` on every side (clipped to the map)."""
     pairs = []
-    for inner in regions(h, w, size):
-        top, left = max(0, inner.top - margin), max(0, inner.left - margin)
-        bottom, right = min(h, inner.top + inner.h + margin), min(w, inner.left + inner.w + margin)
-        pairs.append((inner, Region(top, left, bottom - top, right - left)))
+    for top, bottom in itertools.pairwise(_even_cuts(h, size)):
+        for left, right in itertools.pairwise(_even_cuts(w, size)):
+            inner = Region(top, left, bottom - top, right - left)
+            o_top, o_left = max(0, top - margin), max(0, left - margin)
+            outer = Region(o_top, o_left, min(h, bottom + margin) - o_top, min(w, right + margin) - o_left)
+            pairs.append((inner, outer))
     return pairs
