@@ -10,7 +10,7 @@ import torch
 
 import vqcodec
 from tests.conftest import make_model, smooth_image
-from vqcodec.image import to_tensor
+from vqcodec.image import to_rgb, to_tensor
 from vqcodec.rdo import CANDIDATES, Terms, choose, curvature_margin, window_terms
 
 
@@ -19,7 +19,8 @@ def test_choice_weighs_estimated_error_against_bits():
     linear = np.array([[[0.0, -0.5, -1.0]]])
     squared = np.array([[[0.0, 1.0, 4.0]]])
     one = np.ones((1, 1))
-    terms = Terms(linear, squared, error=one, gain=3 * one, probe=6 * one)  # quadratic term: margin / 2
+    # quadratic term: margin / 2
+    terms = Terms(linear, squared, error=one, gain=3 * one, probe=6 * one, synthesis=np.zeros((4, 4, 3), np.uint8))
     candidates = np.array([[[10, 11, 12]]])
     bits = np.array([[[9.0, 5.0, 1.0]]])
     for margin in (curvature_margin(1), curvature_margin(2)):
@@ -39,9 +40,10 @@ def test_linear_term_is_the_slope_of_the_pixel_error():
     x = to_tensor(smooth_image(np.random.default_rng(3), 16, 24))
     top, cand = vq.encode_candidates(x, CANDIDATES)
     current = cand[..., 2]
-    linear, squared, error, gain, probe = window_terms(vq, x, top, cand, current)
+    linear, squared, error, gain, probe, pixels = window_terms(vq, x, top, cand, current)
     q_t, q_b = vq.quantize_t.lookup(top), vq.quantize_b.lookup(current)
     torch.testing.assert_close(error.sum(), (vq.synthesise(q_t, q_b) - x).pow(2).sum())
+    assert np.array_equal(pixels[0].numpy(), to_rgb(vq.decode(top, current)))  # what the decoder synthesises
     exact = copy.deepcopy(vq).double()  # finite differences need more than float32's 7 digits
     q_t, q_b, x, embed = q_t.double(), q_b.double(), x.double(), exact.quantize_b.embed
     with torch.no_grad():

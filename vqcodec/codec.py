@@ -271,7 +271,8 @@ class Codec:
         per step, which a GPU needs to be busy). Each file is the one ``encode`` would write."""
         pics = [read_image(image, self.max_pixels) for image in images]
         sizes = [scaled_size(*pic.size, self.scale, self.max_pixels) for pic in pics]
-        tops, bottoms = self._code_maps([resample(p.rgb, *size) for p, size in zip(pics, sizes, strict=True)], timer)
+        coded = self._code_maps([resample(p.rgb, *size) for p, size in zip(pics, sizes, strict=True)], timer)
+        tops, bottoms, syntheses = coded
         top_maps = [_Map(t.shape, self.tile) for t in tops]
         bottom_maps = [_Map(b.shape, 2 * self.tile, t) for t, b in zip(tops, bottoms, strict=True)]
         top_prior, bottom_prior = self.encoding_priors
@@ -279,20 +280,33 @@ class Codec:
         top_coded = self._encode_maps(top_prior, tops, top_maps, top_substitute, timer)
         bottom_coded = self._encode_maps(bottom_prior, bottoms, bottom_maps, bottom_substitute, timer)
         filters = [
-            self._fit_restoration(pic, size, CodeMaps(top, bottom), len(t[0]) + len(b[0]), timer)
-            for pic, size, top, bottom, t, b in zip(pics, sizes, tops, bottoms, top_coded, bottom_coded, strict=True)
+            self._fit_restoration(pic, size, CodeMaps(top, bottom), synthesis, len(t[0]) + len(b[0]), timer)
+            for pic, size, top, bottom, synthesis, t, b in zip(
+                pics, sizes, tops, bottoms, syntheses, top_coded, bottom_coded, strict=True
+            )
         ]
         return [
             self._pack(*args) for args in zip(pics, sizes, tops, bottoms, top_coded, bottom_coded, filters, strict=True)
         ]
 
     def _fit_restoration(
-        self, pic: Picture, coded_size: tuple[int, int], codes: CodeMaps, map_bytes: int, timer: Timer
+        self,
+        pic: Picture,
+        coded_size: tuple[int, int],
+        codes: CodeMaps,
+        synthesis: np.ndarray | None,
+        map_bytes: int,
+        timer: Timer,
     ) -> Filter | None:
-        """The restoration filter worth writing for ``pic`` coded as ``codes`` (None: none)."""
+        """The restoration filter worth writing for ``pic`` coded as ``codes`` (None: none), fitted
+        to ``synthesis`` where RDO left one (see ``_code_maps``), else to what ``codes`` give."""
         if not self.restore:
             return None
-        decoded = self.reconstruct(codes, *pic.size, timer, coded_size)
+        if synthesis is None:
+            decoded = self.reconstruct(codes, *pic.size, timer, coded_size)
+        else:
+            with timer(SYNTHESIS):
+                decoded = resample(np.ascontiguousarray(synthesis[: coded_size[1], : coded_size[0]]), *pic.size)
         with timer(RESTORATION):
             return restoration.fit(pic.rgb, decoded, map_bytes)
 
@@ -361,14 +375,19 @@ class Codec:
             coded.append((data, MapStats(encoder.symbols, 8 * len(data), encoder.ideal_bits)))
         return coded
 
-    def _code_maps(self, images: list[np.ndarray], timer: Timer) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    def _code_maps(
+        self, images: list[np.ndarray], timer: Timer
+    ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray | None]]:
         """Each RGB image's top and bottom code maps: the nearest codes, or with ``rdo`` the bottom
         codes RDO prefers after ``rdo_passes`` choices, each pricing the candidates by the prior in
-        the context of the previous choice (at first, the nearest codes)."""
+        the context of the previous choice (at first, the nearest codes). With RDO, also what its
+        last pass synthesised (at the codes before its choice; padded to the top stride): the
+        restoration filter is fitted to it, which saves a synthesis for 0.005 dB less gain
+        (validation photos at the default: 28.481 dB instead of 28.486)."""
         vqvae = self.model.vqvae
         if not self.rdo:
             maps = [self._analyse(rgb, lambda x, _: vqvae.encode(x, timer)) for rgb in images]
-            return [t for t, _ in maps], [b for _, b in maps]
+            return [t for t, _ in maps], [b for _, b in maps], [None] * len(maps)
         found = [self._analyse(rgb, lambda x, _: vqvae.encode_candidates(x, CANDIDATES, timer)) for rgb in images]
         tops, candidates = [t for t, _ in found], [c for _, c in found]
         maps = [_Map(c.shape[:2], 2 * self.tile, t) for t, c in zip(tops, candidates, strict=True)]
@@ -382,7 +401,7 @@ class Codec:
             bits = _candidate_bits(self.encoding_priors[1], chosen, candidates, maps, timer)
             with timer(QUANTIZATION):
                 chosen = [choose(*args, self.rdo, margin) for args in zip(candidates, terms, bits, strict=True)]
-        return tops, chosen
+        return tops, chosen, [t.synthesis for t in terms]
 
     def _terms_of(
         self, top: np.ndarray, candidates: np.ndarray, current: np.ndarray, timer: Timer

@@ -212,7 +212,11 @@ def to_tensor(rgb: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).unsqueeze(0).float() / 127.5 - 1.0
 
 
+def to_pixels(x: torch.Tensor) -> torch.Tensor:
+    """(B, H, W, 3) uint8 from a (B, 3, H, W) tensor in [-1, 1] (rounded, clamped)."""
+    return ((x + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+
+
 def to_rgb(x: torch.Tensor) -> np.ndarray:
     """(H, W, 3) uint8 from a (1, 3, H, W) tensor in [-1, 1] (rounded, clamped)."""
-    pixels = ((x[0] + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
-    return pixels.permute(1, 2, 0).cpu().numpy()
+    return to_pixels(x)[0].cpu().numpy()

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .image import to_pixels
 from .timing import ANALYSIS, QUANTIZATION, Timer, no_timer
 from .vqvae import VQVAE2
 
@@ -51,13 +52,15 @@ PROBE_STEP = 1e-2
 class Terms:
     """For each bottom position (H, W) of an image, what moving from its current code to each of
     its candidates would change in the pixel error (linear and quadratic terms, (H, W, k) each),
-    its pixel error and the probe of the synthesis' gain."""
+    its pixel error and the probe of the synthesis' gain; and the image synthesised at the current
+    codes ((H s, W s, 3) uint8), which the encoder fits its restoration filter to."""
 
     linear: np.ndarray
     squared: np.ndarray
     error: np.ndarray
     gain: np.ndarray
     probe: np.ndarray
+    synthesis: np.ndarray
 
     def costs(self, bits: np.ndarray, rdo: float, margin: float) -> np.ndarray:
         """Each candidate's estimated change of pixel error, its quadratic term weighted by
@@ -84,7 +87,8 @@ def window_terms(
     """The fields of ``Terms`` for a batch of pixels ``x`` (B, C, H, W) in [-1, 1] coded with the
     top map ``top`` (B, H/2s, W/2s) and the bottom map ``current`` (B, H/s, W/s), whose positions
     may move to ``candidates`` (B, H/s, W/s, k, nearest first): the linear and quadratic terms
-    (B, H/s, W/s, k), the pixel error and the gain probe, |J d|^2 and |d|^2 (B, H/s, W/s)."""
+    (B, H/s, W/s, k), the pixel error and the gain probe, |J d|^2 and |d|^2 (B, H/s, W/s), and the
+    synthesis at ``current`` as pixels (B, H, W, 3) uint8."""
     with timer(QUANTIZATION):
         embed = vqvae.quantize_b.embed
         steps = embed[candidates] - embed[current].unsqueeze(-2)  # (B, H, W, k, D)
@@ -106,6 +110,7 @@ def window_terms(
                 _per_position(error.detach(), s),
                 _per_position(gain.pow(2), s),
                 probe.pow(2).sum(1),
+                to_pixels(recon.detach()),
             )
 
 
