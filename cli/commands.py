@@ -27,6 +27,7 @@ from vqcodec import quality as vqcodec_quality
 from vqcodec.config import ARCHITECTURES
 from vqcodec.defaults import DEFAULT_RDO, DEFAULT_THREADS, DEFAULT_TILE, MAX_SCALE, MIN_SCALE
 from vqcodec.files import check_writable, write_atomic
+from vqcodec.restoration import SHAPES
 
 EXIT_BAD_INPUT = 1
 EXIT_INTERNAL = 3
@@ -363,8 +364,13 @@ def info(src: Path, as_json: bool) -> None:
     is checked, not decoded)."""
     data = _read_bytes(src)
     h = container.read_header(data)
+    restoration = None
     try:
-        container.unpack(data)
+        _, streams = container.unpack(data)
+        if streams.filter:
+            shape = SHAPES[vqcodec.restoration.from_bytes(streams.filter).shape]
+            restoration = {"bytes": len(streams.filter), "radius": shape.radius, "cross": shape.cross,
+                           "description": shape.describe()}  # fmt: skip
         problem = None
     except vqcodec.FormatError as exc:
         problem = str(exc)
@@ -376,7 +382,7 @@ def info(src: Path, as_json: bool) -> None:
         "version": h.version, "metadata": h.has_metadata, "resampled": h.resampled, "model": h.model_id.hex(),
         "preset": catalog.name_of(h.model_id), "width": h.width, "height": h.height, "channels": h.channels,
         "padding": [h.pad_x, h.pad_y], "tile": h.tile, "bytes": len(data), "bpp": 8 * len(data) / (h.width * h.height),
-        "maps": maps, "alpha_bytes": h.alpha_len, "problem": problem,
+        "maps": maps, "alpha_bytes": h.alpha_len, "restoration": restoration, "problem": problem,
     }  # fmt: skip
     if as_json:
         click.echo(json.dumps(fields))
@@ -399,6 +405,8 @@ def info(src: Path, as_json: bool) -> None:
                      f"{m['bits_per_code']:.3f} bits/code"))  # fmt: skip
     if h.has_alpha:
         rows.append(("alpha", f"{h.alpha_len} bytes (lossless)"))
+    if restoration:
+        rows.append(("filter", f"{restoration['bytes']} bytes ({restoration['description']})"))
     for key, value in rows:
         click.echo(f"{key:>10}: {value}")
 

@@ -15,6 +15,7 @@ import vqcodec
 from tests.conftest import smooth_image
 from vqcodec import container
 from vqcodec.cli import main
+from vqcodec.restoration import SHAPES
 from vqcodec.weights import load_model
 
 
@@ -54,6 +55,11 @@ def test_no_restoration_option_writes_no_filter(tmp_path, image_file, model_file
     assert run("compress", image_file, plain, "--model", model_file, "--no-restoration").exit_code == 0
     assert container.read_header(vqc.read_bytes()).has_filter
     assert not container.read_header(plain.read_bytes()).has_filter
+    shape = SHAPES[container.unpack(vqc.read_bytes())[1].filter[0] - 1]  # the record's first byte names it
+    reported = json.loads(run("info", vqc, "--json").output)["restoration"]
+    assert (reported["radius"], reported["cross"]) == (shape.radius, shape.cross)
+    assert f"filter: {reported['bytes']} bytes" in run("info", vqc).output
+    assert json.loads(run("info", plain, "--json").output)["restoration"] is None
     codec = vqcodec.Codec(load_model(model_file), device="cpu", restore=False)
     assert plain.read_bytes() == codec.compress(image_file)
 

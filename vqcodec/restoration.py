@@ -81,6 +81,14 @@ class Shape:
         """How many second differences each output channel weighs (its weights before the colours')."""
         return len(self.offsets) * (CHANNELS if self.cross else 1)
 
+    def describe(self) -> str:
+        """In words, for ``vqcodec info``."""
+        weights = CHANNELS * (self.differences + CHANNELS + 1)
+        if not self.radius:
+            return f"colour matrix and constant, {weights} weights"
+        whose = "every channel's" if self.cross else "own channel's"
+        return f"{whose} second differences within {self.radius} pixels, colour matrix, constant: {weights} weights"
+
     @cached_property
     def steps(self) -> np.ndarray:
         """The quantization step of each weight of an output channel."""
