@@ -478,11 +478,16 @@ def _settings(kwargs: dict) -> Any:
 @click.option("--arch", type=click.Choice(sorted(ARCHITECTURES)), default="medium", show_default=True)
 @_init_option
 @_colour_option
+@click.option(
+    "--replicate-edges", is_flag=True, help="Convolutions see the edge values repeated beyond the edges, not zeros."
+)
 @_settings_options(128, "Crop side in pixels.")
-def train_vqvae_command(folder: Path, out: Path, arch: str, init: str | None, **kwargs) -> None:
+def train_vqvae_command(
+    folder: Path, out: Path, arch: str, init: str | None, replicate_edges: bool, **kwargs: Any
+) -> None:
     """Stage 1: train a VQ-VAE on the images in DATA (resumes from OUT if it exists)."""
     _training().init_distributed()
-    _training().train_vqvae(folder, out, arch, _settings(kwargs), init)
+    _training().train_vqvae(folder, out, arch, _settings(kwargs), init, replicate_edges)
     click.echo(f"VQ-VAE checkpoint: {out} (log: {out.with_suffix('.jsonl')})")
 
 

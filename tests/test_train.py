@@ -319,3 +319,26 @@ def test_ddp_with_two_processes(folder, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert read_meta(out)["step"] == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp.ckpt", "ddp.jsonl"]
+
+
+def test_replicated_edges_start_from_a_zero_edged_model(folder, model_file, tmp_path):
+    """A run learning replicated edges starts from a model trained with zeros there: the same
+    weights, which compute the same inside the image and differ only near its edges; the model
+    file records the choice (models without it keep their JSON), and resuming the run without it
+    is refused."""
+    source = load_model(model_file)
+    still = Settings(**{**SETTINGS.__dict__, "steps": 1, "lr": 1e-12})
+    ckpt = train_vqvae(folder, tmp_path / "edges.ckpt", "tiny", still, init=model_file, replicate_edges=True)
+    vq, _ = load_vqvae(ckpt)
+    assert vq.config.replicate_edges == 1 and "replicate_edges" not in json.loads(tiny_config().to_json())["vqvae"]
+    assert _parameters_close(vq, source.vqvae)
+    x = torch.from_numpy(smooth_image(np.random.default_rng(5), 48, 64)).permute(2, 0, 1)[None].float() / 127.5 - 1
+    with torch.no_grad():
+        top, bottom = source.vqvae.encode(x)
+        zeros, replicated = source.vqvae.decode(top, bottom), vq.decode(top, bottom)
+    margin = 24  # the synthesis' reach in pixels
+    inside = (..., slice(margin, -margin), slice(margin, -margin))
+    torch.testing.assert_close(replicated[inside], zeros[inside], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(replicated, zeros)
+    with pytest.raises(vqcodec.ModelError, match="VQ-VAE"):
+        train_vqvae(folder, tmp_path / "edges.ckpt", "tiny", still)

@@ -44,6 +44,10 @@ class VQVAEConfig:
     synth_res_channels: int | None = None
     #: Residual blocks after each upsampling but the last (None: none), for detail at finer scales.
     synth_up_blocks: int | None = None
+    #: 1: every convolution sees the image's (or feature map's) edge values repeated beyond its
+    #: edges; None: zeros, as most convolutional networks do (edges then look unlike the inside,
+    #: which shows on flat colours).
+    replicate_edges: int | None = None
 
     @property
     def top_stride(self) -> int:
@@ -166,6 +170,7 @@ _VQVAE_BOUNDS: dict[str, tuple[float, float]] = {
     "synth_res_blocks": _DEPTH,
     "synth_res_channels": _WIDTH,
     "synth_up_blocks": _DEPTH,
+    "replicate_edges": (0, 1),
 }
 _PRIOR_BOUNDS: dict[str, tuple[float, float]] = {
     "codes": _CODES,

@@ -102,6 +102,9 @@ class _Run:
         """Continue from ``out`` if it exists (other processes than 0 draw fresh crops); else, with
         ``init``, start from the weights of a finished model file or shipped preset (fine-tuning)."""
         if self.out.exists():
+            stored = read_meta(self.out).get("vqvae")
+            if "vqvae" in self.meta and stored is not None and stored != self.meta["vqvae"]:
+                raise ModelError(f"{self.out} trains a VQ-VAE {stored}, not this run's {self.meta['vqvae']}")
             self.step = load_checkpoint(self.out, self.modules, self.optimizer, self.generator)["step"]
             if _rank():
                 self.generator.manual_seed(self.settings.seed + 1_000_003 * _rank() + self.step)
@@ -157,7 +160,9 @@ _CODEBOOK_FIELDS = frozenset({"top_codes", "bottom_codes", "codes", "cond_codes"
 
 
 def _sizes_but_codebooks(config: object) -> dict:
-    return {k: v for k, v in asdict(config).items() if k not in _CODEBOOK_FIELDS}
+    """The config's sizes but its codebooks' and how its convolutions treat edges (weights that
+    work with zeros beyond the edges are where a run learning replicated edges starts)."""
+    return {k: v for k, v in asdict(config).items() if k not in _CODEBOOK_FIELDS and k != "replicate_edges"}
 
 
 @torch.no_grad()
@@ -207,12 +212,15 @@ def train_vqvae(
     arch: str = "medium",
     settings: Settings = Settings(),
     init: str | Path | None = None,
+    replicate_edges: bool = False,
 ) -> Path:
     """Train (or resume) a VQ-VAE on the images of ``folder``; the checkpoint goes to ``out``.
     ``init`` (a model file or preset of the same architecture, codebook sizes aside) fine-tunes its
-    VQ-VAE instead."""
+    VQ-VAE instead. ``replicate_edges``: see ``VQVAEConfig.replicate_edges``."""
     out = Path(out)
     config = _architecture(arch)
+    if replicate_edges:
+        config = replace(config, vqvae=replace(config.vqvae, replicate_edges=1))
     device = _device()
     model = VQVAE2(config.vqvae).to(device)
     run = _Run(out, {"vqvae": model}, settings, {"stage": "vqvae", "arch": arch, "vqvae": asdict(config.vqvae)})

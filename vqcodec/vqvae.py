@@ -12,15 +12,35 @@ from .config import VQVAEConfig
 from .quantizer import VectorQuantizer
 from .timing import ANALYSIS, QUANTIZATION, Timer, no_timer
 
+#: ``padding_mode`` of the convolutions: zeros beyond the edges, or the edge values repeated.
+ZEROS, REPLICATE = "zeros", "replicate"
+
+
+class EdgeConvTranspose2d(nn.ConvTranspose2d):
+    """A 4x4 stride-2 transposed convolution (padding 1) of its input with the edge values repeated
+    one step beyond every edge: the same weights and output size as ``nn.ConvTranspose2d(c_in,
+    c_out, 4, stride=2, padding=1)``, whose outputs near the edges see zeros there instead."""
+
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__(c_in, c_out, 4, stride=2, padding=3)
+
+    def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+        return super().forward(F.pad(x, (1, 1, 1, 1), mode=REPLICATE))
+
+
+def up2(c_in: int, c_out: int, edges: str) -> nn.ConvTranspose2d:
+    """A 4x4 stride-2 transposed convolution doubling height and width."""
+    return EdgeConvTranspose2d(c_in, c_out) if edges == REPLICATE else nn.ConvTranspose2d(c_in, c_out, 4, 2, 1)
+
 
 class ResBlock(nn.Module):
     """ReLU - 3x3 conv - ReLU - 1x1 conv, added to the input."""
 
-    def __init__(self, channels: int, res_channels: int):
+    def __init__(self, channels: int, res_channels: int, edges: str = ZEROS):
         super().__init__()
         self.body = nn.Sequential(
             nn.ReLU(),
-            nn.Conv2d(channels, res_channels, 3, padding=1),
+            nn.Conv2d(channels, res_channels, 3, padding=1, padding_mode=edges),
             nn.ReLU(),
             nn.Conv2d(res_channels, channels, 1),
         )
@@ -29,23 +49,25 @@ class ResBlock(nn.Module):
         return x + self.body(x)
 
 
-def _res_stack(channels: int, res_channels: int, n: int) -> list[nn.Module]:
-    return [ResBlock(channels, res_channels) for _ in range(n)] + [nn.ReLU()]
+def _res_stack(channels: int, res_channels: int, n: int, edges: str) -> list[nn.Module]:
+    return [ResBlock(channels, res_channels, edges) for _ in range(n)] + [nn.ReLU()]
 
 
 class Encoder(nn.Module):
     """Downsamples by ``stride`` (a power of two) with 4x4 stride-2 convolutions, then residual blocks."""
 
-    def __init__(self, in_channels: int, channels: int, res_blocks: int, res_channels: int, stride: int):
+    def __init__(
+        self, in_channels: int, channels: int, res_blocks: int, res_channels: int, stride: int, edges: str = ZEROS
+    ):
         super().__init__()
         layers: list[nn.Module] = []
         c_in = in_channels
         for i in range(stride.bit_length() - 1):
             c_out = channels if i == stride.bit_length() - 2 else channels // 2
-            layers += [nn.Conv2d(c_in, c_out, 4, stride=2, padding=1), nn.ReLU()]
+            layers += [nn.Conv2d(c_in, c_out, 4, stride=2, padding=1, padding_mode=edges), nn.ReLU()]
             c_in = c_out
-        layers += [nn.Conv2d(c_in, channels, 3, padding=1)]
-        layers += _res_stack(channels, res_channels, res_blocks)
+        layers += [nn.Conv2d(c_in, channels, 3, padding=1, padding_mode=edges)]
+        layers += _res_stack(channels, res_channels, res_blocks, edges)
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -65,20 +87,21 @@ class Decoder(nn.Module):
         res_channels: int,
         stride: int,
         up_blocks: int = 0,
+        edges: str = ZEROS,
     ):
         super().__init__()
-        layers: list[nn.Module] = [nn.Conv2d(in_channels, channels, 3, padding=1)]
-        layers += _res_stack(channels, res_channels, res_blocks)
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, channels, 3, padding=1, padding_mode=edges)]
+        layers += _res_stack(channels, res_channels, res_blocks, edges)
         steps = stride.bit_length() - 1
         c_in = channels
         for i in range(steps):
             last = i == steps - 1
             c_out = out_channels if last else channels // 2
-            layers.append(nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1))
+            layers.append(up2(c_in, c_out, edges))
             if not last:
                 layers.append(nn.ReLU())
                 if up_blocks:
-                    layers += _res_stack(c_out, max(1, res_channels // 2), up_blocks)
+                    layers += _res_stack(c_out, max(1, res_channels // 2), up_blocks, edges)
             c_in = c_out
         self.net = nn.Sequential(*layers)
 
@@ -111,14 +134,15 @@ class VQVAE2(nn.Module):
         super().__init__()
         config.validate()
         self.config = c = config
-        self.enc_b = Encoder(c.in_channels, c.channels, c.res_blocks, c.res_channels, c.bottom_stride)
-        self.enc_t = Encoder(c.channels, c.channels, c.res_blocks, c.res_channels, 2)
+        edges = REPLICATE if c.replicate_edges else ZEROS
+        self.enc_b = Encoder(c.in_channels, c.channels, c.res_blocks, c.res_channels, c.bottom_stride, edges)
+        self.enc_t = Encoder(c.channels, c.channels, c.res_blocks, c.res_channels, 2, edges)
         self.quantize_conv_t = nn.Conv2d(c.channels, c.embed_dim, 1)
         self.quantize_t = VectorQuantizer(c.embed_dim, c.top_codes, c.ema_decay)
-        self.dec_t = Decoder(c.embed_dim, c.embed_dim, c.channels, c.res_blocks, c.res_channels, 2)
+        self.dec_t = Decoder(c.embed_dim, c.embed_dim, c.channels, c.res_blocks, c.res_channels, 2, edges=edges)
         self.quantize_conv_b = nn.Conv2d(c.embed_dim + c.channels, c.embed_dim, 1)
         self.quantize_b = VectorQuantizer(c.embed_dim, c.bottom_codes, c.ema_decay)
-        self.upsample_t = nn.ConvTranspose2d(c.embed_dim, c.embed_dim, 4, stride=2, padding=1)
+        self.upsample_t = up2(c.embed_dim, c.embed_dim, edges)
         synth = c.synthesis
         self.dec = Decoder(
             2 * c.embed_dim,
@@ -128,6 +152,7 @@ class VQVAE2(nn.Module):
             synth.res_channels,
             c.bottom_stride,
             synth.up_blocks,
+            edges,
         )
 
     def _analyse(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
