@@ -223,7 +223,8 @@ class Codec:
         file can claim a huge image: the limit bounds what one file costs). An image's ICC profile
         and EXIF data travel in the file unless ``strip_metadata``. ``restore``: the encoder fits
         a restoration filter to each image (``vqcodec.restoration``) and writes it where it is
-        worth its bytes; files are a little larger and better, encoding takes one synthesis longer."""
+        worth its bytes; files are a little larger and better, encoding takes the fit longer (and,
+        without ``rdo``, a synthesis of the image)."""
         if not 1 <= tile <= MAX_TILE:
             raise UsageError(f"tile must be in 1..{MAX_TILE}, got {tile}")
         if not 0 <= rdo < math.inf:
