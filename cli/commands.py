@@ -27,7 +27,7 @@ from vqcodec import quality as vqcodec_quality
 from vqcodec.config import ARCHITECTURES
 from vqcodec.defaults import DEFAULT_RDO, DEFAULT_THREADS, DEFAULT_TILE, MAX_SCALE, MIN_SCALE
 from vqcodec.files import check_writable, write_atomic
-from vqcodec.restoration import SHAPES
+from vqcodec.restoration import SHAPES, from_bytes
 
 EXIT_BAD_INPUT = 1
 EXIT_INTERNAL = 3
@@ -368,7 +368,7 @@ def info(src: Path, as_json: bool) -> None:
     try:
         _, streams = container.unpack(data)
         if streams.filter:
-            shape = SHAPES[vqcodec.restoration.from_bytes(streams.filter).shape]
+            shape = SHAPES[from_bytes(streams.filter).shape]
             restoration = {"bytes": len(streams.filter), "radius": shape.radius, "cross": shape.cross,
                            "description": shape.describe()}  # fmt: skip
         problem = None

@@ -303,11 +303,8 @@ class Codec:
         to ``synthesis`` where RDO left one (see ``_code_maps``), else to what ``codes`` give."""
         if not self.restore:
             return None
-        if synthesis is None:
-            decoded = self.reconstruct(codes, *pic.size, timer, coded_size)
-        else:
-            with timer(SYNTHESIS):
-                decoded = resample(np.ascontiguousarray(synthesis[: coded_size[1], : coded_size[0]]), *pic.size)
+        padded = self._synthesise(codes, timer) if synthesis is None else synthesis
+        decoded = self._picture(padded, coded_size, *pic.size, timer)
         with timer(RESTORATION):
             return restoration.fit(pic.rgb, decoded, map_bytes)
 
@@ -542,16 +539,22 @@ class Codec:
         """The (height, width, 3) uint8 RGB image of ``codes``: what the model synthesises from
         them, at ``coded_size`` (default: the image's), resampled to the image's size and, with a
         file's filter ``restored``, filtered."""
-        pixels = self._synthesise(codes, *(coded_size or (width, height)), timer)
-        with timer(SYNTHESIS):
-            pixels = resample(pixels, width, height)
+        pixels = self._picture(self._synthesise(codes, timer), coded_size or (width, height), width, height, timer)
         if restored is None:
             return pixels
         with timer(RESTORATION):
             return restoration.apply(pixels, restored)
 
-    def _synthesise(self, codes: CodeMaps, width: int, height: int, timer: Timer) -> np.ndarray:
-        """The (height, width, 3) uint8 RGB image the model synthesises from ``codes``, window by window."""
+    @staticmethod
+    def _picture(padded: np.ndarray, coded_size: tuple[int, int], width: int, height: int, timer: Timer) -> np.ndarray:
+        """The (height, width, 3) image of a synthesis ``padded`` to the top stride: cropped to the
+        coded image's size, then resampled to the image's."""
+        with timer(SYNTHESIS):
+            return resample(np.ascontiguousarray(padded[: coded_size[1], : coded_size[0]]), width, height)
+
+    def _synthesise(self, codes: CodeMaps, timer: Timer) -> np.ndarray:
+        """The RGB image (uint8, padded to the top stride) the model synthesises from ``codes``,
+        window by window."""
         s = self.top_stride
 
         def window(outer: tiles.Region) -> np.ndarray:
@@ -563,7 +566,7 @@ class Codec:
         out = np.zeros((codes.top.shape[0] * s, codes.top.shape[1] * s, 3), dtype=np.uint8)
         for inner, outer, pixels in self._each_window(codes.top.shape, window):
             inner.scaled(s).take(out)[...] = inner.within(outer).scaled(s).take(pixels)
-        return np.ascontiguousarray(out[:height, :width])
+        return out
 
     def _each_window(
         self, shape: tuple[int, int], work: Callable[[tiles.Region], T]

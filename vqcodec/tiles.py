@@ -90,8 +90,9 @@ def windows(h: int, w: int, size: int, margin: int) -> list[tuple[Region, Region
     side by side, so the largest sets the time), covering the map in raster order, each inside
     an outer region extended by ``margin`` on every side (clipped to the map)."""
     pairs = []
+    columns = list(itertools.pairwise(_even_cuts(w, size)))
     for top, bottom in itertools.pairwise(_even_cuts(h, size)):
-        for left, right in itertools.pairwise(_even_cuts(w, size)):
+        for left, right in columns:
             inner = Region(top, left, bottom - top, right - left)
             o_top, o_left = max(0, top - margin), max(0, left - margin)
             outer = Region(o_top, o_left, min(h, bottom + margin) - o_top, min(w, right + margin) - o_left)

@@ -25,7 +25,7 @@ class EdgeConvTranspose2d(nn.ConvTranspose2d):
         super().__init__(c_in, c_out, 4, stride=2, padding=3)
 
     def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
-        return super().forward(F.pad(x, (1, 1, 1, 1), mode=REPLICATE))
+        return super().forward(F.pad(x, (1, 1, 1, 1), mode=REPLICATE), output_size)
 
 
 def up2(c_in: int, c_out: int, edges: str) -> nn.ConvTranspose2d:
