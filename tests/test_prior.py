@@ -79,6 +79,24 @@ def test_encoders_whole_map_pass_matches_wavefronts(which, monkeypatch):
     )
 
 
+@pytest.mark.parametrize("use_torch", [False, True])
+def test_relative_bits_rank_codes_as_the_tables_do(use_torch):
+    """The encoder's prices of a few codes per position are -log2 of their table entries less a
+    constant per position: its choices are those the tables would make."""
+    prior = IntegerPrior(make_model(seed=9).bottom_prior, use_torch=use_torch)
+    codes, top = random_maps(prior, 6, 8, seed=4)
+    state = prior.start([codes.shape], [top])
+    prior.set_codes(state, slice(0, state.n), codes.reshape(-1)[state.order])
+    prior.prepare(state)
+    rows = slice(0, state.n)
+    picked = np.random.default_rng(5).integers(0, prior.codes, (state.n, 5))
+    tables = prior.tables(state, rows).astype(np.float64)
+    assert tables.min() > 1  # no entry at the floor, where the tables stop following the logits
+    exact = -np.log2(np.take_along_axis(tables, picked, 1))
+    shift = exact - prior.relative_bits(state, rows, picked)
+    np.testing.assert_allclose(shift, shift[:, :1].repeat(5, 1), atol=1e-3)
+
+
 def test_attention_tables_end_in_zero():
     """Taps outside a region land on an exp table's last entry, which must weigh nothing."""
     model = make_model(seed=6)

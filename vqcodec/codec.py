@@ -656,12 +656,12 @@ def _by_owner(owner: np.ndarray) -> Iterator[tuple[int, np.ndarray | slice]]:
         yield int(i), np.flatnonzero(owner == i)
 
 
-def _probability_rows(
+def _prepared_rows(
     prior: IntegerPrior, codes: Sequence[np.ndarray], maps: list[_Map], timer: Timer
-) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-    """The probability row of every position of ``codes`` in decoding order, a chunk at a time:
-    (map index, the positions in that map, flattened, their rows). One pass of the prior per
-    batch of regions, as the encoder has every code already."""
+) -> Iterator[tuple[MapState, slice, np.ndarray, np.ndarray]]:
+    """Every position of ``codes`` in decoding order, a chunk of rows at a time, with the prior
+    run up to its head there: (state, the chunk's rows, the map index and the flattened position
+    of each). One pass of the prior per batch of regions, as the encoder has every code already."""
     grids = [np.arange(c.size).reshape(c.shape) for c in codes]
     for batch, owner, state in _batches(prior, maps, timer):
         with timer(PRIOR):
@@ -672,10 +672,19 @@ def _probability_rows(
             owner, where = owner[state.order], where[state.order]
         for start in range(0, state.n, prior.row_chunk):
             rows = slice(start, min(start + prior.row_chunk, state.n))
-            with timer(PRIOR):
-                probs = prior.tables(state, rows)
-            for i, mine in _by_owner(owner[rows]):
-                yield i, where[rows][mine], probs[mine]
+            yield state, rows, owner[rows], where[rows]
+
+
+def _probability_rows(
+    prior: IntegerPrior, codes: Sequence[np.ndarray], maps: list[_Map], timer: Timer
+) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """The probability row of every position of ``codes`` in decoding order, a chunk at a time:
+    (map index, the positions in that map, flattened, their rows)."""
+    for state, rows, owner, where in _prepared_rows(prior, codes, maps, timer):
+        with timer(PRIOR):
+            probs = prior.tables(state, rows)
+        for i, mine in _by_owner(owner):
+            yield i, where[mine], probs[mine]
 
 
 def _nearest_other(embed: torch.Tensor, code: int) -> int:
@@ -692,12 +701,16 @@ def _candidate_bits(
     maps: list[_Map],
     timer: Timer,
 ) -> list[np.ndarray]:
-    """What each of the (H, W, k) ``candidates`` would cost, in bits, in the context of ``codes``."""
+    """What each of the (H, W, k) ``candidates`` would cost, in bits, in the context of ``codes``,
+    less a constant per position (``IntegerPrior.relative_bits``): all a position's choice needs."""
     bits = [np.empty(c.shape, dtype=np.float32) for c in candidates]
-    for i, positions, probs in _probability_rows(prior, codes, maps, timer):
-        with timer(QUANTIZATION):
-            k = candidates[i].shape[-1]
-            picked = np.take_along_axis(probs, candidates[i].reshape(-1, k)[positions], 1)
-            with np.errstate(divide="ignore"):  # a zero probability costs infinitely many bits
-                bits[i].reshape(-1, k)[positions] = np.log2(probs.sum(1, keepdims=True)) - np.log2(picked)
+    for state, rows, owner, where in _prepared_rows(prior, codes, maps, timer):
+        k = candidates[0].shape[-1]
+        picked = np.empty((len(where), k), dtype=candidates[0].dtype)
+        for i, mine in _by_owner(owner):
+            picked[mine] = candidates[i].reshape(-1, k)[where[mine]]
+        with timer(PRIOR):
+            prices = prior.relative_bits(state, rows, picked)
+        for i, mine in _by_owner(owner):
+            bits[i].reshape(-1, k)[where[mine]] = prices[mine]
     return bits

@@ -64,8 +64,9 @@ class Terms:
 
     def costs(self, bits: np.ndarray, rdo: float, margin: float) -> np.ndarray:
         """Each candidate's estimated change of pixel error, its quadratic term weighted by
-        ``margin``, + ``rdo`` x its price (``bits``, (H, W, k)), bits counted in units of the mean
-        error per position."""
+        ``margin``, + ``rdo`` x its price (``bits``, (H, W, k), give or take a constant per
+        position, which no choice depends on), bits counted in units of the mean error per
+        position."""
         probed = float(self.probe.sum(dtype=np.float64))
         curvature = margin * float(self.gain.sum(dtype=np.float64)) / probed if probed else 0.0
         return self.linear + curvature * self.squared + rdo * float(self.error.mean(dtype=np.float64)) * bits
