@@ -7,6 +7,7 @@ import pytest
 
 import vqcodec
 from tests.conftest import make_model, smooth_image
+from vqcodec import codec as codec_module
 from vqcodec import container, restoration
 from vqcodec.errors import FormatError
 from vqcodec.restoration import SHAPES, Filter
@@ -101,6 +102,21 @@ def test_files_carry_the_filter(codec, rng, monkeypatch):
     plain = codec.reconstruct(encoded.codes, 48, 40)
     np.testing.assert_array_equal(out, codec.reconstruct(encoded.codes, 48, 40, restored=encoded.restoration))
     assert _psnr(image, out) > _psnr(image, plain)
+
+
+def test_filter_fits_the_chosen_codes_where_rdo_changed_many(codec, rng, monkeypatch):
+    """Where RDO's choice changed at least ``STAND_IN_SHARE`` of the codes (here: any share), the
+    filter is fitted to what the decoder synthesises from the chosen codes."""
+    monkeypatch.setattr(restoration, "_db_worth", lambda file_bytes, pixels: 100.0)
+    monkeypatch.setattr(codec_module, "STAND_IN_SHARE", 0.0)
+    image = smooth_image(rng, 40, 48)
+    encoded = codec.encode(image)
+    _, streams = container.unpack(encoded.data)
+    fitted = restoration.fit(image, codec.reconstruct(encoded.codes, 48, 40), len(streams.top) + len(streams.bottom))
+    assert encoded.restoration is not None and fitted is not None
+    assert fitted.shape == encoded.restoration.shape
+    for ours, theirs in zip(encoded.restoration.weights, fitted.weights, strict=True):
+        np.testing.assert_array_equal(ours, theirs)
 
 
 def test_without_restoration_files_are_as_before(rng):
