@@ -9,6 +9,7 @@ from click.testing import CliRunner
 import vqcodec
 from vqcodec import catalog
 from vqcodec.cli import main
+from vqcodec.data import FLAT_MEAN_TOLERANCE, FLAT_PIXEL_TOLERANCE, colour_grid
 from vqcodec.defaults import DEFAULT_PRESET
 from vqcodec.weights import load_model, model_id
 
@@ -83,3 +84,15 @@ def test_unknown_models_are_named_with_the_installed_presets(codec):
     with pytest.raises(vqcodec.ModelMismatchError, match=codec.model_id.hex()) as error:
         vqcodec.load_for(data)
     assert all(name in str(error.value) for name in vqcodec.presets())
+
+
+def test_default_keeps_flat_colours():
+    """Flat colours, saturated ones included, come back right at the default quality: each
+    channel's mean within FLAT_MEAN_TOLERANCE levels and every pixel within FLAT_PIXEL_TOLERANCE
+    (every eighth colour of the grid; `python -m bench colours` runs all 125)."""
+    codec = vqcodec.load(DEFAULT_PRESET, device="cpu")
+    for colour in colour_grid()[::8]:
+        image = np.broadcast_to(colour, (256, 256, 3)).copy()
+        error = np.asarray(codec.decompress(codec.compress(image))).astype(np.int64) - colour
+        assert np.abs(error.mean(axis=(0, 1))).max() <= FLAT_MEAN_TOLERANCE, colour
+        assert np.abs(error).max() <= FLAT_PIXEL_TOLERANCE, colour
