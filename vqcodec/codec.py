@@ -716,6 +716,8 @@ def _candidate_bits(
     """What each of the (H, W, k) ``candidates`` would cost, in bits, in the context of ``codes``,
     less a constant per position (``IntegerPrior.relative_bits``): all a position's choice needs."""
     bits = [np.empty(c.shape, dtype=np.float32) for c in candidates]
+    if not candidates:
+        return bits
     k = candidates[0].shape[-1]
     for state, rows, owner, where in _prepared_rows(prior, codes, maps, timer):
         picked = np.empty((len(where), k), dtype=candidates[0].dtype)
