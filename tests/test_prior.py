@@ -53,8 +53,13 @@ def test_wavefront_decoding_reproduces_one_pass_exactly(which, h, w):
 
 
 @pytest.mark.parametrize("which", ["top_prior", "bottom_prior"])
-def test_numpy_and_torch_backends_agree(which):
-    """The CPU path (numpy) and the GPU path (torch, here on the CPU) give identical integers."""
+@pytest.mark.parametrize("chunk,int8_reduction", [(qprior.CHUNK, qprior.INT8_REDUCTION), (16, 1 << 20), (16, 16)])
+def test_numpy_and_torch_backends_agree(which, chunk, int8_reduction, monkeypatch):
+    """The CPU path (numpy) and the GPU path (torch, here on the CPU, with 8-bit products) give
+    identical integers: also where float32 products split into several chunks summed in float64,
+    and where 8-bit products could overflow and torch keeps float32 ones."""
+    monkeypatch.setattr(qprior, "CHUNK", chunk)
+    monkeypatch.setattr(qprior, "INT8_REDUCTION", int8_reduction)
     model = make_model(seed=11)
     codes, top = random_maps(IntegerPrior(getattr(model, which)), 6, 8, seed=3)
     on_numpy = one_pass(IntegerPrior(getattr(model, which)), codes, top)

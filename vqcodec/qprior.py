@@ -4,7 +4,8 @@ A trained ``PixelSNAIL`` becomes a list of integer operations over the positions
 
 - weights and activations are integers in [-127, 127], held in float32 tensors. A matrix product
   sums at most ``CHUNK`` products per float32 pass, so every partial sum is an integer below 2^24
-  and exact in any order, blocking, batch shape or device; chunks are added in float64;
+  and exact in any order, blocking, batch shape or device; chunks are added in float64. On the
+  CPU, torch multiplies them as 8-bit integers with 32-bit sums instead: the same exact integers;
 - scales between layers are applied with single, correctly rounded IEEE operations (float64, or
   float32 where the product is one exact float32 chunk), then rounded half to even;
 - ELU, sigmoid and exp are lookup tables built once from the model's scales.
@@ -40,6 +41,8 @@ Shape = tuple[int, int]
 QMAX = 127
 #: Longest reduction of one float32 product: 1024 * 127 * 127 < 2^24.
 CHUNK = 1024
+#: Longest reduction of one 8-bit product, whose int32 sums must stay exact: 133,143 * 127^2 < 2^31.
+INT8_REDUCTION = ((1 << 31) - 1) // (127 * 127)
 #: Logits are rounded to 1/LOGIT_STEPS nat.
 LOGIT_STEPS = 64
 LOGIT_LIMIT = 1 << 20
@@ -94,6 +97,9 @@ class Backend:
     def __init__(self, device: torch.device, use_torch: bool | None = None):
         self.device = device
         self.torch = device.type != "cpu" if use_torch is None else use_torch
+        #: Matrix products as 8-bit integer ones (torch on the CPU: four to six times as fast as
+        #: float32 where the CPU has 8-bit dot products; a GPU keeps float32, fast enough there).
+        self.int8 = self.torch and device.type == "cpu" and hasattr(torch, "_int_mm")
 
     def array(self, t: torch.Tensor | np.ndarray) -> ArrayLike:
         """``t`` in this backend's array type, on its device."""
@@ -158,6 +164,11 @@ class Backend:
             x.index_copy_(0, idx, values.to(x.dtype))
         else:
             x[idx] = values
+
+    @staticmethod
+    def int8_product(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """The exact int32 product of integer-valued ``x`` (S, K) in [-127, 127] and int8 ``w`` (K, N)."""
+        return torch._int_mm(x.to(torch.int8), w)
 
     def head_dots(self, k: ArrayLike, q: ArrayLike) -> ArrayLike:
         """(S, h, T) products of keys (S, T, h, d) with queries (S, h, d), head by head. Sums of
@@ -305,12 +316,14 @@ class QConv:
     Each segment (source, taps) owns a block of weight rows; every float32 product covers at most
     ``CHUNK`` rows, and products are summed in float64 (float32 + float64 promotes exactly). The
     rescale is float32 when there is a single product, float64 otherwise: either way the same
-    correctly rounded IEEE operations on every device.
+    correctly rounded IEEE operations on every device. A backend with 8-bit products
+    (``Backend.int8``) sums each segment's whole block in int32 instead, to the same integers.
     """
 
     out: str
     segments: list[tuple[str, Offsets]]
     weights: list[ArrayLike]  # per segment and chunk: (rows <= CHUNK, C_out) integers
+    int8_weights: list[ArrayLike] | None  # per segment: (rows, C_out) int8; None if sums could overflow
     scale: ArrayLike  # (C_out,) float64
     offset: ArrayLike  # (C_out,) float64
     limit: int = QMAX
@@ -334,7 +347,15 @@ class QConv:
 
     def _products(self, state: MapState, rows: Rows) -> ArrayLike:
         """The (S, C_out) sums of weights times inputs at ``rows``, before the rescale."""
-        xp, acc, weights = state.xp, None, iter(self.weights)
+        xp = state.xp
+        if xp.int8 and self.int8_weights is not None:
+            acc = None
+            for (name, offsets), w in zip(self.segments, self.int8_weights, strict=True):
+                part = xp.int8_product(state.gather(name, offsets, rows), w)
+                acc = part if acc is None else acc.add_(part)
+            # As the float path gives it: float32 for one product (below 2^24), float64 otherwise.
+            return acc.float() if len(self.weights) == 1 else acc.double()
+        acc, weights = None, iter(self.weights)
         for name, offsets in self.segments:
             x = state.gather(name, offsets, rows)
             for a in range(0, x.shape[1], CHUNK):
@@ -467,15 +488,17 @@ class _Builder:
         offset = bias.detach().double() / out_scale if bias is not None else torch.zeros_like(w_scale)
         out = self.name(hint)
         segments = [(src, offsets) for _, src, offsets in parts]
-        blocks, start = [], 0
+        blocks, int8_blocks, start = [], [], 0
         for w, _, _ in parts:
-            seg = weight[:, start : start + w[0].numel()].t().float()
-            blocks += [seg[a : a + CHUNK].contiguous() for a in range(0, seg.shape[0], CHUNK)]
+            seg = weight[:, start : start + w[0].numel()].t()
+            blocks += [seg[a : a + CHUNK].float().contiguous() for a in range(0, seg.shape[0], CHUNK)]
+            int8_blocks.append(seg.to(torch.int8).contiguous())
             start += w[0].numel()
         scale = w_scale / out_scale
         if len(blocks) == 1:  # the product is an exact float32 integer: rescale in float32, faster
             scale, offset = scale.float(), offset.float()
-        self.ops.append(QConv(out, segments, blocks, scale, offset, limit))
+        int8_weights = int8_blocks if weight.shape[1] <= INT8_REDUCTION else None
+        self.ops.append(QConv(out, segments, blocks, int8_weights, scale, offset, limit))
         self.scales[out] = out_scale
         return out
 
