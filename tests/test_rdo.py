@@ -11,7 +11,16 @@ import torch
 import vqcodec
 from tests.conftest import make_model, smooth_image
 from vqcodec.image import to_rgb, to_tensor
-from vqcodec.rdo import CANDIDATES, Terms, choose, curvature_margin, window_terms
+from vqcodec.rdo import (
+    CANDIDATES,
+    PROBE_SHARE,
+    PROBE_STEP,
+    Terms,
+    _per_position,
+    choose,
+    curvature_margin,
+    window_terms,
+)
 
 
 def test_choice_weighs_estimated_error_against_bits():
@@ -100,3 +109,26 @@ def test_a_second_pass_chooses_among_the_candidates_and_round_trips(rng):
     assert np.array_equal(one.decode_codes(second.data).bottom, second.codes.bottom)  # any decoder reads it
     assert vqcodec.load("high").rdo_passes == 2 and vqcodec.load().rdo_passes == 1
     assert vqcodec.load("high", rdo_passes=1).rdo_passes == 1 and vqcodec.load(rdo_passes=3).rdo_passes == 3
+
+
+def test_gain_is_measured_in_a_band_as_the_whole_synthesis_gives_it():
+    """The gain probe runs on the middle rows with some context: there it is the gain the whole
+    image's synthesis gives, elsewhere zero (both the gain and the probe, so their ratio holds)."""
+    model = make_model(seed=6)
+    vq = model.vqvae
+    x = to_tensor(smooth_image(np.random.default_rng(6), 96, 40))
+    top, cand = vq.encode_candidates(x, CANDIDATES)
+    _, _, _, gain, probe, _ = window_terms(vq, x, top, cand, cand[..., 0])
+    q_t, q_b = vq.quantize_t.lookup(top), vq.quantize_b.lookup(cand[..., 0])
+    step = (vq.quantize_b.lookup(cand[..., 1]) - q_b) * PROBE_STEP
+    with torch.no_grad():
+        moved = (vq.synthesise(q_t, q_b + step) - vq.synthesise(q_t, q_b)) / PROBE_STEP
+    whole = _per_position(moved.pow(2), vq.config.bottom_stride)
+    band = (probe[0] > 0).any(1).nonzero()[:, 0]
+    rows = top.shape[1] // PROBE_SHARE
+    assert len(band) == 2 * rows and int(band[-1] - band[0]) == 2 * rows - 1  # contiguous
+    assert abs(int(band[0]) - (2 * top.shape[1] - 1 - int(band[-1]))) <= 2  # in the middle
+    torch.testing.assert_close(gain[:, band], whole[:, band], rtol=1e-3, atol=1e-4)
+    outside = torch.ones(gain.shape[1], dtype=torch.bool)
+    outside[band] = False
+    assert not gain[:, outside].any() and not probe[:, outside].any()

@@ -8,7 +8,8 @@ the bottom prior. The decoder is untouched: any choice is a valid file.
 The change in squared pixel error when a position moves from its current code ec to ek is
 estimated to second order, g . (ek - ec) + a |ek - ec|^2, where g is the gradient of the error
 with respect to the synthesis input (one backward pass) and a is the synthesis' gain, measured
-by a finite difference along the steps from each nearest to each second-nearest code. The
+by a finite difference along the steps from each nearest to each second-nearest code (in a
+band of rows, see ``PROBE_SHARE``). The
 choice may be made several times, starting from the nearest codes: each pass prices the
 candidates in the context of the previous choice and re-linearises the error around it.
 """
@@ -46,6 +47,12 @@ def curvature_margin(passes: int) -> float:
 #: Step of the finite difference that measures the synthesis' gain; the synthesis is piecewise
 #: linear (ReLU), so a small step measures its slope where it is.
 PROBE_STEP = 1e-2
+#: The gain enters the choice as one ratio per image (``Terms.costs``), so it is measured on the
+#: middle 1/PROBE_SHARE of each window's top rows only, synthesised with PROBE_MARGIN top rows of
+#: context either side: about a third of a synthesis instead of a whole one. On the validation
+#: photos at the default, 0.3856 bpp / 28.506 dB against 0.3854 / 28.504 measured everywhere.
+PROBE_SHARE = 4
+PROBE_MARGIN = 4
 
 
 @dataclass(frozen=True)
@@ -88,8 +95,8 @@ def window_terms(
     """The fields of ``Terms`` for a batch of pixels ``x`` (B, C, H, W) in [-1, 1] coded with the
     top map ``top`` (B, H/2s, W/2s) and the bottom map ``current`` (B, H/s, W/s), whose positions
     may move to ``candidates`` (B, H/s, W/s, k, nearest first): the linear and quadratic terms
-    (B, H/s, W/s, k), the pixel error and the gain probe, |J d|^2 and |d|^2 (B, H/s, W/s), and the
-    synthesis at ``current`` as pixels (B, H, W, 3) uint8."""
+    (B, H/s, W/s, k), the pixel error and the gain probe, |J d|^2 and |d|^2 (B, H/s, W/s; zero
+    outside the probed band), and the synthesis at ``current`` as pixels (B, H, W, 3) uint8."""
     with timer(QUANTIZATION):
         embed = vqvae.quantize_b.embed
         steps = embed[candidates] - embed[current].unsqueeze(-2)  # (B, H, W, k, D)
@@ -103,16 +110,36 @@ def window_terms(
             error = (recon - x).pow(2)
             (grad,) = torch.autograd.grad(error.sum(), q_b)
         with torch.no_grad():
-            gain = (vqvae.synthesise(q_t, q_b.detach() + PROBE_STEP * probe) - recon.detach()) / PROBE_STEP
-            s = vqvae.config.bottom_stride
+            gain, probed = _probe_gain(vqvae, q_t, q_b.detach(), recon.detach(), probe)
             return (
                 torch.einsum("bdhw,bhwkd->bhwk", grad, steps),
                 steps.pow(2).sum(-1),
-                _per_position(error.detach(), s),
-                _per_position(gain.pow(2), s),
-                probe.pow(2).sum(1),
+                _per_position(error.detach(), vqvae.config.bottom_stride),
+                gain,
+                probed,
                 to_pixels(recon.detach()),
             )
+
+
+def _probe_gain(
+    vqvae: VQVAE2, q_t: torch.Tensor, q_b: torch.Tensor, recon: torch.Tensor, probe: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """|J d|^2 and |d|^2 per bottom position (B, H/s, W/s) for the steps ``probe`` (B, D, H/s,
+    W/s) from the code vectors ``q_b`` that synthesise ``recon``, in the band of top rows
+    ``PROBE_SHARE`` picks and zero elsewhere."""
+    rows = q_t.shape[2]
+    n = max(1, rows // PROBE_SHARE)
+    start = (rows - n) // 2
+    a, b = max(0, start - PROBE_MARGIN), min(rows, start + n + PROBE_MARGIN)
+    shifted = vqvae.synthesise(q_t[:, :, a:b], q_b[:, :, 2 * a : 2 * b] + PROBE_STEP * probe[:, :, 2 * a : 2 * b])
+    ts, s = vqvae.config.top_stride, vqvae.config.bottom_stride
+    inner = shifted[:, :, (start - a) * ts : (start + n - a) * ts]
+    gain = (inner - recon[:, :, start * ts : (start + n) * ts]) / PROBE_STEP
+    band = slice(2 * start, 2 * (start + n))
+    gains, probed = recon.new_zeros(probe[:, 0].shape), recon.new_zeros(probe[:, 0].shape)
+    gains[:, band] = _per_position(gain.pow(2), s)
+    probed[:, band] = probe[:, :, band].pow(2).sum(1)
+    return gains, probed
 
 
 def _per_position(pixels: torch.Tensor, stride: int) -> torch.Tensor:
