@@ -5,7 +5,8 @@ A trained ``PixelSNAIL`` becomes a list of integer operations over the positions
 - weights and activations are integers in [-127, 127], held in float32 tensors. A matrix product
   sums at most ``CHUNK`` products per float32 pass, so every partial sum is an integer below 2^24
   and exact in any order, blocking, batch shape or device; chunks are added in float64. On the
-  CPU, torch multiplies them as 8-bit integers with 32-bit sums instead: the same exact integers;
+  CPU, torch keeps them as 8-bit integers and multiplies them with 32-bit sums instead: the same
+  exact integers;
 - scales between layers are applied with single, correctly rounded IEEE operations (float64, or
   float32 where the product is one exact float32 chunk), then rounded half to even;
 - ELU, sigmoid and exp are lookup tables built once from the model's scales.
@@ -97,8 +98,9 @@ class Backend:
     def __init__(self, device: torch.device, use_torch: bool | None = None):
         self.device = device
         self.torch = device.type != "cpu" if use_torch is None else use_torch
-        #: Matrix products as 8-bit integer ones (torch on the CPU: four to six times as fast as
-        #: float32 where the CPU has 8-bit dot products; a GPU keeps float32, fast enough there).
+        #: Activations cached as 8-bit integers and matrix products as 8-bit integer ones (torch
+        #: on the CPU: four to six times as fast as float32 where the CPU has 8-bit dot products,
+        #: and a quarter of the memory traffic; a GPU keeps float32, fast enough there).
         self.int8 = self.torch and device.type == "cpu" and hasattr(torch, "_int_mm")
 
     def array(self, t: torch.Tensor | np.ndarray) -> ArrayLike:
@@ -114,8 +116,9 @@ class Backend:
         return np.asarray(x, dtype=np.int64)
 
     def zeros(self, rows: int, cols: int) -> ArrayLike:
+        """A cache of 8-bit activations (int8 with ``int8``, else float32)."""
         if self.torch:
-            return torch.zeros(rows, cols, device=self.device)
+            return torch.zeros(rows, cols, device=self.device, dtype=torch.int8 if self.int8 else torch.float32)
         return np.zeros((rows, cols), np.float32)
 
     def f32(self, x: ArrayLike) -> ArrayLike:
@@ -134,13 +137,13 @@ class Backend:
         """min(x, limit), in place."""
         return x.clamp_(max=limit) if self.torch else np.minimum(x, limit, out=x)
 
-    def take(self, table: ArrayLike, x: ArrayLike) -> ArrayLike:
-        """``table[x]`` for a 1-D table and integer-valued ``x`` of any shape (np.take with native
-        integers is about twice as fast as indexing; torch's index_select takes 32-bit indices, a
-        quarter faster than its take)."""
+    def take(self, table: ArrayLike, x: ArrayLike, shift: int = 0) -> ArrayLike:
+        """``table[x + shift]`` for a 1-D table and integer-valued ``x`` of any shape and type
+        (np.take with native integers is about twice as fast as indexing; torch's index_select
+        takes 32-bit indices, a quarter faster than its take)."""
         if self.torch:
-            return table.index_select(0, x.int().reshape(-1)).reshape(x.shape)
-        return np.take(table, x.astype(np.intp))
+            return table.index_select(0, (x.int() + shift).reshape(-1)).reshape(x.shape)
+        return np.take(table, x.astype(np.intp) + shift)
 
     def pick(self, x: ArrayLike, columns: ArrayLike) -> ArrayLike:
         """``x[i, columns[i, j]]`` for a 2-D ``x`` and (S, k) integer ``columns``."""
@@ -359,7 +362,7 @@ class QConv:
         for name, offsets in self.segments:
             x = state.gather(name, offsets, rows)
             for a in range(0, x.shape[1], CHUNK):
-                part = x[:, a : a + CHUNK] @ next(weights)
+                part = xp.f32(x[:, a : a + CHUNK]) @ next(weights)
                 acc = part if acc is None else xp.f64(acc) + part
         return acc
 
@@ -376,7 +379,7 @@ class Lut:
     table: ArrayLike
 
     def __call__(self, state: MapState, rows: Rows) -> None:
-        state.write(self.out, rows, state.xp.take(self.table, state.read(self.src, rows) + QMAX))
+        state.write(self.out, rows, state.xp.take(self.table, state.read(self.src, rows), QMAX))
 
 
 @dataclass
@@ -411,7 +414,7 @@ class Glu:
         xp = state.xp
         g = state.read(self.src, rows)
         half = g.shape[1] // 2
-        product = xp.f64(g[:, :half]) * xp.take(self.sigmoid, g[:, half:] + QMAX)
+        product = xp.f64(g[:, :half]) * xp.take(self.sigmoid, g[:, half:], QMAX)
         product *= self.scale
         state.write(self.out, rows, xp.rint(product, QMAX))
 
@@ -433,9 +436,9 @@ class Attention:
         xp, h = state.xp, self.heads
         idx = state.neighbours(self.offsets, rows)
         s, t = idx.shape
-        q = state.read(self.query, rows).reshape(s, h, -1)
-        k = state.read(self.key, idx).reshape(s, t, h, -1)
-        v = state.read(self.value, idx).reshape(s, t, h, -1)
+        q = xp.f32(state.read(self.query, rows)).reshape(s, h, -1)
+        k = xp.f32(state.read(self.key, idx)).reshape(s, t, h, -1)
+        v = xp.f32(state.read(self.value, idx)).reshape(s, t, h, -1)
         scores = xp.head_dots(k, q)  # exact: d * 127^2 < 2^24
         # Taps outside the region score _OUTSIDE, so far below the best tap that they fall off the
         # exp table's end, whose last entry is 0. With no tap inside, all weigh alike, but all
