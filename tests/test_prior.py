@@ -53,13 +53,19 @@ def test_wavefront_decoding_reproduces_one_pass_exactly(which, h, w):
 
 
 @pytest.mark.parametrize("which", ["top_prior", "bottom_prior"])
-@pytest.mark.parametrize("chunk,int8_reduction", [(qprior.CHUNK, qprior.INT8_REDUCTION), (16, 1 << 20), (16, 16)])
-def test_numpy_and_torch_backends_agree(which, chunk, int8_reduction, monkeypatch):
-    """The CPU path (numpy) and the GPU path (torch, here on the CPU, with 8-bit products) give
-    identical integers: also where float32 products split into several chunks summed in float64,
-    and where 8-bit products could overflow and torch keeps float32 ones."""
+@pytest.mark.parametrize(
+    "chunk,int8_reduction,int8",
+    [(qprior.CHUNK, qprior.INT8_REDUCTION, True), (16, 1 << 20, True), (16, 16, True), (16, 16, False)],
+)
+def test_numpy_and_torch_backends_agree(which, chunk, int8_reduction, int8, monkeypatch):
+    """The CPU path (numpy) and the GPU path (torch, here on the CPU) give identical integers:
+    with 8-bit products, also where float32 products would split into several chunks summed in
+    float64, where 8-bit products could overflow and float32 ones are kept, and with none (float32
+    caches and products, as on a GPU)."""
     monkeypatch.setattr(qprior, "CHUNK", chunk)
     monkeypatch.setattr(qprior, "INT8_REDUCTION", int8_reduction)
+    if not int8:
+        monkeypatch.delattr(torch, "_int_mm")
     model = make_model(seed=11)
     codes, top = random_maps(IntegerPrior(getattr(model, which)), 6, 8, seed=3)
     on_numpy = one_pass(IntegerPrior(getattr(model, which)), codes, top)
