@@ -32,7 +32,7 @@ from .errors import (
 if TYPE_CHECKING:
     from .codec import Codec, CodeMaps, Encoded, MapStats, load, load_for
 
-__version__ = "0.8.0"
+__version__ = "0.9.0"
 
 _FROM_CODEC = {"Codec", "CodeMaps", "Encoded", "MapStats", "load", "load_for"}
 
