@@ -65,12 +65,25 @@ def test_numpy_and_torch_backends_agree(which, chunk, int8_reduction, int8, monk
     monkeypatch.setattr(qprior, "CHUNK", chunk)
     monkeypatch.setattr(qprior, "INT8_REDUCTION", int8_reduction)
     if not int8:
-        monkeypatch.delattr(torch, "_int_mm")
+        monkeypatch.setattr(qprior, "_cpu_int8_products", lambda: False)
     model = make_model(seed=11)
     codes, top = random_maps(IntegerPrior(getattr(model, which)), 6, 8, seed=3)
     on_numpy = one_pass(IntegerPrior(getattr(model, which)), codes, top)
     on_torch = by_wavefront(IntegerPrior(getattr(model, which), use_torch=True), codes, top)
     np.testing.assert_array_equal(on_numpy, on_torch)
+
+
+def test_int8_products_only_where_torch_has_them_on_the_cpu(monkeypatch):
+    """A torch without CPU int8 products (older releases: CUDA only) gets float32 ones."""
+    assert qprior._cpu_int8_products.__wrapped__() == hasattr(torch, "_int_mm")
+
+    def cuda_only(a, b):
+        raise RuntimeError("_int_mm: not implemented for 'CPU'")
+
+    monkeypatch.setattr(torch, "_int_mm", cuda_only)
+    assert not qprior._cpu_int8_products.__wrapped__()
+    monkeypatch.delattr(torch, "_int_mm")
+    assert not qprior._cpu_int8_products.__wrapped__()
 
 
 @pytest.mark.parametrize("which", ["top_prior", "bottom_prior"])

@@ -90,6 +90,17 @@ def exp_table(step: float, bits: int, floor: int) -> torch.Tensor:
     return _table([max(floor, round(2.0**bits * math.exp(-d * step))) for d in range(size)])
 
 
+@lru_cache(maxsize=1)
+def _cpu_int8_products() -> bool:
+    """Whether this torch multiplies int8 matrices on the CPU (``torch._int_mm``; older releases
+    have it for CUDA only), exactly."""
+    try:
+        x = torch.tensor([[QMAX, -QMAX]], dtype=torch.int8)
+        return torch._int_mm(x, x.t().contiguous()).tolist() == [[2 * QMAX * QMAX]]
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
+
+
 class Backend:
     """The array library the integer prior runs on: numpy (lowest per-call overhead, for small
     steps on the CPU) or torch (on a GPU, or for large one-pass work on the CPU). Both carry out
@@ -101,7 +112,7 @@ class Backend:
         #: Activations cached as 8-bit integers and matrix products as 8-bit integer ones, by
         #: torch (on the CPU: four to six times as fast as float32 where the CPU has 8-bit dot
         #: products, and a quarter of the memory traffic; a GPU keeps float32, fast enough there).
-        self.int8 = device.type == "cpu" and hasattr(torch, "_int_mm")
+        self.int8 = device.type == "cpu" and _cpu_int8_products()
 
     def array(self, t: torch.Tensor | np.ndarray) -> ArrayLike:
         """``t`` in this backend's array type, on its device."""
