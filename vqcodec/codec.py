@@ -6,7 +6,6 @@ import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, TypeVar
@@ -37,6 +36,7 @@ from .qprior import IntegerPrior, MapState
 from .rdo import CANDIDATES, PRESET_PASSES, Terms, choose, curvature_margin, window_terms
 from .restoration import Filter
 from .steps import wavefront_steps
+from .threads import one_torch_thread
 from .timing import ENTROPY_CODING, PRIOR, QUANTIZATION, RESTORATION, SYNTHESIS, Timer, no_timer
 from .weights import load_model, model_id
 
@@ -81,20 +81,6 @@ def vqc_bytes(data: VqcLike) -> bytes:
             raise InputError("the .vqc file object must be opened in binary mode")
         return chunk
     raise InputError(f"cannot decode a {type(data).__name__}: pass bytes, a path or a binary file object")
-
-
-@contextmanager
-def _one_thread() -> Iterator[None]:
-    """Run torch on one CPU thread: oneDNN's and BLAS's kernels split their sums by the number of
-    threads, so the VQ-VAE's floats (and a code or a pixel level here and there) would depend on
-    it. On one thread the encoder writes the same bytes, and the decoder the same pixels, however
-    many threads the process uses (the integer priors are exact anyway, and keep every thread)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 @dataclass(frozen=True)
@@ -584,8 +570,11 @@ class Codec:
         self, shape: tuple[int, int], work: Callable[[tiles.Region], T]
     ) -> list[tuple[tiles.Region, tiles.Region, T]]:
         """(inner, outer, ``work(outer)``) for every window of a top map of ``shape``, each
-        window's work on one CPU thread (see ``_one_thread``). The windows are independent, so on
-        the CPU they run side by side, one per torch thread: the results are those of one thread."""
+        window's work on one CPU thread: oneDNN's and BLAS's kernels split their sums by the number
+        of threads, so the VQ-VAE's floats (and a code or a pixel level here and there) would depend
+        on it; on one thread the encoder writes the same bytes, and the decoder the same pixels,
+        however many threads the process uses. The windows are independent, so on the CPU they run
+        side by side, one per torch thread: the results are those of one thread."""
         windows = list(tiles.windows(*shape, WINDOW, WINDOW_MARGIN))
         workers = min(torch.get_num_threads(), len(windows)) if self.device.type == "cpu" else 1
         grad = torch.is_grad_enabled()
@@ -595,7 +584,7 @@ class Codec:
             with torch.set_grad_enabled(grad):
                 return work(outer)
 
-        with _one_thread():  # restores the caller's thread count once every window is done
+        with one_torch_thread():  # restores the caller's thread count once every window is done
             if workers == 1:
                 results = [run(outer) for _, outer in windows]
             else:

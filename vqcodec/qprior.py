@@ -33,6 +33,7 @@ from threadpoolctl import threadpool_limits
 from torch import nn
 
 from .prior import ActRange, GatedResBlock, Offsets, PixelSNAIL, WindowAttention, background, neighbours
+from .threads import one_torch_thread
 
 ArrayLike = np.ndarray | torch.Tensor
 #: Positions an op runs at: an index array, or a slice of contiguous ones.
@@ -43,7 +44,7 @@ QMAX = 127
 #: Longest reduction of one float32 product: 1024 * 127 * 127 < 2^24.
 CHUNK = 1024
 #: Longest reduction of one 8-bit product, whose int32 sums must stay exact: 133,143 * 127^2 < 2^31.
-INT8_REDUCTION = ((1 << 31) - 1) // (127 * 127)
+INT8_REDUCTION = ((1 << 31) - 1) // (QMAX * QMAX)
 #: Logits are rounded to 1/LOGIT_STEPS nat.
 LOGIT_STEPS = 64
 LOGIT_LIMIT = 1 << 20
@@ -752,10 +753,5 @@ class IntegerPrior:
         if self.xp.torch:
             yield
             return
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            with threadpool_limits(limits=1, user_api="blas"):
-                yield
-        finally:
-            torch.set_num_threads(threads)
+        with one_torch_thread(), threadpool_limits(limits=1, user_api="blas"):
+            yield
