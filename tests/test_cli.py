@@ -147,6 +147,21 @@ def test_python_dash_m_runs_the_cli():
     assert result.returncode == 0 and "compress" in result.stdout
 
 
+#: Runs the CLI with the given arguments in a fresh interpreter, then says whether torch came in.
+_TORCH_AFTER = (
+    "import sys; from vqcodec.cli import main; main(sys.argv[1:], standalone_mode=False); print('torch' in sys.modules)"
+)
+
+
+def test_quick_commands_start_without_torch(tmp_path, image_file, model_file):
+    """--help, --version, presets and info answer without importing torch (seconds of start-up)."""
+    vqc = tmp_path / "a.vqc"
+    assert run("compress", image_file, vqc, "--model", model_file).exit_code == 0
+    for args in (["--help"], ["--version"], ["presets"], ["info", str(vqc)], ["info", "--json", str(vqc)]):
+        result = subprocess.run([sys.executable, "-c", _TORCH_AFTER, *args], capture_output=True, text=True, check=True)
+        assert result.stdout.splitlines()[-1] == "False", args
+
+
 def test_warnings_are_one_line(tmp_path, rng, model_file):
     path = tmp_path / "cmyk.jpg"
     Image.fromarray(smooth_image(rng, 8, 8, 4), "CMYK").save(path)

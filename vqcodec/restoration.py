@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
-import torch
 
 from .errors import FormatError
 
@@ -142,9 +141,9 @@ def _features(rgb: np.ndarray, shape: Shape, every: int = 1) -> Iterator[tuple[s
         yield slice(top, top + n), f.reshape(shape.features, n * w)
 
 
-def _kernel(filt: Filter) -> tuple[torch.Tensor, torch.Tensor]:
-    """The filter as a convolution of the decoded image: (3, 3, k, k) weights and (3,) biases,
-    computing the correction each pixel gets."""
+def _kernel(filt: Filter) -> tuple[np.ndarray, np.ndarray]:
+    """The filter as a convolution of the decoded image: (3, 3, k, k) weights and (3,) biases
+    (float32), computing the correction each pixel gets."""
     shape = SHAPES[filt.shape]
     w = filt.matrix()
     r = shape.radius
@@ -158,12 +157,14 @@ def _kernel(filt: Filter) -> tuple[torch.Tensor, torch.Tensor]:
     colour = w[-CHANNELS - 1 : -1]  # (input channel, output channel)
     kernel[:, :, r, r] += colour.T
     bias = w[-1] - GREY * colour.sum(0)
-    return torch.from_numpy(kernel).float(), torch.from_numpy(bias).float()
+    return kernel.astype(np.float32), bias.astype(np.float32)
 
 
 def apply(decoded: np.ndarray, filt: Filter) -> np.ndarray:
     """(H, W, 3) uint8: ``decoded`` filtered (in bands of rows, so memory stays small)."""
-    kernel, bias = _kernel(filt)
+    import torch  # here, not above: reading a filter's record (``vqcodec info``) needs no torch
+
+    kernel, bias = (torch.from_numpy(a) for a in _kernel(filt))
     r = SHAPES[filt.shape].radius
     h = decoded.shape[0]
     padded = torch.from_numpy(np.pad(decoded, ((r, r), (r, r), (0, 0)), mode="edge")).permute(2, 0, 1)
