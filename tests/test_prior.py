@@ -4,6 +4,7 @@ wavefront, never looks at later wavefronts, and stays close to the float prior i
 from __future__ import annotations
 
 import itertools
+import time
 
 import numpy as np
 import pytest
@@ -64,8 +65,9 @@ def test_numpy_and_torch_backends_agree(which, chunk, int8_reduction, int8, monk
     caches and products, as on a GPU)."""
     monkeypatch.setattr(qprior, "CHUNK", chunk)
     monkeypatch.setattr(qprior, "INT8_REDUCTION", int8_reduction)
-    if not int8:
-        monkeypatch.setattr(qprior, "_cpu_int8_products", lambda: False)
+    if int8 and not qprior._exact_int8_products():
+        pytest.skip("this torch has no 8-bit products on the CPU")
+    monkeypatch.setattr(qprior, "cpu_products", lambda: "int8" if int8 else "float32")
     model = make_model(seed=11)
     codes, top = random_maps(IntegerPrior(getattr(model, which)), 6, 8, seed=3)
     on_numpy = one_pass(IntegerPrior(getattr(model, which)), codes, top)
@@ -75,15 +77,30 @@ def test_numpy_and_torch_backends_agree(which, chunk, int8_reduction, int8, monk
 
 def test_int8_products_only_where_torch_has_them_on_the_cpu(monkeypatch):
     """A torch without CPU int8 products (older releases: CUDA only) gets float32 ones."""
-    assert qprior._cpu_int8_products.__wrapped__() == hasattr(torch, "_int_mm")
+    assert qprior._exact_int8_products() == hasattr(torch, "_int_mm")
 
     def cuda_only(a, b):
         raise RuntimeError("_int_mm: not implemented for 'CPU'")
 
     monkeypatch.setattr(torch, "_int_mm", cuda_only)
-    assert not qprior._cpu_int8_products.__wrapped__()
+    assert qprior.cpu_products.__wrapped__() == "float32"
     monkeypatch.delattr(torch, "_int_mm")
-    assert not qprior._cpu_int8_products.__wrapped__()
+    assert qprior.cpu_products.__wrapped__() == "float32"
+
+
+def test_int8_products_only_where_they_are_faster(monkeypatch):
+    """Where torch's 8-bit product is slow (a plain loop on CPUs without 8-bit dot products), the
+    prior takes float32 ones: here one made a hundred times slower than the probe's float32 product."""
+    if not qprior._exact_int8_products():
+        pytest.skip("this torch has no 8-bit products on the CPU")
+    int_mm = torch._int_mm
+
+    def slow(a, b):
+        time.sleep(0.005)
+        return int_mm(a, b)
+
+    monkeypatch.setattr(torch, "_int_mm", slow)
+    assert qprior.cpu_products.__wrapped__() == "float32"
 
 
 @pytest.mark.parametrize("which", ["top_prior", "bottom_prior"])

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -91,8 +92,24 @@ def exp_table(step: float, bits: int, floor: int) -> torch.Tensor:
     return _table([max(floor, round(2.0**bits * math.exp(-d * step))) for d in range(size)])
 
 
-@lru_cache(maxsize=1)
-def _cpu_int8_products() -> bool:
+#: The product that decides between 8-bit and float32 products: a wavefront's rows by one layer's
+#: inputs and outputs (a decoder step multiplies tens of rows; the encoder thousands, where 8-bit
+#: products gain more still).
+_PROBE_SHAPE = (64, 256, 128)
+
+
+def _best_seconds(run: Callable[[], object], repeats: int = 3) -> float:
+    """The fastest of ``repeats`` timed calls of ``run``, after one untimed call."""
+    run()
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def _exact_int8_products() -> bool:
     """Whether this torch multiplies int8 matrices on the CPU (``torch._int_mm``; older releases
     have it for CUDA only), exactly."""
     try:
@@ -100,6 +117,25 @@ def _cpu_int8_products() -> bool:
         return torch._int_mm(x, x.t().contiguous()).tolist() == [[2 * QMAX * QMAX]]
     except (AttributeError, RuntimeError, NotImplementedError):
         return False
+
+
+@lru_cache(maxsize=1)
+def cpu_products() -> str:
+    """The matrix products of the integer prior on the CPU: "int8" where this torch multiplies
+    8-bit matrices exactly and at least as fast as float32, else "float32". Both give the same
+    integers, so this is a matter of speed alone, measured once per process on one thread (a few
+    milliseconds): where the CPU has no 8-bit dot products (VNNI), torch's int8 product is a plain
+    loop, tens of times slower than float32."""
+    if not _exact_int8_products():
+        return "float32"
+    rows, k, n = _PROBE_SHAPE
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randint(-QMAX, QMAX + 1, (rows, k), dtype=torch.int8, generator=generator)
+    w = torch.randint(-QMAX, QMAX + 1, (k, n), dtype=torch.int8, generator=generator)
+    a32, w32 = a.float(), w.float()
+    with one_torch_thread():  # the kernels' speed, not how several threads share a busy machine
+        int8 = _best_seconds(lambda: torch._int_mm(a, w))
+        return "int8" if int8 <= _best_seconds(lambda: a32 @ w32) else "float32"
 
 
 class Backend:
@@ -111,9 +147,10 @@ class Backend:
         self.device = device
         self.torch = device.type != "cpu" if use_torch is None else use_torch
         #: Activations cached as 8-bit integers and matrix products as 8-bit integer ones, by
-        #: torch (on the CPU: four to six times as fast as float32 where the CPU has 8-bit dot
-        #: products, and a quarter of the memory traffic; a GPU keeps float32, fast enough there).
-        self.int8 = device.type == "cpu" and _cpu_int8_products()
+        #: torch, where those are the faster products (on the CPU: four to six times as fast as
+        #: float32 where the CPU has 8-bit dot products, and a quarter of the memory traffic; a GPU
+        #: keeps float32, fast enough there).
+        self.int8 = device.type == "cpu" and cpu_products() == "int8"
 
     def array(self, t: torch.Tensor | np.ndarray) -> ArrayLike:
         """``t`` in this backend's array type, on its device."""
