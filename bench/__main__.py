@@ -24,6 +24,7 @@ from .entropy import entropy_report
 from .hostile import run_hostile
 from .images import Sample, load_images
 from .metrics import MSSSIM_MIN_SIDE
+from .peers import PEER, compare, load_peer, ratios
 from .rd import REFERENCE, average_curve, bd_rates, same_rate, same_size_jpeg, sweep
 from .speed import devices, measure_speed
 
@@ -189,6 +190,8 @@ def entropy(folder, out, quick, limit, crop, model_path, quality, rdo, preset, d
               help="Images coded together (Codec.encode_many); times are per image.")  # fmt: skip
 @click.option("--cuda-graphs/--no-cuda-graphs", default=True, show_default=True,
               help="On CUDA, replay the decoder's wavefront steps from CUDA graphs.")  # fmt: skip
+@click.option("--peers", is_flag=True, help=f"Instead of the stages: CPU time per image against {PEER} "
+              "(random weights; needs compressai), interleaved; use with --threads 1.")  # fmt: skip
 def speed(
     folder,
     out,
@@ -205,11 +208,15 @@ def speed(
     threads,
     batch,
     cuda_graphs,
+    peers,
 ) -> None:
     """Time per stage of vqcodec's encoder and decoder on the images in FOLDER."""
     if threads:
         torch.set_num_threads(threads)
     load = _loader(preset, model_path, rdo, quality)
+    if peers:
+        _speed_against_peer(load("cpu"), _samples(folder, quick, limit, crop), 1 if quick else repeats, out)
+        return
 
     def load_codec(device: str) -> vqcodec.Codec:
         codec = load(device)
@@ -225,6 +232,21 @@ def speed(
     text = report.speed_markdown(rows, _command_line())
     (out / "speed.md").write_text(text)
     click.echo(text + f"wrote {out / 'speed.json'}, {out / 'speed.md'}")
+
+
+def _speed_against_peer(codec: vqcodec.Codec, samples: Sequence[Sample], repeats: int, out: Path) -> None:
+    try:
+        peer = load_peer()
+    except ImportError as exc:
+        raise click.UsageError(str(exc)) from exc
+    rows = compare(codec, peer, samples, repeats)
+    environment = report.environment()
+    run = {"command": _command_line(), "environment": environment, "threads": torch.get_num_threads()}
+    out.mkdir(parents=True, exist_ok=True)
+    report.write_json(out / "peers.json", run | {"rows": rows, "ratios": ratios(rows)})
+    text = report.peers_markdown(rows, ratios(rows), environment, _command_line())
+    (out / "peers.md").write_text(text)
+    click.echo(text + f"wrote {out / 'peers.json'}, {out / 'peers.md'}")
 
 
 @main.command()

@@ -12,9 +12,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import torch
 from matplotlib.figure import Figure
 
+from vqcodec import qprior
+
 from .metrics import quality_at
+from .peers import PEER
 from .rd import REFERENCE, mean
 from .speed import DECODE_STAGES, ENCODE_STAGES
 
@@ -65,8 +69,14 @@ def write_json(path: Path, data: dict) -> None:
 
 
 def environment() -> dict[str, str | None]:
-    """Python, platform and the versions of the packages the numbers depend on."""
-    info: dict[str, str | None] = {"python": sys.version.split()[0], "platform": platform.platform()}
+    """Python, platform, the CPU's vector instructions as torch uses them, the integer prior's
+    products on the CPU, and the versions of the packages the numbers depend on."""
+    info: dict[str, str | None] = {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "cpu capability": torch.backends.cpu.get_cpu_capability(),
+        "prior products": qprior.cpu_products(),
+    }
     for package in ("vqcodec", "pillow", "numpy", "torch", "pytorch-msssim", "scipy", "pillow-jxl-plugin"):
         try:
             info[package] = metadata.version(package)
@@ -295,4 +305,25 @@ def speed_markdown(rows: Sequence[dict], command: str) -> str:
         " while encoding (warm-up included) or decoding a batch, and its rise over the start; CPU = the"
         " process's resident set (Linux VmHWM, reset per phase), CUDA = torch's allocations.",
         table(header, body),
+    ]) + "\n"  # fmt: skip
+
+
+def peers_markdown(rows: Sequence[dict], ratios: dict[str, dict[str, float]], environment: dict, command: str) -> str:
+    """vqcodec's CPU seconds per image against the peer's, and their ratios."""
+    ways, who = ("encode", "decode"), ("vqcodec", "peer")
+    body = [
+        [r["image"], fmt(r["bpp"], 3), *[fmt(r[f"{w} {way}"], 3) for way in ways for w in who],
+         *[fmt(r[f"vqcodec {way}"] / r[f"peer {way}"], 2) for way in ways]]
+        for r in rows
+    ]  # fmt: skip
+    header = ["image", "bpp", "vqcodec enc s", "peer enc s", "vqcodec dec s", "peer dec s", "enc ratio", "dec ratio"]
+    totals = ", ".join(f"{way} {r['total']:.2f}x (largest {r['max']:.2f}x)" for way, r in ratios.items())
+    return "\n\n".join([
+        f"# vqcodec against {PEER}",
+        f"Command: `{command}`",
+        f"CPU: {environment['cpu capability']}, prior products: {environment['prior products']}, torch "
+        f"{environment['torch']}, {torch.get_num_threads()} thread(s). CPU seconds per image, best of the runs, "
+        "vqcodec and the peer interleaved; ratio = vqcodec's time over the peer's.",
+        table(header, body),
+        f"vqcodec over the peer, all images: {totals}.",
     ]) + "\n"  # fmt: skip

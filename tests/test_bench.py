@@ -275,3 +275,45 @@ def test_flat_colours_and_ramps_go_through_the_codec(codec):
     assert all(r["bytes"] > 0 for r in loose["rows"])
     ramp = ramp_steps(codec, width=64, height=16)
     assert ramp["largest_jump"] >= 0 and ramp["ramp_step"] == 255 / 63
+
+
+class _Peer:
+    """Stands in for CompressAI's model: the calls and shapes the speed comparison makes."""
+
+    def __init__(self):
+        self.inputs = []
+
+    def compress(self, x):
+        self.inputs.append(tuple(x.shape))
+        return {"strings": [[b"x"]], "shape": x.shape[2:]}
+
+    def decompress(self, strings, shape):
+        return {"x_hat": np.zeros(shape)}
+
+
+def test_speed_against_a_peer_gives_ratios_of_cpu_times(tmp_path, image_dir, model_file, monkeypatch):
+    peer = _Peer()
+    monkeypatch.setattr("bench.__main__.load_peer", lambda: peer)
+    out = tmp_path / "out"
+    result = invoke("speed", image_dir, "--model", model_file, "--peers", "--repeats", "2", "--out", out)
+    assert result.exit_code == 0, result.output
+    run = json.loads((out / "peers.json").read_text())
+    assert run["environment"]["prior products"] in ("int8", "float32") and run["environment"]["cpu capability"]
+    assert [r["image"] for r in run["rows"]] == ["a", "b"]
+    assert set(peer.inputs) == {(1, 3, 64, 64)}  # 40x32 and 48x24, edges repeated to multiples of 64
+    for way in ("encode", "decode"):
+        ours = [r[f"vqcodec {way}"] for r in run["rows"]]
+        theirs = [r[f"peer {way}"] for r in run["rows"]]
+        assert min(ours) >= 0 and min(theirs) >= 0
+        if min(theirs) > 0:
+            assert run["ratios"][way]["total"] == pytest.approx(sum(ours) / sum(theirs), rel=1e-3)
+    assert "vqcodec over the peer" in (out / "peers.md").read_text()
+
+
+def test_speed_against_a_peer_needs_compressai(tmp_path, image_dir, model_file, monkeypatch):
+    def missing():
+        raise ImportError("the speed peer needs CompressAI: pip install compressai")
+
+    monkeypatch.setattr("bench.__main__.load_peer", missing)
+    result = invoke("speed", image_dir, "--model", model_file, "--peers", "--out", tmp_path)
+    assert result.exit_code == 2 and "pip install compressai" in result.output
