@@ -13,9 +13,10 @@ import os
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, BinaryIO
 
 import click
 from PIL import Image
@@ -99,6 +100,18 @@ def _check_output(src: Path, path: Path, force: bool) -> None:
 def _read_bytes(path: Path) -> bytes:
     try:
         return path.read_bytes()
+    except OSError as exc:
+        raise vqcodec.VQCodecError(f"cannot read {path}: {exc.strerror or exc}") from exc
+
+
+def _read_vqc(path: Path, read: Callable[[BinaryIO], bytes] = container.read_file) -> bytes:
+    """A ``.vqc`` file from ``path`` or standard input ("-"), read no further than its header says
+    the file runs (so a huge file, a pipe or a device is refused after a few bytes)."""
+    if str(path) == "-":
+        return read(sys.stdin.buffer)
+    try:
+        with path.open("rb") as f:
+            return read(f)
     except OSError as exc:
         raise vqcodec.VQCodecError(f"cannot read {path}: {exc.strerror or exc}") from exc
 
@@ -318,7 +331,6 @@ def _compress_stream(src: Path, out: Path, options: batch.Options, kwargs: dict)
     data = sys.stdin.buffer.read() if str(src) == "-" else _read_bytes(src)
     if str(out) != "-":
         _check_output(src, out, options.force)
-    batch.use_threads(options.threads)
     _, encoded = batch.encode_image(data, options)
     _deliver(out, encoded.data, options)
     _stream_report(src, out, len(data), len(encoded.data), encoded.bpp, kwargs)
@@ -326,10 +338,9 @@ def _compress_stream(src: Path, out: Path, options: batch.Options, kwargs: dict)
 
 def _decompress_stream(src: Path, out: Path, options: batch.Options, kwargs: dict) -> None:
     """decompress with standard input and/or output."""
-    data = sys.stdin.buffer.read() if str(src) == "-" else _read_bytes(src)
+    data = _read_vqc(src, batch.read_checked)
     if str(out) != "-":
         _check_output(src, out, options.force)
-    batch.use_threads(options.threads)
     codec = batch.codec_for(options, data)
     image = batch.decode_image(codec, data, options)
     buffer = io.BytesIO()
@@ -362,7 +373,9 @@ def _stream_report(src: Path, out: Path, bytes_in: int, bytes_out: int, bpp: flo
 def info(src: Path, as_json: bool) -> None:
     """Show the header of the .vqc file SRC: model, image, streams, bpp and bits per code (the file
     is checked, not decoded)."""
-    data = _read_bytes(src)
+    data = _read_vqc(src)
+    # A longer file was read only as far as its header says it runs: its size is its own.
+    size = src.stat().st_size if str(src) != "-" and src.is_file() else len(data)
     h = container.read_header(data)
     restoration = None
     try:
@@ -381,7 +394,7 @@ def info(src: Path, as_json: bool) -> None:
     fields = {
         "version": h.version, "metadata": h.has_metadata, "resampled": h.resampled, "model": h.model_id.hex(),
         "preset": catalog.name_of(h.model_id), "width": h.width, "height": h.height, "channels": h.channels,
-        "padding": [h.pad_x, h.pad_y], "tile": h.tile, "bytes": len(data), "bpp": 8 * len(data) / (h.width * h.height),
+        "padding": [h.pad_x, h.pad_y], "tile": h.tile, "bytes": size, "bpp": 8 * size / (h.width * h.height),
         "maps": maps, "alpha_bytes": h.alpha_len, "restoration": restoration, "problem": problem,
     }  # fmt: skip
     if as_json:
@@ -397,7 +410,7 @@ def info(src: Path, as_json: bool) -> None:
         ("model", f"{h.model_id.hex()} ({fields['preset'] or 'not installed'})"),
         ("image", f"{h.width}x{h.height}, {h.channels} channel(s), padded by {h.pad_x}x{h.pad_y}"),
         ("tiles", f"{h.tile}x{h.tile} top codes, {2 * h.tile}x{2 * h.tile} bottom codes"),
-        ("file", f"{len(data)} bytes" + (f" (DAMAGED: {problem})" if problem else "")),
+        ("file", f"{size} bytes" + (f" (DAMAGED: {problem})" if problem else "")),
         ("bpp", f"{fields['bpp']:.4f}"),
     ]
     for name, m in maps.items():

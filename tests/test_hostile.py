@@ -4,8 +4,12 @@ files are refused early, with a VQCodecError, before the work or memory they ask
 from __future__ import annotations
 
 import json
+import os
 import struct
+import subprocess
+import sys
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -262,3 +266,90 @@ def test_hostile_model_exits_1_with_one_line(tmp_path):
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(image)
     result = CliRunner().invoke(main, ["compress", str(image), str(tmp_path / "a.vqc"), "--model", str(path)])
     assert result.exit_code == 1 and result.output.count("\n") == 1 and "kernel" in result.output
+
+
+class _Endless:
+    """A binary stream that never ends (a pipe or device that keeps giving): ``data``, then zeros.
+    Counts what is read from it."""
+
+    def __init__(self, data: bytes):
+        self.data, self.read_bytes = data, 0
+
+    def read(self, size: int = -1) -> bytes:
+        if size < 0:
+            raise AssertionError("the whole stream was asked for")
+        start, self.read_bytes = self.read_bytes, self.read_bytes + size
+        return (self.data[start : start + size] + bytes(size))[:size]
+
+
+def test_a_file_is_read_no_further_than_its_header_says_it_runs(codec, sample):
+    """A valid file followed by endless bytes: one byte past its end is read, and it is refused."""
+    with_icc = Image.fromarray(smooth_image(np.random.default_rng(2), 30, 20))
+    with_icc.info["icc_profile"] = bytes(range(256)) * 3
+    for data in (sample, codec.compress(with_icc)):
+        assert container.read_header(data).has_metadata == (data != sample)
+        stream = _Endless(data)
+        read = container.read_file(stream)
+        assert read == data + b"\0" and stream.read_bytes <= len(data) + 1 + (1 << 20)
+        with pytest.raises(vqcodec.FormatError, match="unexpected bytes after the end"):
+            codec.decompress(_Endless(data))
+    assert container.read_file(iter_chunks(sample)) == sample  # short reads, as pipes give them
+
+
+def iter_chunks(data: bytes):
+    """A stream that returns at most 7 bytes per read, then ends."""
+
+    class Chunks:
+        at = 0
+
+        def read(self, size: int) -> bytes:
+            chunk = data[self.at : self.at + min(size, 7)]
+            self.at += len(chunk)
+            return chunk
+
+    return Chunks()
+
+
+@pytest.mark.parametrize(
+    "fields,problem",
+    [
+        ({"top_len": 1 << 30}, "top-map stream is longer"),
+        ({"bottom_len": 1 << 30}, "bottom-map stream is longer"),
+        ({"channels": 4, "alpha_len": 1 << 30}, "alpha stream is longer"),
+        ({"top_shape": (5000, 5000), "bottom_shape": (10000, 10000)}, "code map sizes"),
+        ({"bottom_shape": (3, 3)}, "code map sizes"),
+    ],
+)
+def test_headers_claiming_more_than_the_image_can_take_are_refused(sample, fields, problem):
+    """Stream lengths are bounded by the codes they hold (at most 25 bits a code) and code maps by
+    the image's size, so no header makes a reader take more than a real file of its size."""
+    h = container.Header(**{**container.read_header(sample).__dict__, **fields})
+    head = container.HEADER.pack(
+        container.MAGIC, h.version, h.channels, h.flags, h.tile, h.model_id, h.width, h.height, h.pad_x, h.pad_y,
+        h.top_shape[1], h.top_shape[0], h.bottom_shape[1], h.bottom_shape[0], h.top_len, h.bottom_len, h.alpha_len,
+        h.payload_crc, h.content_crc, 0,
+    )[:-4]  # fmt: skip
+    with pytest.raises(vqcodec.FormatError, match=problem):
+        container.read_file(_Endless(head + struct.pack("<I", zlib.crc32(head))))
+
+
+def test_huge_files_and_endless_devices_are_refused_by_the_real_command(tmp_path, sample):
+    """`info` and `decompress` of a valid file made 1 GiB long (sparse), and of /dev/zero on the
+    command line and on standard input: refused with one line and exit 1 (they used to be read whole)."""
+    big = tmp_path / "big.vqc"
+    big.write_bytes(sample)
+    os.truncate(big, 1 << 30)
+    vqcodec_cli = [sys.executable, "-m", "vqcodec"]
+    devices = [Path("/dev/zero")] if Path("/dev/zero").exists() else []
+    for src in [big, *devices]:
+        for args in (["info", str(src)], ["decompress", str(src), str(tmp_path / "out.png")], ["decompress", "-", "-"]):
+            stdin = src.open("rb") if args[1] == "-" else None
+            result = subprocess.run([*vqcodec_cli, *args], stdin=stdin, capture_output=True, timeout=60, check=False)
+            if stdin:
+                stdin.close()
+            if args[0] == "info" and src == big:
+                assert result.returncode == 0 and b"DAMAGED: unexpected bytes" in result.stdout
+                assert f"{1 << 30} bytes".encode() in result.stdout
+                continue
+            assert result.returncode == 1 and result.stderr.count(b"\n") == 1, (args, result.stderr)
+            assert not (tmp_path / "out.png").exists()

@@ -15,10 +15,10 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from . import quality
-from .container import DEFAULT_MAX_PIXELS, read_header
+from .container import DEFAULT_MAX_PIXELS, read_file, read_header, unpack
 from .errors import OutputError, UsageError, VQCodecError
 from .files import check_writable, write_atomic
 
@@ -113,6 +113,7 @@ def codec_for(options: Options, data: bytes | None = None) -> Any:
     model that made it), loaded once."""
     from . import codec as codecs  # here: a worker process imports torch once it has work
 
+    use_threads(options.threads)
     if data is not None and options.preset is None and options.model_path is None:
         key: Any = ("file", read_header(data).model_id)
         if key not in _CODECS:
@@ -144,7 +145,8 @@ def _max_pixels(options: Options) -> int:
 
 
 def use_threads(threads: int) -> None:
-    """torch's CPU threads for this process (also each worker's initializer)."""
+    """torch's CPU threads for this process (set where a codec is loaded, so that a file refused
+    before that never imports torch)."""
     import torch  # here: the commands that need no network start without it
 
     torch.set_num_threads(threads)
@@ -197,7 +199,8 @@ def decompress_file(src: Path, out: Path, options: Options) -> Outcome:
     outcome = Outcome(str(src), str(out))
     start = time.perf_counter()
     try:
-        data = src.read_bytes()
+        with src.open("rb") as f:
+            data = read_checked(f)
         codec = codec_for(options, data)
         image = decode_image(codec, data, options)
         buffer = io.BytesIO()
@@ -214,6 +217,14 @@ def decompress_file(src: Path, out: Path, options: Options) -> Outcome:
 
 #: Formats that cannot hold an alpha channel.
 _NO_ALPHA = {"JPEG"}
+
+
+def read_checked(stream: BinaryIO) -> bytes:
+    """A ``.vqc`` file from ``stream`` (``container.read_file``), its layout and payload checksum
+    checked before any model is loaded: a damaged file is refused in milliseconds."""
+    data = read_file(stream)
+    unpack(data)
+    return data
 
 
 def decode_image(codec: Any, data: bytes, options: Options) -> Any:
@@ -240,7 +251,7 @@ Work = Callable[[Path, Path, Options], Outcome]
 
 def run(work: Work, pairs: Sequence[tuple[Path, Path]], options: Options, workers: int = 1) -> Iterator[Outcome]:
     """Each pair's outcome as it finishes: in this process with one worker, else in ``workers``
-    processes, each with ``options.threads`` torch threads. Outputs that exist (without
+    processes, each with ``options.threads`` torch threads (``codec_for``). Outputs that exist (without
     ``force``) or cannot be written fail before their input is read."""
     checked = []
     for src, out in pairs:
@@ -250,12 +261,11 @@ def run(work: Work, pairs: Sequence[tuple[Path, Path]], options: Options, worker
         except OutputError as exc:
             yield Outcome(str(src), str(out), status="error", error=str(exc))
     if workers <= 1 or len(checked) <= 1:
-        use_threads(options.threads)
         for src, out in checked:
             yield work(src, out, options)
         return
     context = _spawn_context()
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=use_threads, initargs=(options.threads,)) as pool:
+    with ProcessPoolExecutor(workers, mp_context=context) as pool:
         futures = [pool.submit(work, src, out, options) for src, out in checked]
         for future in futures:
             yield future.result()

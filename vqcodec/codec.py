@@ -64,22 +64,27 @@ VqcLike = bytes | bytearray | memoryview | str | os.PathLike | BinaryIO
 
 
 def vqc_bytes(data: VqcLike) -> bytes:
-    """The bytes of a ``.vqc`` file given as bytes, a path or a binary file object."""
+    """The bytes of a ``.vqc`` file given as bytes, a path or a binary file object (read no
+    further than its header says the file runs: ``container.read_file``)."""
     if isinstance(data, (bytes, bytearray, memoryview)):
         return bytes(data)
     if isinstance(data, (str, os.PathLike)):
         try:
-            return Path(data).read_bytes()
+            with open(data, "rb") as f:
+                return container.read_file(f)
         except OSError as exc:
             raise InputError(f"cannot read {data}: {exc.strerror or exc}") from exc
     if hasattr(data, "read"):
         try:
-            chunk = data.read()
+            head = data.read(0)
         except (UnicodeDecodeError, OSError) as exc:
             raise InputError(f"cannot read the .vqc file object (it must be opened in binary mode): {exc}") from exc
-        if not isinstance(chunk, bytes):
+        if not isinstance(head, bytes):
             raise InputError("the .vqc file object must be opened in binary mode")
-        return chunk
+        try:
+            return container.read_file(data)
+        except (UnicodeDecodeError, OSError) as exc:
+            raise InputError(f"cannot read the .vqc file object: {exc}") from exc
     raise InputError(f"cannot decode a {type(data).__name__}: pass bytes, a path or a binary file object")
 
 

@@ -56,6 +56,7 @@ from __future__ import annotations
 import struct
 import zlib
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import numpy as np
 
@@ -78,6 +79,14 @@ MAX_METADATA = 1 << 24
 #: Largest restoration filter record (its 2-byte length field's limit).
 MAX_FILTER = 0xFFFF
 #: The length fields before the filter record and the metadata stream.
+#: Most bits a code can take in a map's stream: constriction's models give every code at least
+#: 2^-24 of the range (``entropy.CODER_PRECISION``), plus a margin for the coder's rounding; and
+#: the coder's final state. Every real stream is far shorter (a few bits per code).
+MAX_BITS_PER_CODE = 25
+_STREAM_TAIL_BITS = 128
+#: A resampled copy is at most twice the image's size a side (``defaults.MAX_SCALE``) and the top
+#: stride at least 4, so a top map has at most about half the image's width and height in codes.
+_TOP_CODES_PER_PIXEL_SIDE = 2
 _FILTER_LEN = struct.Struct("<H")
 _METADATA_LEN = struct.Struct("<I")
 METADATA_TAGS = {1: "icc_profile", 2: "exif"}
@@ -255,6 +264,27 @@ def _validate(h: Header, version: int) -> None:
         raise FormatError("alpha stream does not match the channel count")
     if min(h.top_shape + h.bottom_shape) < 1:
         raise FormatError("empty code map")
+    if h.bottom_shape != (2 * h.top_shape[0], 2 * h.top_shape[1]) or not (
+        h.top_shape[0] <= h.height // _TOP_CODES_PER_PIXEL_SIDE + 2
+        and h.top_shape[1] <= h.width // _TOP_CODES_PER_PIXEL_SIDE + 2
+    ):
+        raise FormatError("damaged .vqc file: code map sizes do not match the image size")
+    for name, length, shape in (("top", h.top_len, h.top_shape), ("bottom", h.bottom_len, h.bottom_shape)):
+        if length > max_stream_bytes(shape[0] * shape[1]):
+            raise FormatError(f"damaged .vqc file: the {name}-map stream is longer than its codes can take")
+    if h.alpha_len > _max_deflated(h.width * h.height):
+        raise FormatError("damaged .vqc file: the alpha stream is longer than its plane can take")
+
+
+def max_stream_bytes(codes: int) -> int:
+    """The longest stream a map of ``codes`` codes can have (whole 32-bit words)."""
+    return 4 * -(-(MAX_BITS_PER_CODE * codes + _STREAM_TAIL_BITS) // 32)
+
+
+def _max_deflated(size: int) -> int:
+    """The longest zlib stream of ``size`` bytes (stored blocks of at most 64 KiB, 5 bytes each,
+    and zlib's 6-byte frame)."""
+    return size + 5 * (size // 0xFFFF + 1) + 6
 
 
 def _length(data: bytes, at: int, field: struct.Struct, part: str) -> int:
@@ -264,20 +294,63 @@ def _length(data: bytes, at: int, field: struct.Struct, part: str) -> int:
     return field.unpack_from(data, at)[0]
 
 
+#: The longest metadata stream: zlib of at most ``MAX_METADATA`` bytes of records.
+MAX_METADATA_STREAM = _max_deflated(MAX_METADATA)
+
+
+def read_file(stream: BinaryIO) -> bytes:
+    """The bytes of a ``.vqc`` file from ``stream``, read no further than its header (and the
+    lengths after the streams) say the file runs, plus one byte to tell a longer file: a huge
+    file, a pipe or a device costs at most what a valid header allows. What is read is checked as
+    ``unpack`` checks it (a bad or truncated header raises here)."""
+    data = _read_up_to(stream, HEADER_SIZE)
+    header = read_header(data)
+    end = HEADER_SIZE + header.payload_len
+    for present, field, part, longest in (
+        (header.has_filter, _FILTER_LEN, "filter", MAX_FILTER),
+        (header.has_metadata, _METADATA_LEN, "metadata", MAX_METADATA_STREAM),
+    ):
+        if present:
+            data += _read_up_to(stream, end + field.size - len(data))
+            if len(data) < end + field.size:
+                return data
+            end += field.size + _checked_length(data, end, field, part, longest)
+    return data + _read_up_to(stream, end + 1 - len(data))
+
+
+def _read_up_to(stream: BinaryIO, size: int) -> bytes:
+    """Up to ``size`` bytes of ``stream``: fewer only at its end (pipes return short reads)."""
+    parts, left = [], size
+    while left > 0:
+        chunk = stream.read(min(left, 1 << 20))
+        if not chunk:
+            break
+        parts.append(chunk)
+        left -= len(chunk)
+    return b"".join(parts)
+
+
+def _checked_length(data: bytes, at: int, field: struct.Struct, part: str, longest: int) -> int:
+    length = _length(data, at, field, part)
+    if length > longest:
+        raise FormatError(f"damaged .vqc file: a {part} stream of {length} bytes (at most {longest})")
+    return length
+
+
 def unpack(data: bytes) -> tuple[Header, Streams]:
     """Parse a whole file, checking its length and the payload checksum."""
     header = read_header(data)
     expected = HEADER_SIZE + header.payload_len
     filter_at = expected
     if header.has_filter:
-        expected += _FILTER_LEN.size + _length(data, expected, _FILTER_LEN, "filter")
+        expected += _FILTER_LEN.size + _checked_length(data, expected, _FILTER_LEN, "filter", MAX_FILTER)
     metadata_at = expected
     if header.has_metadata:
-        expected += _METADATA_LEN.size + _length(data, expected, _METADATA_LEN, "metadata")
+        expected += _METADATA_LEN.size + _checked_length(data, expected, _METADATA_LEN, "metadata", MAX_METADATA_STREAM)
     if len(data) < expected:
         raise FormatError(f"truncated .vqc file: {len(data)} bytes of {expected}")
     if len(data) > expected:
-        raise FormatError(f"{len(data) - expected} unexpected bytes after the end of the .vqc data")
+        raise FormatError(f"unexpected bytes after the end of the .vqc data (its {expected} bytes)")
     payload = bytes(data[HEADER_SIZE:])
     if zlib.crc32(payload) != header.payload_crc:
         raise FormatError("damaged .vqc file: payload checksum mismatch")
