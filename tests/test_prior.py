@@ -65,7 +65,7 @@ def test_numpy_and_torch_backends_agree(which, chunk, int8_reduction, int8, monk
     caches and products, as on a GPU)."""
     monkeypatch.setattr(qprior, "CHUNK", chunk)
     monkeypatch.setattr(qprior, "INT8_REDUCTION", int8_reduction)
-    if int8 and not qprior._exact_int8_products():
+    if int8 and not qprior._exact_int8_products(*qprior._probe_matrices()):
         pytest.skip("this torch has no 8-bit products on the CPU")
     monkeypatch.setattr(qprior, "cpu_products", lambda: "int8" if int8 else "float32")
     model = make_model(seed=11)
@@ -77,7 +77,7 @@ def test_numpy_and_torch_backends_agree(which, chunk, int8_reduction, int8, monk
 
 def test_int8_products_only_where_torch_has_them_on_the_cpu(monkeypatch):
     """A torch without CPU int8 products (older releases: CUDA only) gets float32 ones."""
-    assert qprior._exact_int8_products() == hasattr(torch, "_int_mm")
+    assert qprior.cpu_products.__wrapped__() in ("int8", "float32")
 
     def cuda_only(a, b):
         raise RuntimeError("_int_mm: not implemented for 'CPU'")
@@ -88,11 +88,25 @@ def test_int8_products_only_where_torch_has_them_on_the_cpu(monkeypatch):
     assert qprior.cpu_products.__wrapped__() == "float32"
 
 
+def test_int8_products_only_where_they_are_exact(monkeypatch):
+    """A kernel that adds pairs of 8-bit products in 16 bits and saturates, as oneDNN's does on
+    CPUs without VNNI (activations shifted to unsigned, the shift taken off after), gets float32
+    products, however fast it is."""
+
+    def saturating(a, b):
+        shifted = (a.int() + 128).reshape(a.shape[0], -1, 2, 1) * b.int().reshape(1, -1, 2, b.shape[1])
+        return (shifted.sum(2).clamp(-(1 << 15), (1 << 15) - 1).sum(1) - 128 * b.int().sum(0)).int()
+
+    monkeypatch.setattr(torch, "_int_mm", saturating)
+    assert not qprior._exact_int8_products(*qprior._probe_matrices())
+    assert qprior.cpu_products.__wrapped__() == "float32"
+
+
 def test_int8_products_only_where_they_are_faster(monkeypatch):
     """Where torch's 8-bit product is slow (a plain loop on CPUs without 8-bit dot products), the
     prior takes float32 ones: here one made a hundred times slower than the probe's float32 product."""
-    if not qprior._exact_int8_products():
-        pytest.skip("this torch has no 8-bit products on the CPU")
+    if not qprior._exact_int8_products(*qprior._probe_matrices()):
+        pytest.skip("this torch has no exact 8-bit products on the CPU")
     int_mm = torch._int_mm
 
     def slow(a, b):

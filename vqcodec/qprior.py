@@ -109,12 +109,23 @@ def _best_seconds(run: Callable[[], object], repeats: int = 3) -> float:
     return best
 
 
-def _exact_int8_products() -> bool:
+def _probe_matrices() -> tuple[torch.Tensor, torch.Tensor]:
+    """Random int8 matrices of ``_PROBE_SHAPE`` with rows and columns of all 127 and all -127:
+    the sums an 8-bit kernel without 8-bit dot products gets wrong, where it adds pairs of
+    products in 16 bits and saturates (oneDNN's on CPUs without VNNI)."""
+    rows, k, n = _PROBE_SHAPE
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randint(-QMAX, QMAX + 1, (rows, k), dtype=torch.int8, generator=generator)
+    w = torch.randint(-QMAX, QMAX + 1, (k, n), dtype=torch.int8, generator=generator)
+    a[0], a[1], w[:, 0], w[:, 1] = QMAX, -QMAX, QMAX, -QMAX
+    return a, w
+
+
+def _exact_int8_products(a: torch.Tensor, w: torch.Tensor) -> bool:
     """Whether this torch multiplies int8 matrices on the CPU (``torch._int_mm``; older releases
-    have it for CUDA only), exactly."""
+    have it for CUDA only), exactly: ``a @ w`` against the same product in float64."""
     try:
-        x = torch.tensor([[QMAX, -QMAX]], dtype=torch.int8)
-        return torch._int_mm(x, x.t().contiguous()).tolist() == [[2 * QMAX * QMAX]]
+        return bool(torch.equal(torch._int_mm(a, w).double(), a.double() @ w.double()))
     except (AttributeError, RuntimeError, NotImplementedError):
         return False
 
@@ -125,13 +136,10 @@ def cpu_products() -> str:
     8-bit matrices exactly and at least as fast as float32, else "float32". Both give the same
     integers, so this is a matter of speed alone, measured once per process on one thread (a few
     milliseconds): where the CPU has no 8-bit dot products (VNNI), torch's int8 product is a plain
-    loop, tens of times slower than float32."""
-    if not _exact_int8_products():
+    loop, tens of times slower than float32, or a kernel that saturates."""
+    a, w = _probe_matrices()
+    if not _exact_int8_products(a, w):
         return "float32"
-    rows, k, n = _PROBE_SHAPE
-    generator = torch.Generator().manual_seed(0)
-    a = torch.randint(-QMAX, QMAX + 1, (rows, k), dtype=torch.int8, generator=generator)
-    w = torch.randint(-QMAX, QMAX + 1, (k, n), dtype=torch.int8, generator=generator)
     a32, w32 = a.float(), w.float()
     with one_torch_thread():  # the kernels' speed, not how several threads share a busy machine
         int8 = _best_seconds(lambda: torch._int_mm(a, w))
