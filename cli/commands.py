@@ -288,7 +288,7 @@ def _run(work, inputs, suffix, suffixes, options: batch.Options, kwargs: dict, s
     if not out_dir.is_dir():
         raise vqcodec.OutputError(f"output folder {out_dir} does not exist")
     files = batch.expand(list(inputs), suffixes, kwargs["recursive"])
-    files = batch.shard(files, *_shard(kwargs["shard"]))
+    files = _sharded(files, kwargs["shard"])
     pairs = batch.plan(files, out_dir, suffix)
     start = time.perf_counter()
     outcomes = []
@@ -304,14 +304,21 @@ def _run(work, inputs, suffix, suffixes, options: batch.Options, kwargs: dict, s
         sys.exit(EXIT_BAD_INPUT)
 
 
-def _shard(text: str | None) -> tuple[int, int]:
-    if text is None:
-        return batch.env_shard()
+def _sharded(files: list[Path], text: str | None) -> list[Path]:
+    """This worker's share of ``files`` (--shard I/N, else the launcher's RANK and WORLD_SIZE);
+    a shard that cannot be, from the options or the environment, is a usage error (exit 2)."""
     try:
-        index, count = (int(part) for part in text.split("/"))
+        if text is None:
+            index, count = batch.env_shard()
+        else:
+            index, count = (int(part) for part in text.split("/"))
     except ValueError as exc:
-        raise click.UsageError(f"--shard takes I/N, e.g. 0/4, not {text!r}") from exc
-    return index, count
+        source = f"--shard {text!r}" if text else "RANK and WORLD_SIZE"
+        raise click.UsageError(f"{source}: give whole numbers, e.g. --shard 0/4") from exc
+    try:
+        return batch.shard(files, index, count)
+    except vqcodec.UsageError as exc:
+        raise click.UsageError(str(exc)) from exc
 
 
 def _report(outcome: batch.Outcome, kwargs: dict, single: bool) -> None:

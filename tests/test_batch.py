@@ -127,3 +127,19 @@ def test_shards_split_a_list_between_workers(photos, model_file, tmp_path):
     out.mkdir()
     cli("compress", photos, "-o", out, "-r", "--shard", "1/2", "--model", model_file)
     assert {p.name for p in out.iterdir()} == outs[1]
+
+
+@pytest.mark.parametrize(
+    "options,env",
+    [
+        (["--shard", "3/2"], {}),
+        (["--shard", "a/2"], {}),
+        ([], {"RANK": "abc", "WORLD_SIZE": "2"}),
+        ([], {"RANK": "2", "WORLD_SIZE": "2"}),
+    ],
+)
+def test_impossible_shards_are_usage_errors(photos, model_file, tmp_path, options, env):
+    """From the options or from the launcher's environment: exit 2, one line, nothing written."""
+    result = cli("compress", photos, "-o", tmp_path, "-r", "--model", model_file, *options, env=env)
+    assert result.returncode == 2 and not list(tmp_path.iterdir()), result.stderr
+    assert b"shard" in result.stderr.lower() or b"RANK" in result.stderr

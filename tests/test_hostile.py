@@ -353,3 +353,23 @@ def test_huge_files_and_endless_devices_are_refused_by_the_real_command(tmp_path
                 continue
             assert result.returncode == 1 and result.stderr.count(b"\n") == 1, (args, result.stderr)
             assert not (tmp_path / "out.png").exists()
+
+
+@pytest.mark.parametrize("limit", [float("nan"), float("inf"), 2.5, 0, True, "100"])
+def test_the_pixel_limit_is_a_positive_whole_number(limit):
+    with pytest.raises(vqcodec.UsageError, match="max_pixels"):
+        vqcodec.Codec(make_model(), device="cpu", max_pixels=limit)
+
+
+def test_reconstruct_refuses_codes_the_model_cannot_synthesise(codec, sample):
+    codes = codec.decode_codes(sample)
+    top, bottom = codes.top.copy(), codes.bottom.copy()
+    for bad in (
+        vqcodec.CodeMaps(top, bottom[:-2]),
+        vqcodec.CodeMaps(top + 10_000, bottom),
+        vqcodec.CodeMaps(top, bottom - 10_000),
+        vqcodec.CodeMaps(top.astype(float), bottom),
+    ):
+        with pytest.raises(vqcodec.UsageError, match="code"):
+            codec.reconstruct(bad, 48, 40)
+    assert codec.reconstruct(codes, 48, 40).shape == (40, 48, 3)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -228,8 +229,8 @@ class Codec:
             raise UsageError(f"rdo must be a finite number >= 0, got {rdo}")
         if rdo_passes < 1:
             raise UsageError(f"rdo_passes must be at least 1, got {rdo_passes}")
-        if max_pixels < 1:
-            raise UsageError(f"max_pixels must be at least 1, got {max_pixels}")
+        if isinstance(max_pixels, bool) or not isinstance(max_pixels, numbers.Integral) or max_pixels < 1:
+            raise UsageError(f"max_pixels must be a whole number of at least 1, got {max_pixels!r}")
         if not MIN_SCALE <= scale <= MAX_SCALE:
             raise UsageError(f"scale must be in {MIN_SCALE:g}..{MAX_SCALE:g}, got {scale}")
         self.tile, self.rdo, self.rdo_passes, self.cuda_graphs = tile, rdo, rdo_passes, cuda_graphs
@@ -542,11 +543,23 @@ class Codec:
         """The (height, width, 3) uint8 RGB image of ``codes``: what the model synthesises from
         them, at ``coded_size`` (default: the image's), resampled to the image's size and, with a
         file's filter ``restored``, filtered."""
+        self._check_codes(codes)
         pixels = self._picture(self._synthesise(codes, timer), coded_size or (width, height), width, height, timer)
         if restored is None:
             return pixels
         with timer(RESTORATION):
             return restoration.apply(pixels, restored)
+
+    def _check_codes(self, codes: CodeMaps) -> None:
+        """Refuse maps this model cannot synthesise: other shapes than (h, w) and (2h, 2w), or
+        indices outside its codebooks."""
+        vq = self.model.vqvae.config
+        top, bottom = np.asarray(codes.top), np.asarray(codes.bottom)
+        if top.ndim != 2 or bottom.shape != (2 * top.shape[0], 2 * top.shape[1]) or top.size == 0:
+            raise UsageError(f"code maps of shapes {top.shape} and {bottom.shape}: the bottom must be twice the top")
+        for name, m, size in (("top", top, vq.top_codes), ("bottom", bottom, vq.bottom_codes)):
+            if not np.issubdtype(m.dtype, np.integer) or m.min() < 0 or m.max() >= size:
+                raise UsageError(f"{name} codes must be whole numbers in 0..{size - 1}")
 
     @staticmethod
     def _picture(padded: np.ndarray, coded_size: tuple[int, int], width: int, height: int, timer: Timer) -> np.ndarray:
