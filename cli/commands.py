@@ -10,7 +10,9 @@ import io
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -27,7 +29,7 @@ from vqcodec import batch, catalog, container, modelfile
 from vqcodec import quality as vqcodec_quality
 from vqcodec.config import ARCHITECTURES
 from vqcodec.defaults import DEFAULT_RDO, DEFAULT_THREADS, DEFAULT_TILE, MAX_SCALE, MIN_SCALE
-from vqcodec.files import check_writable, write_atomic
+from vqcodec.files import check_name, check_writable, write_atomic
 from vqcodec.restoration import SHAPES, from_bytes
 
 EXIT_BAD_INPUT = 1
@@ -92,6 +94,7 @@ def _force_option(f):
 def _check_output(src: Path, path: Path, force: bool) -> None:
     """Refuse, before any work, an output that would overwrite the input (even with --force) or
     that cannot be written (see ``files.check_writable``)."""
+    check_name(path)
     if path.exists() and src.exists() and os.path.samefile(src, path):
         raise vqcodec.OutputError(f"{path} is the input file itself")
     check_writable(path, force)
@@ -116,11 +119,19 @@ def _read_vqc(path: Path, read: Callable[[BinaryIO], bytes] = container.read_fil
         raise vqcodec.VQCodecError(f"cannot read {path}: {exc.strerror or exc}") from exc
 
 
+def _terminated(signum: int, frame: object) -> None:
+    sys.exit(128 + signum)
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(vqcodec.__version__, prog_name="vqcodec")
 def main() -> None:
     """vqcodec: learned image compression with a VQ-VAE-2 and PixelSNAIL priors."""
     warnings.showwarning = _show_warning
+    # SIGTERM (kill, a service manager) ends the command as Ctrl-C does: through its clean-ups,
+    # so no temporary output is left behind.
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminated)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

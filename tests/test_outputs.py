@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import subprocess
 import sys
 
@@ -96,6 +97,33 @@ def test_a_full_disk_leaves_the_old_file_and_no_temporary(tmp_path, image_file, 
     result = run("compress", image_file, out, "--model", model_file, "--force")
     assert result.exit_code == 1 and "No space left" in result.output and result.output.count("\n") == 1
     assert out.read_bytes() == b"old" and leftovers(tmp_path) == []
+
+
+def test_sigterm_while_writing_leaves_the_old_file_and_no_temporary(tmp_path, image_file, model_file, monkeypatch):
+    """SIGTERM ends the command through its clean-ups, as Ctrl-C does (exit 143)."""
+    out = tmp_path / "out.vqc"
+    out.write_bytes(b"old")
+    previous = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(os, "fsync", lambda fd: os.kill(os.getpid(), signal.SIGTERM))
+    try:
+        result = run("compress", image_file, out, "--model", model_file, "--force")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert result.exit_code == 128 + signal.SIGTERM
+    assert out.read_bytes() == b"old" and leftovers(tmp_path) == []
+
+
+def test_names_the_file_system_cannot_hold_are_refused_before_encoding(tmp_path, image_file, model_file, monkeypatch):
+    monkeypatch.setattr(vqcodec.Codec, "encode", lambda *_: pytest.fail("encoded"))
+    result = run("compress", image_file, tmp_path / ("n" * 300 + ".vqc"), "--model", model_file)
+    assert result.exit_code == 1 and "longer than" in result.output and result.output.count("\n") == 1
+    assert leftovers(tmp_path) == []
+
+
+def test_names_near_the_limit_are_written(tmp_path):
+    longest = os.pathconf(tmp_path, "PC_NAME_MAX")
+    files.write_atomic(tmp_path / ("n" * longest), b"x")
+    assert (tmp_path / ("n" * longest)).read_bytes() == b"x"
 
 
 @pytest.mark.parametrize(("mask", "mode"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])

@@ -14,6 +14,10 @@ from .errors import OutputError
 _NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK, errno.ENOSYS}
 
 
+#: Characters of the output's name in its temporary file's name.
+_TMP_NAME_PART = 64
+
+
 def umask() -> int:
     """The process' file mode creation mask (read by setting it and putting it back)."""
     mask = os.umask(0o022)
@@ -25,15 +29,28 @@ def check_writable(path: str | Path, force: bool) -> None:
     """Refuse before any work an output that exists (unless ``force``; a dangling symlink counts
     as existing), is a folder, or whose folder is missing or not writable."""
     path = Path(path)
+    folder = path.parent
+    check_name(path)
     if path.is_dir():
         raise OutputError(f"{path} is a folder")
     if (path.is_symlink() or path.exists()) and not force:
         raise OutputError(f"{path} exists; pass --force to overwrite it")
-    folder = path.parent
     if not folder.is_dir():
         raise OutputError(f"cannot write {path}: folder {folder} does not exist")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise OutputError(f"cannot write {path}: folder {folder} is not writable")
+
+
+def check_name(path: Path) -> None:
+    """Refuse a name longer than its folder's file system holds (ask before anything else about
+    ``path``: even looking such a name up fails)."""
+    folder = path.parent
+    try:
+        longest = os.pathconf(folder if folder.is_dir() else ".", "PC_NAME_MAX")
+    except (OSError, ValueError):  # no limit to ask for here: the write will tell
+        return
+    if len(os.fsencode(path.name)) > longest:
+        raise OutputError(f"cannot write {path}: its name is longer than the {longest} bytes the file system allows")
 
 
 def write_atomic(path: str | Path, data: bytes, replace: bool = False) -> None:
@@ -46,7 +63,8 @@ def write_atomic(path: str | Path, data: bytes, replace: bool = False) -> None:
     """
     path = Path(path)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        # The name's start only: a name near the file system's limit still leaves room.
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:_TMP_NAME_PART]}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
     try:
