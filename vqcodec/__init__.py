@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from . import batch, catalog, quality
+from . import batch, catalog, pillow, quality
 from .catalog import presets
 from .container import Header, read_header
 from .errors import (
@@ -28,6 +28,8 @@ from .errors import (
     UsageError,
     VQCodecError,
 )
+
+pillow.register()
 
 if TYPE_CHECKING:
     from .codec import Codec, CodeMaps, Encoded, MapStats, load, load_for

@@ -1,0 +1,81 @@
+"""Pillow plugin: ``Image.open("x.vqc")`` and ``im.save("x.vqc", quality=80)`` once vqcodec is
+imported (``vqcodec/__init__.py`` registers it).
+
+Opening reads the file (no further than its header says it runs) and takes the size and mode from
+the header; the pixels are decoded on first use (``load``, or anything that needs them), with the
+shipped model that made the file. Saving codes the image at ``quality`` (0..100, the command
+line's ``--quality``; default its default) and keeps the ICC profile and EXIF data given to
+``save`` or held in ``im.info``, as the command line does.
+"""
+
+from __future__ import annotations
+
+from typing import IO, Any
+
+from PIL import Image, ImageFile
+
+from . import container, quality
+
+FORMAT = "VQC"
+EXTENSION = ".vqc"
+#: Pillow's mode of each channel count a header can give (what decoding returns).
+_MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
+#: Loaded codecs: for decoding, by model identifier; for saving, by quality.
+_CODECS: dict[Any, Any] = {}
+
+
+def _accept(prefix: bytes) -> bool:
+    return prefix[: len(container.MAGIC)] == container.MAGIC
+
+
+class VqcImageFile(ImageFile.ImageFile):
+    """A ``.vqc`` file opened by Pillow: size and mode from its header, pixels on ``load``."""
+
+    format = FORMAT
+    format_description = "vqcodec learned image"
+
+    def _open(self) -> None:
+        self._vqc = container.read_file(self.fp)
+        header = container.read_header(self._vqc)
+        self._size = (header.width, header.height)
+        self._mode = _MODES[header.channels]
+        self.tile = []
+
+    def load(self) -> Any:
+        if self._vqc is not None:
+            from . import codec  # torch comes in here, with the first pixels asked for
+
+            model_id = container.read_header(self._vqc).model_id
+            if model_id not in _CODECS:
+                _CODECS[model_id] = codec.load_for(self._vqc)
+            decoded = _CODECS[model_id].decompress(self._vqc)
+            self._vqc = None
+            self.im = decoded.im
+            self.info.update(decoded.info)
+        return Image.Image.load(self)
+
+
+def _save(im: Image.Image, fp: IO[bytes], filename: str | bytes) -> None:
+    from . import codec
+
+    q = im.encoderinfo.get("quality", quality.DEFAULT_QUALITY)
+    if q not in _CODECS:
+        _CODECS[q] = codec.load(**quality.operating_point(q)._asdict())
+    image = im.copy()
+    for key in ("icc_profile", "exif"):
+        value = im.encoderinfo.get(key, im.info.get(key))
+        if isinstance(value, Image.Exif):
+            value = value.tobytes()
+        if value:
+            image.info[key] = value
+        else:
+            image.info.pop(key, None)
+    fp.write(_CODECS[q].compress(image))
+
+
+def register() -> None:
+    """Teach Pillow the format (idempotent; done when vqcodec is imported)."""
+    Image.register_open(FORMAT, VqcImageFile, _accept)
+    Image.register_save(FORMAT, _save)
+    Image.register_extension(FORMAT, EXTENSION)
+    Image.register_mime(FORMAT, "image/x-vqc")
