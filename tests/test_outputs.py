@@ -166,3 +166,44 @@ def test_decoded_pixels_and_files_do_not_depend_on_thread_count(tmp_path):
             for n in (1, 2)
         ]
         assert outs[0] == outs[1] and len(outs[0].split()) == 2
+
+
+@pytest.fixture
+def rgba_vqc(tmp_path, rng, model_file):
+    path = tmp_path / "rgba.vqc"
+    Image.fromarray(smooth_image(rng, 20, 28, 4), "RGBA").save(tmp_path / "rgba.png")
+    assert run("compress", tmp_path / "rgba.png", path, "--model", model_file).exit_code == 0
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".pcx", ".ppm", ".bmp", ".eps", ".blp", ".jpg"])
+def test_formats_that_cannot_hold_the_image_are_refused_before_decoding(
+    tmp_path, rgba_vqc, model_file, suffix, monkeypatch
+):
+    monkeypatch.setattr(vqcodec.Codec, "decompress", lambda *_: pytest.fail("decoded"))
+    out = tmp_path / f"out{suffix}"
+    result = run("decompress", rgba_vqc, out, "--model", model_file)
+    assert result.exit_code == 1 and result.output.count("\n") == 1 and not out.exists(), result.output
+    assert "transparency" in result.output or "cannot hold" in result.output
+
+
+def test_exif_a_format_cannot_hold_is_refused_before_decoding(tmp_path, rng, model_file, monkeypatch):
+    exif = Image.Exif()
+    exif[0x010E] = "x" * 70_000  # more than JPEG's 64 kB APP1 segment
+    Image.fromarray(smooth_image(rng, 20, 28)).save(tmp_path / "a.png", exif=exif.tobytes())
+    assert run("compress", tmp_path / "a.png", tmp_path / "a.vqc", "--model", model_file).exit_code == 0
+    monkeypatch.setattr(vqcodec.Codec, "decompress", lambda *_: pytest.fail("decoded"))
+    result = run("decompress", tmp_path / "a.vqc", tmp_path / "a.jpg", "--model", model_file)
+    assert result.exit_code == 1 and "EXIF" in result.output and not (tmp_path / "a.jpg").exists()
+
+
+def test_unreadable_exif_in_an_input_is_left_out_with_a_warning(tmp_path, rng, model_file):
+    junk = b"Exif\x00\x00" + bytes(rng.integers(0, 256, 200, dtype=np.uint8))
+    Image.fromarray(smooth_image(rng, 20, 28)).save(tmp_path / "a.png", exif=junk)
+    result = subprocess.run(
+        [sys.executable, "-m", "vqcodec", "compress", str(tmp_path / "a.png"), str(tmp_path / "a.vqc"),
+         "--model", str(model_file), "--quiet"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0 and result.stderr.startswith("warning: unreadable EXIF data")
+    assert "exif" not in vqcodec.load(path=model_file, device="cpu").decompress(tmp_path / "a.vqc").info

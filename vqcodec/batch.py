@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from . import quality
-from .container import DEFAULT_MAX_PIXELS, read_file, read_header, unpack
+from .container import DEFAULT_MAX_PIXELS, decode_metadata, read_file, read_header, unpack
 from .errors import OutputError, UsageError, VQCodecError
 from .files import check_writable, write_atomic
 
@@ -215,8 +215,8 @@ def decompress_file(src: Path, out: Path, options: Options) -> Outcome:
     return outcome
 
 
-#: Formats that cannot hold an alpha channel.
-_NO_ALPHA = {"JPEG"}
+#: Pillow's mode of each channel count a header can give (what decoding returns).
+_MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
 
 
 def read_checked(stream: BinaryIO) -> bytes:
@@ -231,9 +231,41 @@ def decode_image(codec: Any, data: bytes, options: Options) -> Any:
     """The image of ``data``, after checking that ``options.image_format`` can hold it (before
     decoding anything)."""
     header = codec.read_header(data)
-    if header.has_alpha and options.image_format in _NO_ALPHA:
-        raise UsageError(f"the image has transparency, which {options.image_format} cannot hold; use .png or .webp")
+    _check_format_holds(_MODES[header.channels], decode_metadata(unpack(data)[1].metadata), options)
     return codec.decompress(data)
+
+
+def _check_format_holds(mode: str, metadata: dict[str, bytes], options: Options) -> None:
+    """Refuse, before decoding, an output format that cannot hold an image of ``mode`` with its
+    ICC profile and EXIF data: a few pixels of that mode, with that metadata, are written in the
+    format and read back (formats Pillow cannot read back are trusted to have written them)."""
+    fmt = options.image_format
+    failure, kept_alpha = _probe_format(mode, metadata, options)
+    opaque = mode.replace("A", "")
+    if "A" in mode and not kept_alpha and (failure is None or _probe_format(opaque, metadata, options)[0] is None):
+        raise OutputError(f"the image has transparency, which {fmt} cannot hold; use .png or .webp")
+    if failure is not None:
+        what = f"a {mode} image" + (" with its ICC profile or EXIF data" if metadata else "")
+        raise OutputError(f"{fmt} cannot hold {what}: {failure}; use .png")
+
+
+def _probe_format(mode: str, metadata: dict[str, bytes], options: Options) -> tuple[Exception | None, bool]:
+    """What writing a 3 x 2 image of ``mode`` with ``metadata`` in the output format raises (None
+    if nothing), and whether reading it back keeps an alpha channel (True where it cannot be read)."""
+    from PIL import Image
+
+    probe = Image.new(mode, (3, 2))
+    probe.info.update(metadata)
+    buffer = io.BytesIO()
+    try:
+        save_image(probe, buffer, options)
+    except Exception as exc:  # whatever the format's writer raises, it cannot write this image
+        return exc, False
+    try:
+        with Image.open(buffer) as back:
+            return None, "A" in back.mode or "transparency" in back.info
+    except Exception:  # a format Pillow writes but cannot read back
+        return None, True
 
 
 def save_image(image: Any, stream: Any, options: Options) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import struct
 import warnings
 from dataclasses import dataclass, field, replace
 from typing import BinaryIO
@@ -84,7 +85,13 @@ def _open(path: str | os.PathLike | BinaryIO, max_pixels: int) -> Image.Image:
                 message = f"{path} has {frames} frames or pages; only the first is coded"
                 warnings.warn(message, UserWarning, stacklevel=4)
             img.load()
-            return ImageOps.exif_transpose(img)
+            try:
+                return ImageOps.exif_transpose(img)
+            except _EXIF_ERRORS as exc:
+                warnings.warn(f"unreadable EXIF data ({exc}) left out", UserWarning, stacklevel=4)
+                img.info.pop("exif", None)
+                img.getexif().clear()
+                return img
     except (Image.DecompressionBombError, OSError, ValueError) as exc:
         raise InputError(f"cannot read image {path}: {exc}") from exc
 
@@ -159,11 +166,18 @@ def read_image(image: ImageLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> Pictur
     )
 
 
+#: What Pillow raises for EXIF data it cannot parse.
+_EXIF_ERRORS = (SyntaxError, ValueError, OSError, struct.error, KeyError, TypeError)
+
+
 def _metadata(img: Image.Image) -> dict[str, bytes]:
     """The ICC profile and EXIF data of a PIL image (EXIF as it stands after orientation was applied)."""
     items = {"icc_profile": img.info.get("icc_profile") or b""}
-    exif = img.getexif()
-    items["exif"] = exif.tobytes() if len(exif) else b""
+    try:
+        exif = img.getexif()
+        items["exif"] = exif.tobytes() if len(exif) else b""
+    except _EXIF_ERRORS as exc:
+        warnings.warn(f"unreadable EXIF data ({exc}) left out", UserWarning, stacklevel=4)
     return {k: bytes(v) for k, v in items.items() if v}
 
 
