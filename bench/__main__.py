@@ -229,7 +229,7 @@ def speed(
     out.mkdir(parents=True, exist_ok=True)
     run = {"command": _command_line(), "environment": report.environment(), "rdo": rdo, "cuda_graphs": cuda_graphs}
     report.write_json(out / "speed.json", run | {"rows": rows})
-    text = report.speed_markdown(rows, _command_line())
+    text = report.speed_markdown(rows, _command_line(), run["environment"])
     (out / "speed.md").write_text(text)
     click.echo(text + f"wrote {out / 'speed.json'}, {out / 'speed.md'}")
 

@@ -274,7 +274,7 @@ def entropy_markdown(report: dict) -> str:
     ]) + "\n"  # fmt: skip
 
 
-def speed_markdown(rows: Sequence[dict], command: str) -> str:
+def speed_markdown(rows: Sequence[dict], command: str, environment: dict) -> str:
     """Milliseconds per stage of encode and decode, throughput and memory, per device and image."""
 
     def ms(seconds: float | None) -> str:
@@ -298,6 +298,7 @@ def speed_markdown(rows: Sequence[dict], command: str) -> str:
     return "\n\n".join([
         "# vqcodec speed per stage",
         f"Command: `{command}`",
+        f"CPU: {environment['cpu capability']}, prior products on the CPU: {environment['prior products']}.",
         "Best of N runs after a warm-up encode; enc total = `Codec.encode_many`, dec total ="
         " `Codec.decompress_many`, per image of a batch (size: its first image's; on one thread the stages add"
         " up to about the total, the rest being padding, container and CRCs; on more, analysis, quantization"
