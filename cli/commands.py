@@ -346,7 +346,7 @@ def _report(outcome: batch.Outcome, kwargs: dict, single: bool) -> None:
 
 def _compress_stream(src: Path, out: Path, options: batch.Options, kwargs: dict) -> None:
     """compress with standard input and/or output."""
-    data = sys.stdin.buffer.read() if str(src) == "-" else _read_bytes(src)
+    data = batch.read_image_stream(sys.stdin.buffer, options) if str(src) == "-" else _read_bytes(src)
     if str(out) != "-":
         _check_output(src, out, options.force)
     _, encoded = batch.encode_image(data, options)

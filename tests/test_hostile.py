@@ -373,3 +373,16 @@ def test_reconstruct_refuses_codes_the_model_cannot_synthesise(codec, sample):
         with pytest.raises(vqcodec.UsageError, match="code"):
             codec.reconstruct(bad, 48, 40)
     assert codec.reconstruct(codes, 48, 40).shape == (40, 48, 3)
+
+
+def test_an_endless_image_on_standard_input_is_refused(tmp_path):
+    """compress - reads no more than an image within the pixel limit can take."""
+    if not Path("/dev/zero").exists():
+        pytest.skip("no /dev/zero")
+    with open("/dev/zero", "rb") as zeros:
+        result = subprocess.run(
+            [sys.executable, "-m", "vqcodec", "compress", "-", str(tmp_path / "z.vqc"), "--max-pixels", "1000"],
+            stdin=zeros, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+    assert result.returncode == 1 and "longer than" in result.stderr and result.stderr.count("\n") == 1
+    assert not (tmp_path / "z.vqc").exists()

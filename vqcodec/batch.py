@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from . import quality
-from .container import DEFAULT_MAX_PIXELS, decode_metadata, read_file, read_header, unpack
-from .errors import OutputError, UsageError, VQCodecError
+from .container import DEFAULT_MAX_PIXELS, MAX_METADATA, decode_metadata, read_file, read_header, unpack
+from .errors import LimitError, OutputError, UsageError, VQCodecError
 from .files import check_writable, write_atomic
 
 #: Files a folder contributes: images to compress, ``.vqc`` files to decompress.
@@ -224,6 +224,24 @@ def read_checked(stream: BinaryIO) -> bytes:
     checked before any model is loaded: a damaged file is refused in milliseconds."""
     data = read_file(stream)
     unpack(data)
+    return data
+
+
+#: Bytes an image file may take per pixel: 16-bit RGBA stored uncompressed, the most any format
+#: vqcodec reads needs (formats that compress take less).
+MAX_FILE_BYTES_PER_PIXEL = 8
+
+
+def read_image_stream(stream: BinaryIO, options: Options) -> bytes:
+    """An image file from ``stream`` (standard input), read no further than an image within the
+    pixel limit can run (``MAX_FILE_BYTES_PER_PIXEL`` a pixel, plus its ICC and EXIF data)."""
+    limit = MAX_FILE_BYTES_PER_PIXEL * _max_pixels(options) + MAX_METADATA + (1 << 20)
+    data = stream.read(limit + 1)
+    if len(data) > limit:
+        raise LimitError(
+            f"the input is longer than {limit} bytes, more than an image within the pixel limit takes "
+            "(--max-pixels raises it)"
+        )
     return data
 
 
