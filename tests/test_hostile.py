@@ -206,12 +206,12 @@ def save_with(path, **changes) -> None:
     "tensor",
     ["vqvae.dec.net.0.weight", "vqvae.quantize_b.embed", "vqvae.enc_b.net.0.weight", "top_prior.head.weight"],
 )
-def test_non_finite_weights_are_refused(tmp_path, tensor):
-    for bad in (float("nan"), float("inf")):
+def test_non_finite_and_absurd_weights_are_refused(tmp_path, tensor):
+    for bad, problem in ((float("nan"), "non-finite"), (float("inf"), "non-finite"), (1e30, "beyond")):
         t = good_tensors()[tensor]
         t.view(-1)[0] = bad
         save_with(tmp_path / "m.safetensors", **{tensor: t})
-        with pytest.raises(vqcodec.ModelError, match="non-finite"):
+        with pytest.raises(vqcodec.ModelError, match=problem):
             load_model(tmp_path / "m.safetensors")
 
 

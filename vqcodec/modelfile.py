@@ -83,9 +83,14 @@ def read_config(path: Path) -> tuple[ModelConfig, dict[str, dict]]:
     return ModelConfig.from_json(meta["config"]), entries
 
 
+#: Largest magnitude of any stored value: float16's range, which every shipped model is stored in
+#: (their largest, codebook sums, are under 500); anything beyond is no trained model's.
+MAX_WEIGHT = 65504.0
+
+
 def read_weights(path: Path) -> dict[str, np.ndarray]:
     """Every tensor of the model file at ``path`` (whose header ``read_config`` checked), checked:
-    finite, and activation ranges within ``ACT_RANGE_BOUNDS``."""
+    finite, within ``MAX_WEIGHT``, and activation ranges within ``ACT_RANGE_BOUNDS``."""
     try:
         arrays = load_file(str(path))
     except (SafetensorError, OSError, ValueError, TypeError) as exc:
@@ -94,6 +99,8 @@ def read_weights(path: Path) -> dict[str, np.ndarray]:
     for name, a in arrays.items():
         if a.dtype.kind == "f" and not np.isfinite(a).all():
             raise ModelError(f"{path}: tensor {name} holds non-finite values")
+        if a.dtype.kind == "f" and a.size and not name.endswith(".absmax") and np.abs(a).max() > MAX_WEIGHT:
+            raise ModelError(f"{path}: tensor {name} holds values beyond +-{MAX_WEIGHT:g}")
         if name.endswith(".absmax") and not ((a.astype(np.float64) >= low) & (a.astype(np.float64) <= high)).all():
             raise ModelError(f"{path}: activation range {name} = {a.tolist()} is outside [{low}, {high}]")
     return arrays
