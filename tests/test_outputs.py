@@ -6,8 +6,10 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import stat
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -207,3 +209,25 @@ def test_unreadable_exif_in_an_input_is_left_out_with_a_warning(tmp_path, rng, m
     )  # fmt: skip
     assert result.returncode == 0 and result.stderr.startswith("warning: unreadable EXIF data")
     assert "exif" not in vqcodec.load(path=model_file, device="cpu").decompress(tmp_path / "a.vqc").info
+
+
+def test_force_writes_through_a_fifo(tmp_path, image_file, model_file):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    received = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()))
+    reader.start()
+    result = run("compress", image_file, fifo, "--model", model_file, "--force")
+    reader.join(timeout=60)
+    assert result.exit_code == 0, result.output
+    assert stat.S_ISFIFO(fifo.stat().st_mode) and received and received[0][:4] == b"\x89VQC"
+    assert leftovers(tmp_path) == []
+
+
+def test_force_onto_a_symlink_replaces_the_file_it_names(tmp_path, image_file, model_file):
+    target, link = tmp_path / "target.vqc", tmp_path / "link.vqc"
+    target.write_bytes(b"old")
+    link.symlink_to(target)
+    assert run("compress", image_file, link, "--model", model_file).exit_code == 1  # exists
+    assert run("compress", image_file, link, "--model", model_file, "--force").exit_code == 0
+    assert link.is_symlink() and target.read_bytes()[:4] == b"\x89VQC"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -56,12 +57,23 @@ def check_name(path: Path) -> None:
 def write_atomic(path: str | Path, data: bytes, replace: bool = False) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder, then publish it.
 
-    Without ``replace`` the publication is atomic and never overwrites: if anything exists at
+    With ``replace``, a FIFO or character device at ``path`` is written to directly, and a symlink
+    keeps pointing where it did while the file it names is replaced. Without ``replace`` the
+    publication is atomic and never overwrites: if anything exists at
     ``path`` by then (a file another process created meanwhile, a dangling symlink), it stays and
     ``OutputError`` is raised. The file's mode follows the umask, as any new file's. On any failure
     the temporary file is removed and ``path`` is left as it was.
     """
     path = Path(path)
+    if replace and _is_stream(path):  # a FIFO or a device: written through, as cp would
+        try:
+            with open(path, "wb") as f:
+                f.write(data)
+        except OSError as exc:
+            raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
+        return
+    if replace and path.is_symlink():  # the file the link names is replaced; the link stays
+        path = path.resolve()
     try:
         # The name's start only: a name near the file system's limit still leaves room.
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:_TMP_NAME_PART]}.", suffix=".tmp", dir=path.parent)
@@ -81,6 +93,15 @@ def write_atomic(path: str | Path, data: bytes, replace: bool = False) -> None:
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+def _is_stream(path: Path) -> bool:
+    """Whether ``path`` is a FIFO or a character device (following symlinks)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISCHR(mode)
 
 
 def _publish_new(tmp: str, path: Path) -> None:
