@@ -180,11 +180,21 @@ HOSTILE_CONFIGS = {
     "not an object": json.dumps({**tiny_raw(), "vqvae": [1, 2]}),
     "boolean": edited("vqvae", channels=True),
     "not json": "{",
+    "codes=65536": json.dumps(
+        {
+            **tiny_raw(),
+            "vqvae": {**tiny_raw()["vqvae"], "bottom_codes": 65536},
+            "bottom_prior": {**tiny_raw()["bottom_prior"], "codes": 65536},
+        }
+    ),
+    "stride 64, 256 channels": edited("vqvae", bottom_stride=64, channels=256),
 }
 
 
 @pytest.mark.parametrize("name", sorted(HOSTILE_CONFIGS))
 def test_hostile_configs_are_refused_before_building(tmp_path, name, monkeypatch):
+    """Each field within its bounds is not enough: so must be what they cost together (a
+    65536-code book's logits, a stride-64 window's activations: gigabytes)."""
     path = tmp_path / "m.safetensors"
     write_model(path, HOSTILE_CONFIGS[name])
     monkeypatch.setattr(CodecModel, "__init__", lambda *_: pytest.fail("a model was built"))

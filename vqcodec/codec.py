@@ -17,7 +17,7 @@ from PIL import Image
 
 from . import catalog, container, entropy, restoration, tiles
 from .container import DEFAULT_MAX_PIXELS, MAX_TILE, Header, Streams
-from .defaults import DEFAULT_PRESET, DEFAULT_RDO, DEFAULT_TILE, MAX_SCALE, MIN_SCALE
+from .defaults import DEFAULT_PRESET, DEFAULT_RDO, DEFAULT_TILE, MAX_SCALE, MIN_SCALE, WINDOW, WINDOW_MARGIN
 from .errors import DecodeMismatchError, FormatError, InputError, ModelError, ModelMismatchError, UsageError
 from .image import (
     ImageLike,
@@ -45,12 +45,6 @@ T = TypeVar("T")
 
 #: Positions coded together: bounds the priors' memory, whatever the image size.
 MAX_BATCH_POSITIONS = 1 << 15
-#: The VQ-VAE runs on windows of WINDOW x WINDOW top codes, each with WINDOW_MARGIN codes of
-#: context on every side (more than its receptive field), so memory stays bounded without seams.
-#: Margins are work done twice: 64-code windows cost a 768 x 512 image 1.1 times its area with
-#: the default preset, 32-code windows 1.5 times.
-WINDOW = 64
-WINDOW_MARGIN = 6
 #: RDO's last pass leaves a synthesis at the codes before its choice, which the restoration filter
 #: is fitted to in place of one of the chosen codes (one synthesis less) while the choice changed
 #: fewer than this share of them: 1% to 28% of photos' codes change at the default. Flat colours

@@ -7,6 +7,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, NamedTuple
 
+from .defaults import DEVICE_ROW_CHUNK, WINDOW, WINDOW_MARGIN
 from .errors import ModelError
 
 
@@ -123,6 +124,7 @@ class ModelConfig:
         self.vqvae.validate()
         self.top_prior.validate()
         self.bottom_prior.validate()
+        self._check_cost()
         if self.top_prior.codes != self.vqvae.top_codes or self.top_prior.cond_codes:
             raise ModelError("the top prior must be unconditional over the top codebook")
         if (self.bottom_prior.codes, self.bottom_prior.cond_codes) != (
@@ -130,6 +132,18 @@ class ModelConfig:
             self.vqvae.top_codes,
         ):
             raise ModelError("the bottom prior must cover the bottom codebook, conditioned on the top")
+
+    def _check_cost(self) -> None:
+        """Each field is bounded, and so is what they cost together (``COST_BUDGET`` bytes each):
+        the largest activation of a VQ-VAE window (its widest layer at half the window's side in
+        pixels) and the largest logits table of the priors (``DEVICE_ROW_CHUNK`` positions)."""
+        vq = self.vqvae
+        side = (WINDOW + 2 * WINDOW_MARGIN) * vq.top_stride // 2
+        window = 4 * max(vq.channels, vq.synthesis.channels) * side * side
+        logits = 4 * DEVICE_ROW_CHUNK * max(self.top_prior.codes, self.bottom_prior.codes)
+        for what, cost in (("a VQ-VAE window's activations", window), ("the priors' logits", logits)):
+            if cost > COST_BUDGET:
+                raise ModelError(f"model too costly: {what} would take {cost >> 20} MiB (at most {COST_BUDGET >> 20})")
 
     def to_json(self) -> str:
         """Canonical JSON (sorted keys), also hashed into the model identifier."""
@@ -151,6 +165,11 @@ class ModelConfig:
         config.validate()
         return config
 
+
+#: Bytes a model's largest window activation, and its priors' largest logits table, may take
+#: (``ModelConfig._check_cost``): the shipped models need 22 MiB (`medium`'s windows), 90 MiB
+#: (`low`'s) and 128 MiB (`high`'s 4096-code logits).
+COST_BUDGET = 512 << 20
 
 #: Bounds of every config field: far beyond any model that decodes in reasonable time, and small
 #: enough that no model file can make vqcodec build something huge. (lowest, highest) inclusive,

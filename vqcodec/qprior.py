@@ -33,6 +33,7 @@ import torch
 from threadpoolctl import threadpool_limits
 from torch import nn
 
+from .defaults import DEVICE_ROW_CHUNK
 from .prior import ActRange, GatedResBlock, Offsets, PixelSNAIL, WindowAttention, background, neighbours
 from .threads import one_torch_thread
 
@@ -56,7 +57,6 @@ PROB_BITS = 24
 #: (8192 cuts the launches of a Kodak image's encoding with `medium` from 8,013 to 3,729, and
 #: costs `high` 31 MB more memory).
 ROW_CHUNK = 2048
-DEVICE_ROW_CHUNK = 8192
 #: Attention weights are integers up to 2^ATTN_BITS (fewer for windows so large that their
 #: float32 sums would pass 2^24).
 ATTN_BITS = 12
