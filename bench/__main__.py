@@ -240,11 +240,11 @@ def _speed_against_peer(codec: vqcodec.Codec, samples: Sequence[Sample], repeats
     except ImportError as exc:
         raise click.UsageError(str(exc)) from exc
     rows = compare(codec, peer, samples, repeats)
-    environment = report.environment()
+    environment, measured = report.environment(), ratios(rows)
     run = {"command": _command_line(), "environment": environment, "threads": torch.get_num_threads()}
     out.mkdir(parents=True, exist_ok=True)
-    report.write_json(out / "peers.json", run | {"rows": rows, "ratios": ratios(rows)})
-    text = report.peers_markdown(rows, ratios(rows), environment, _command_line())
+    report.write_json(out / "peers.json", run | {"rows": rows, "ratios": measured})
+    text = report.peers_markdown(rows, measured, environment, _command_line())
     (out / "peers.md").write_text(text)
     click.echo(text + f"wrote {out / 'peers.json'}, {out / 'peers.md'}")
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from . import quality
-from .container import DEFAULT_MAX_PIXELS, MAX_METADATA, decode_metadata, read_file, read_header, unpack
+from .container import DEFAULT_MAX_PIXELS, MAX_METADATA, MODES, decode_metadata, read_file, read_header, unpack
 from .errors import LimitError, OutputError, UsageError, VQCodecError
 from .files import check_writable, write_atomic
 
@@ -215,10 +215,6 @@ def decompress_file(src: Path, out: Path, options: Options) -> Outcome:
     return outcome
 
 
-#: Pillow's mode of each channel count a header can give (what decoding returns).
-_MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
-
-
 def read_checked(stream: BinaryIO) -> bytes:
     """A ``.vqc`` file from ``stream`` (``container.read_file``), its layout and payload checksum
     checked before any model is loaded: a damaged file is refused in milliseconds."""
@@ -249,7 +245,7 @@ def decode_image(codec: Any, data: bytes, options: Options) -> Any:
     """The image of ``data``, after checking that ``options.image_format`` can hold it (before
     decoding anything)."""
     header = codec.read_header(data)
-    _check_format_holds(_MODES[header.channels], decode_metadata(unpack(data)[1].metadata), options)
+    _check_format_holds(MODES[header.channels], decode_metadata(unpack(data)[1].metadata), options)
     return codec.decompress(data)
 
 

@@ -105,6 +105,8 @@ DEFAULT_MAX_PIXELS = 1 << 23
 #: the decoder's memory whatever a header says.
 MAX_TILE = 64
 CHANNELS = (1, 2, 3, 4)
+#: Pillow's mode of each channel count (what decoding a file returns).
+MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,6 @@ from . import container, quality
 
 FORMAT = "VQC"
 EXTENSION = ".vqc"
-#: Pillow's mode of each channel count a header can give (what decoding returns).
-_MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
 #: Loaded codecs: for decoding, by model identifier; for saving, by quality.
 _CODECS: dict[Any, Any] = {}
 
@@ -37,18 +35,18 @@ class VqcImageFile(ImageFile.ImageFile):
     def _open(self) -> None:
         self._vqc = container.read_file(self.fp)
         header = container.read_header(self._vqc)
+        self._model_id = header.model_id
         self._size = (header.width, header.height)
-        self._mode = _MODES[header.channels]
+        self._mode = container.MODES[header.channels]
         self.tile = []
 
     def load(self) -> Any:
         if self._vqc is not None:
             from . import codec  # torch comes in here, with the first pixels asked for
 
-            model_id = container.read_header(self._vqc).model_id
-            if model_id not in _CODECS:
-                _CODECS[model_id] = codec.load_for(self._vqc)
-            decoded = _CODECS[model_id].decompress(self._vqc)
+            if self._model_id not in _CODECS:
+                _CODECS[self._model_id] = codec.load_for(self._vqc)
+            decoded = _CODECS[self._model_id].decompress(self._vqc)
             self._vqc = None
             self.im = decoded.im
             self.info.update(decoded.info)
