@@ -25,7 +25,7 @@ from .hostile import run_hostile
 from .images import Sample, load_images
 from .metrics import MSSSIM_MIN_SIDE
 from .peers import PEER, compare, load_peer, ratios
-from .rd import REFERENCE, average_curve, bd_rates, same_rate, same_size_jpeg, sweep
+from .rd import REFERENCE, average_curve, bd_rates, head_to_head, same_rate, same_size_jpeg, sweep
 from .speed import devices, measure_speed
 
 DEFAULT_OUT = Path(__file__).parent / "results"
@@ -131,11 +131,14 @@ def rd(
         "images": [{"name": s.name, "width": s.image.width, "height": s.image.height} for s in samples],
         "codecs": curves, "bd_rate": bd_rates(curves), "same_size_jpeg": same_size,
         "same_size_jpeg_mean": report.same_size_summary(same_size),
+        "head_to_head": head_to_head(curves, {c.name for c in learned}),
         "same_rate": same_rate(curves, {c.name for c in learned}), "notes": _notes(samples, learned, vq_decode),
         "per_image": records,
     }  # fmt: skip
     paths = report.write_rd(run, out)
     click.echo(report.table(report.SUMMARY_HEADER, report.summary_rows(curves, run["bd_rate"])))
+    if run["head_to_head"]:
+        click.echo(report.head_to_head_table(run["head_to_head"]))
     click.echo("wrote " + ", ".join(str(p) for p in paths))
 
 

@@ -86,17 +86,32 @@ def average_curve(codec: RDCodec, records: Sequence[dict]) -> dict:
     return {"name": codec.name, "description": codec.description, "results": results}
 
 
+def _bd_pair(ref: dict, res: dict) -> dict[str, dict | None]:
+    """BD-rate of the results ``res`` against ``ref`` on each of ``BD_METRICS``, with its interval."""
+    out: dict[str, dict | None] = {}
+    for metric, key in BD_METRICS.items():
+        bd = bd_rate(ref["bpp"], ref[key], res["bpp"], res[key])
+        out[metric] = bd._asdict() if bd else None
+    return out
+
+
 def bd_rates(curves: dict[str, dict]) -> dict[str, dict[str, dict | None]]:
     """BD-rate (%) of every curve against ``REFERENCE`` on PSNR and MS-SSIM dB, with its interval."""
     ref = curves[REFERENCE]["results"]
-    out: dict[str, dict[str, dict | None]] = {}
-    for name, curve in curves.items():
-        res = curve["results"]
-        out[name] = {}
-        for metric, key in BD_METRICS.items():
-            bd = bd_rate(ref["bpp"], ref[key], res["bpp"], res[key])
-            out[name][metric] = bd._asdict() if bd else None
-    return out
+    return {name: _bd_pair(ref, curve["results"]) for name, curve in curves.items()}
+
+
+def head_to_head(curves: dict[str, dict], learned: set[str]) -> list[dict]:
+    """BD-rate (%) of each learned codec against each other codec directly, on PSNR and MS-SSIM
+    dB, over the quality interval both curves cover (negative: the learned codec needs fewer
+    bits). BD-rates against a common reference over different intervals do not rank codecs;
+    these do."""
+    return [
+        {"codec": name, "against": other} | _bd_pair(curve["results"], curves[name]["results"])
+        for name in sorted(learned)
+        for other, curve in curves.items()
+        if other != name
+    ]
 
 
 #: The codecs each learned codec's points are compared with at the same rate.

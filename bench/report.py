@@ -145,6 +145,17 @@ def same_rate_table(rows: Sequence[dict]) -> str:
     return table(header, body)
 
 
+def _bd_cell(value: dict | None) -> str:
+    return "-" if value is None else f"{value['percent']:+.1f}% [{value['low']:.2f}, {value['high']:.2f}]"
+
+
+def head_to_head_table(rows: Sequence[dict]) -> str:
+    """Each learned codec's BD-rate against each other codec, with the quality interval shared."""
+    header = ["codec", "against", "BD-rate PSNR [dB interval]", "BD-rate MS-SSIM dB [dB interval]"]
+    body = [[r["codec"], r["against"], _bd_cell(r["psnr"]), _bd_cell(r["ms-ssim-db"])] for r in rows]
+    return table(header, body)
+
+
 def same_size_summary(rows: Sequence[dict]) -> list[dict]:
     """Same-size JPEG comparisons averaged over images, per codec and setting."""
     keys = sorted({(r["codec"], str(r["setting"])) for r in rows})
@@ -202,6 +213,11 @@ def markdown(run: dict) -> str:
         parts += ["Notes:", "\n".join(f"- {note}" for note in run["notes"])]
     for name, curve in curves.items():
         parts += [f"## {name}", curve["description"], curve_table(curve)]
+    if run.get("head_to_head"):
+        parts += [
+            "## Head to head: BD-rate of each learned codec against each other codec, over the qualities both cover",
+            head_to_head_table(run["head_to_head"]),
+        ]
     if run.get("same_rate"):
         parts += ["## At the same rate, on the other codecs' averaged curves", same_rate_table(run["same_rate"])]
     if run["same_size_jpeg"]:

@@ -20,7 +20,7 @@ import vqcodec
 from bench.__main__ import main, spread
 from bench.codecs import VQCodec, classical_codecs, vqcodec_codecs
 from bench.metrics import MSSSIM_MIN_SIDE, bd_rate, ms_ssim, psnr, quality_at
-from bench.rd import match_size
+from bench.rd import head_to_head, match_size
 from bench.report import write_json
 from tests.conftest import smooth_image
 from vqcodec.weights import load_model
@@ -101,6 +101,24 @@ def test_bd_rate_needs_two_points_and_an_overlap():
     assert bd_rate([0.1, 0.2], [20.0, 25.0], [0.1, 0.2], [None, None]) is None
 
 
+def _curve(bpp: list[float], psnr_db: list[float]) -> dict:
+    return {"results": {"bpp": bpp, "psnr-rgb": psnr_db, "ms-ssim-rgb-db": psnr_db}}
+
+
+def test_head_to_head_compares_each_learned_codec_with_each_other_over_their_shared_range():
+    bpp, quality = [0.1, 0.2, 0.4, 0.8], [25.0, 28.0, 31.0, 34.0]
+    curves = {
+        "jpeg420": _curve([2 * b for b in bpp], quality),
+        "avif": _curve([b * 0.8 for b in bpp[1:]], quality[1:]),
+        "vq": _curve(bpp, quality),
+    }
+    rows = {r["against"]: r for r in head_to_head(curves, {"vq"})}
+    assert set(rows) == {"jpeg420", "avif"}
+    assert rows["jpeg420"]["psnr"]["percent"] == pytest.approx(-50.0)
+    assert rows["avif"]["ms-ssim-db"]["percent"] == pytest.approx(25.0)
+    assert (rows["avif"]["psnr"]["low"], rows["avif"]["psnr"]["high"]) == (28.0, 34.0)
+
+
 def test_spread_keeps_both_ends():
     assert spread([1, 2, 3, 4, 5, 6, 7], 4) == [1, 3, 5, 7]
     assert spread([1, 2], 4) == [1, 2]
@@ -157,6 +175,7 @@ def test_rd_quick_run_writes_compressai_json_tables_and_plots(tmp_path, image_di
     assert result.exit_code == 0, result.output
     run = json.loads((out / "rd.json").read_text())
     assert set(run["codecs"]) == {"jpeg420", "vqcodec-tiny"}
+    assert [(r["codec"], r["against"]) for r in run["head_to_head"]] == [("vqcodec-tiny", "jpeg420")]
 
     curve = json.loads((out / "jpeg420.json").read_text())
     assert curve == run["codecs"]["jpeg420"]
