@@ -12,6 +12,7 @@ header, list the presets or catch its errors is fast.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import TYPE_CHECKING, Any
 
 from . import batch, catalog, pillow, quality
@@ -30,6 +31,8 @@ from .errors import (
 )
 
 pillow.register()
+if importlib.util.find_spec("imageio") is not None:  # imageio reads no entry points: register here
+    importlib.import_module(".imageio", __name__).register()
 
 if TYPE_CHECKING:
     from .codec import Codec, CodeMaps, Encoded, MapStats, load, load_for

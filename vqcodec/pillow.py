@@ -14,12 +14,10 @@ from typing import IO, Any
 
 from PIL import Image, ImageFile
 
-from . import container, quality
+from . import container, plugin_codecs, quality
 
 FORMAT = "VQC"
 EXTENSION = ".vqc"
-#: Loaded codecs: for decoding, by model identifier; for saving, by quality.
-_CODECS: dict[Any, Any] = {}
 
 
 def _accept(prefix: bytes) -> bool:
@@ -42,11 +40,7 @@ class VqcImageFile(ImageFile.ImageFile):
 
     def load(self) -> Any:
         if self._vqc is not None:
-            from . import codec  # torch comes in here, with the first pixels asked for
-
-            if self._model_id not in _CODECS:
-                _CODECS[self._model_id] = codec.load_for(self._vqc)
-            decoded = _CODECS[self._model_id].decompress(self._vqc)
+            decoded = plugin_codecs.decoder(self._vqc, self._model_id).decompress(self._vqc)
             self._vqc = None
             self.im = decoded.im
             self.info.update(decoded.info)
@@ -54,11 +48,7 @@ class VqcImageFile(ImageFile.ImageFile):
 
 
 def _save(im: Image.Image, fp: IO[bytes], filename: str | bytes) -> None:
-    from . import codec
-
     q = im.encoderinfo.get("quality", quality.DEFAULT_QUALITY)
-    if q not in _CODECS:
-        _CODECS[q] = codec.load(**quality.operating_point(q)._asdict())
     image = im.copy()
     for key in ("icc_profile", "exif"):
         value = im.encoderinfo.get(key, im.info.get(key))
@@ -68,7 +58,7 @@ def _save(im: Image.Image, fp: IO[bytes], filename: str | bytes) -> None:
             image.info[key] = value
         else:
             image.info.pop(key, None)
-    fp.write(_CODECS[q].compress(image))
+    fp.write(plugin_codecs.encoder(q).compress(image))
 
 
 def register() -> None:
