@@ -2,18 +2,23 @@
 
 PSNR is 8-bit RGB with the MSE over all pixels and channels (peak 255); MS-SSIM is pytorch-msssim's
 5-scale ``ms_ssim(data_range=255)``, computed per R, G, B channel and averaged (CompressAI's
-convention). Curves are compared with piecewise-cubic (PCHIP) fits, never extrapolated.
+convention); SSIMULACRA 2 is the ``ssimulacra2`` package's (a numpy port of libjxl's tool: 100 is
+lossless, 90 visually lossless, 70 high, 50 medium quality). Curves are compared with
+piecewise-cubic (PCHIP) fits, never extrapolated.
 """
 
 from __future__ import annotations
 
+import io
 import math
 from typing import NamedTuple
 
 import numpy as np
 import torch
+from PIL import Image
 from pytorch_msssim import ms_ssim as _ms_ssim
 from scipy.interpolate import PchipInterpolator
+from ssimulacra2 import compute_ssimulacra2
 
 #: pytorch-msssim's 11-pixel window must still fit after 4 halvings: sides must exceed 160 pixels.
 MSSSIM_MIN_SIDE = (11 - 1) * 2**4 + 1
@@ -42,6 +47,23 @@ def ms_ssim_db(value: float | None) -> float | None:
     if value is None:
         return None
     return math.inf if value >= 1 else -10 * math.log10(1 - value)
+
+
+#: SSIMULACRA 2's six scales need at least this many pixels a side at the first.
+SSIMULACRA2_MIN_SIDE = 8
+
+
+def ssimulacra2(a: np.ndarray, b: np.ndarray) -> float | None:
+    """SSIMULACRA 2 of ``b`` against the original ``a``, two (H, W, 3) uint8 images; None when a
+    side is under ``SSIMULACRA2_MIN_SIDE``."""
+    if min(a.shape[:2]) < SSIMULACRA2_MIN_SIDE:
+        return None
+    files = []
+    for x in (a, b):  # the package reads files: uncompressed PNGs in memory
+        files.append(io.BytesIO())
+        Image.fromarray(x).save(files[-1], format="PNG", compress_level=0)
+        files[-1].seek(0)
+    return float(compute_ssimulacra2(*files))
 
 
 def _fit(x: list[float], y: list[float]) -> PchipInterpolator | None:

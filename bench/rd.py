@@ -11,18 +11,20 @@ from tqdm import tqdm
 
 from .codecs import PillowCodec, RDCodec, Setting
 from .images import Sample
-from .metrics import bd_rate, ms_ssim, ms_ssim_db, psnr, quality_at
+from .metrics import bd_rate, ms_ssim, ms_ssim_db, psnr, quality_at, ssimulacra2
 
 #: The reference codec for BD-rates and same-size comparisons.
 REFERENCE = "jpeg420"
-#: Averaged-curve metrics BD-rates are taken on (the anchors' two).
-BD_METRICS = {"psnr": "psnr-rgb", "ms-ssim-db": "ms-ssim-rgb-db"}
+#: Averaged-curve metrics BD-rates are taken on (the anchors' two, and a perceptual one).
+BD_METRICS = {"psnr": "psnr-rgb", "ms-ssim-db": "ms-ssim-rgb-db", "ssimulacra2": "ssimulacra2"}
 
 
 def quality_metrics(original: np.ndarray, decoded: np.ndarray) -> dict[str, float | None]:
-    """PSNR, MS-SSIM and MS-SSIM in dB of a decoded image (MS-SSIM None for small images)."""
+    """PSNR, MS-SSIM, MS-SSIM in dB and SSIMULACRA 2 of a decoded image (None for images too
+    small for a metric's scales)."""
     value = ms_ssim(original, decoded)
-    return {"psnr": psnr(original, decoded), "ms_ssim": value, "ms_ssim_db": ms_ssim_db(value)}
+    return {"psnr": psnr(original, decoded), "ms_ssim": value, "ms_ssim_db": ms_ssim_db(value),
+            "ssimulacra2": ssimulacra2(original, decoded)}  # fmt: skip
 
 
 def measure(codec: RDCodec, sample: Sample, setting: Setting, repeats: int) -> dict:
@@ -74,6 +76,7 @@ def average_curve(codec: RDCodec, records: Sequence[dict]) -> dict:
         "psnr-rgb": lambda rows: mean([r["psnr"] for r in rows]),
         "ms-ssim-rgb": lambda rows: mean([r["ms_ssim"] for r in rows]),
         "ms-ssim-rgb-db": lambda rows: mean([r["ms_ssim_db"] for r in rows]),
+        "ssimulacra2": lambda rows: mean([r["ssimulacra2"] for r in rows]),
         "encoding_time": lambda rows: mean([r["encode_s"] for r in rows]),
         "decoding_time": lambda rows: mean([r["decode_s"] for r in rows]),
         "encoding_mpx_per_s": lambda rows: _mpx_per_s(rows, "encode_s"),

@@ -19,7 +19,7 @@ from vqcodec import qprior
 
 from .metrics import quality_at
 from .peers import PEER
-from .rd import REFERENCE, mean
+from .rd import BD_METRICS, REFERENCE, mean
 from .speed import DECODE_STAGES, ENCODE_STAGES
 
 #: Rates at which the summary reads each averaged curve (as in the Kodak anchors).
@@ -86,8 +86,8 @@ def environment() -> dict[str, str | None]:
 
 
 SUMMARY_HEADER = ["codec", "points", "bpp range", *[f"PSNR@{b}" for b in SUMMARY_BPP],
-                  *[f"MS-SSIM@{b}" for b in SUMMARY_BPP], "BD-rate PSNR", "BD-rate MS-SSIM(dB)", "enc MP/s",
-                  "dec MP/s"]  # fmt: skip
+                  *[f"MS-SSIM@{b}" for b in SUMMARY_BPP], "BD-rate PSNR", "BD-rate MS-SSIM(dB)",
+                  "BD-rate SSIMULACRA2", "enc MP/s", "dec MP/s"]  # fmt: skip
 
 
 def summary_rows(curves: dict[str, dict], bd: dict[str, dict]) -> list[list[str]]:
@@ -97,7 +97,7 @@ def summary_rows(curves: dict[str, dict], bd: dict[str, dict]) -> list[list[str]
         res = curve["results"]
         psnr = [fmt(quality_at(res["bpp"], res["psnr-rgb"], b)) for b in SUMMARY_BPP]
         msssim = [fmt(quality_at(res["bpp"], res["ms-ssim-rgb"], b), 4) for b in SUMMARY_BPP]
-        bds = [fmt(bd[name][m]["percent"], 1) + "%" if bd[name][m] else "-" for m in ("psnr", "ms-ssim-db")]
+        bds = [fmt(bd[name][m]["percent"], 1) + "%" if bd[name][m] else "-" for m in BD_METRICS]
         speed = [_sig(_median(res[k])) for k in ("encoding_mpx_per_s", "decoding_mpx_per_s")]
         bpp_range = f"{min(res['bpp']):.3f}-{max(res['bpp']):.3f}"
         rows.append([name, str(len(res["bpp"])), bpp_range, *psnr, *msssim, *bds, *speed])
@@ -117,17 +117,17 @@ def _median(values: Sequence[float | None]) -> float | None:
 def curve_table(curve: dict) -> str:
     """The averaged curve of one codec, one row per setting."""
     res = curve["results"]
-    keys = ("bpp", "bits-per-subpixel", "psnr-rgb", "ms-ssim-rgb", "ms-ssim-rgb-db", "encoding_time", "decoding_time",
-            "top-bits-per-code", "bottom-bits-per-code")  # fmt: skip
-    digits = (4, 4, 3, 5, 3, 1, 1, 3, 3)
-    scale = (1, 1, 1, 1, 1, 1000, 1000, 1, 1)
+    keys = ("bpp", "bits-per-subpixel", "psnr-rgb", "ms-ssim-rgb", "ms-ssim-rgb-db", "ssimulacra2", "encoding_time",
+            "decoding_time", "top-bits-per-code", "bottom-bits-per-code")  # fmt: skip
+    digits = (4, 4, 3, 5, 3, 2, 1, 1, 3, 3)
+    scale = (1, 1, 1, 1, 1, 1, 1000, 1000, 1, 1)
     rows = []
     for i, setting in enumerate(res["setting"]):
         cells = [
             fmt(None if res[k][i] is None else res[k][i] * s, d) for k, d, s in zip(keys, digits, scale, strict=True)
         ]
         rows.append([str(setting), *cells])
-    header = ["setting", "bpp", "bits/subpixel", "PSNR", "MS-SSIM", "MS-SSIM dB", "enc ms", "dec ms",
+    header = ["setting", "bpp", "bits/subpixel", "PSNR", "MS-SSIM", "MS-SSIM dB", "SSIMULACRA2", "enc ms", "dec ms",
               "top bits/code", "bottom bits/code"]  # fmt: skip
     return table(header, rows)
 
@@ -151,8 +151,9 @@ def _bd_cell(value: dict | None) -> str:
 
 def head_to_head_table(rows: Sequence[dict]) -> str:
     """Each learned codec's BD-rate against each other codec, with the quality interval shared."""
-    header = ["codec", "against", "BD-rate PSNR [dB interval]", "BD-rate MS-SSIM dB [dB interval]"]
-    body = [[r["codec"], r["against"], _bd_cell(r["psnr"]), _bd_cell(r["ms-ssim-db"])] for r in rows]
+    header = ["codec", "against", "BD-rate PSNR [dB interval]", "BD-rate MS-SSIM dB [dB interval]",
+              "BD-rate SSIMULACRA2 [score interval]"]  # fmt: skip
+    body = [[r["codec"], r["against"], *[_bd_cell(r[m]) for m in BD_METRICS]] for r in rows]
     return table(header, body)
 
 
@@ -201,9 +202,10 @@ def markdown(run: dict) -> str:
         f"Images: {len(run['images'])} from `{run['dataset']}` ({', '.join(sizes)}).",
         "Environment: " + ", ".join(f"{k}={v}" for k, v in run["environment"].items()),
         "Conventions: bpp = whole file; PSNR = 8-bit RGB, peak 255, mean of per-image values; MS-SSIM ="
-        " pytorch-msssim `ms_ssim(data_range=255)` per channel, averaged; quality@bpp = PCHIP over log bpp on"
-        f" the averaged curve ('-' outside its range); BD-rate vs `{REFERENCE}` = PCHIP Bjontegaard on PSNR and"
-        " MS-SSIM dB; MP/s = mean over images of pixels / best time.",
+        " pytorch-msssim `ms_ssim(data_range=255)` per channel, averaged; SSIMULACRA2 = the `ssimulacra2` package's"
+        " score (100 lossless, 90 visually lossless, 70 high, 50 medium quality); quality@bpp = PCHIP over log bpp on"
+        f" the averaged curve ('-' outside its range); BD-rate vs `{REFERENCE}` = PCHIP Bjontegaard on PSNR,"
+        " MS-SSIM dB and SSIMULACRA2; MP/s = mean over images of pixels / best time.",
         "## Summary",
         table(SUMMARY_HEADER, summary_rows(curves, bd)),
         "BD-rate intervals (quality range integrated over):",
@@ -249,7 +251,7 @@ def plot(curves: dict[str, dict], key: str, label: str, path: Path) -> None:
     if ax.lines:
         ax.legend()
     else:
-        ax.text(0.5, 0.5, "no data (MS-SSIM needs larger images)", ha="center", transform=ax.transAxes)
+        ax.text(0.5, 0.5, "no data (the images are too small for this metric)", ha="center", transform=ax.transAxes)
     fig.savefig(path)
 
 
@@ -264,7 +266,8 @@ def write_rd(run: dict, out: Path) -> list[Path]:
     (out / "rd.md").write_text(markdown(run))
     plot(run["codecs"], "psnr-rgb", "PSNR (dB)", out / "rd_psnr.png")
     plot(run["codecs"], "ms-ssim-rgb-db", "MS-SSIM (dB)", out / "rd_msssim.png")
-    return [*paths, out / "rd.md", out / "rd_psnr.png", out / "rd_msssim.png"]
+    plot(run["codecs"], "ssimulacra2", "SSIMULACRA 2", out / "rd_ssimulacra2.png")
+    return [*paths, out / "rd.md", out / "rd_psnr.png", out / "rd_msssim.png", out / "rd_ssimulacra2.png"]
 
 
 def entropy_markdown(report: dict) -> str:

@@ -19,7 +19,7 @@ from PIL import Image
 import vqcodec
 from bench.__main__ import main, spread
 from bench.codecs import VQCodec, classical_codecs, vqcodec_codecs
-from bench.metrics import MSSSIM_MIN_SIDE, bd_rate, ms_ssim, psnr, quality_at
+from bench.metrics import MSSSIM_MIN_SIDE, SSIMULACRA2_MIN_SIDE, bd_rate, ms_ssim, psnr, quality_at, ssimulacra2
 from bench.rd import head_to_head, match_size
 from bench.report import write_json
 from tests.conftest import smooth_image
@@ -74,6 +74,18 @@ def test_ms_ssim_needs_large_enough_images(rng):
     assert ms_ssim(image[:-1], image[:-1]) is None  # one row short of the five-scale minimum
 
 
+def test_ssimulacra2_is_100_for_the_original_and_falls_with_the_noise(rng):
+    image = smooth_image(rng, 64, 72)
+    scores = [ssimulacra2(image, image)]
+    for amplitude in (4, 16, 48):
+        noise = rng.integers(-amplitude, amplitude + 1, image.shape)
+        scores.append(ssimulacra2(image, np.clip(image.astype(int) + noise, 0, 255).astype(np.uint8)))
+    assert scores[0] == pytest.approx(100.0)
+    assert scores == sorted(scores, reverse=True) and scores[-1] < 60
+    side = SSIMULACRA2_MIN_SIDE - 1
+    assert ssimulacra2(image[:side], image[:side]) is None
+
+
 def test_bd_rate_of_a_curve_against_itself_is_zero():
     bpp, quality = ANCHOR_JPEG
     bd = bd_rate(bpp, quality, bpp, quality)
@@ -102,7 +114,7 @@ def test_bd_rate_needs_two_points_and_an_overlap():
 
 
 def _curve(bpp: list[float], psnr_db: list[float]) -> dict:
-    return {"results": {"bpp": bpp, "psnr-rgb": psnr_db, "ms-ssim-rgb-db": psnr_db}}
+    return {"results": {"bpp": bpp, "psnr-rgb": psnr_db, "ms-ssim-rgb-db": psnr_db, "ssimulacra2": psnr_db}}
 
 
 def test_head_to_head_compares_each_learned_codec_with_each_other_over_their_shared_range():
@@ -218,7 +230,7 @@ def test_rd_quick_run_writes_compressai_json_tables_and_plots(tmp_path, image_di
 
     markdown = (out / "rd.md").read_text()
     assert "## Summary" in markdown and "same size" in markdown
-    for plot in ("rd_psnr.png", "rd_msssim.png"):
+    for plot in ("rd_psnr.png", "rd_msssim.png", "rd_ssimulacra2.png"):
         assert (out / plot).read_bytes().startswith(b"\x89PNG")
 
 
