@@ -130,6 +130,16 @@ def test_damaged_alpha_stream(codec):
             container.decompress_alpha(data, h)
 
 
+def test_segment_tables_must_fit_their_stream():
+    parts = [bytes(8), bytes(4), bytes(12)]
+    joined = container.join_segments(parts)
+    assert container.split_segments(joined, 3) == parts
+    assert container.split_segments(bytes(12), 1) == [bytes(12)]
+    for damaged in (joined[:6], struct.pack("<II", 8, 40) + bytes(24), struct.pack("<II", 6, 4) + bytes(24)):
+        with pytest.raises(FormatError, match="segment"):
+            container.split_segments(damaged, 3)
+
+
 def test_flags_must_be_zero(sample):
     head = bytearray(sample[: container.HEADER_SIZE - 4])
     head[6] = 1

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import os
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -43,6 +44,34 @@ def test_mutated_files(edits, cut, tail):
     for pos, value in edits:
         data[pos] = value
     _decode_or_refuse(bytes(data[:cut]) + tail)
+
+
+#: Segments of 16 codes (the format's are 8192) and small regions, so that a small file has many.
+SEGMENTS = mock.patch.object(container, "SEGMENT_POSITIONS", 16)
+with SEGMENTS:
+    SEGMENTED = vqcodec.Codec(make_model(), device="cpu", tile=2).compress(
+        smooth_image(np.random.default_rng(4), 37, 41)
+    )
+    SEGMENTED_REFERENCE = CODEC.decompress(SEGMENTED)
+
+
+@settings(max_examples=max(CASES // 5, 100), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    edits=st.lists(st.tuples(st.integers(0, len(SEGMENTED) - 1), st.integers(0, 255)), min_size=1, max_size=8),
+    cut=st.integers(0, len(SEGMENTED)),
+)
+def test_mutated_segmented_files(edits, cut):
+    """Damage to a file of many segments (their lengths included) is refused or touched nothing."""
+    assert container.read_header(SEGMENTED).segmented
+    data = bytearray(SEGMENTED)
+    for pos, value in edits:
+        data[pos] = value
+    with SEGMENTS:
+        try:
+            image = CODEC.decompress(bytes(data[:cut]))
+        except vqcodec.VQCodecError:
+            return
+    assert image.tobytes() == SEGMENTED_REFERENCE.tobytes()
 
 
 def _forge(streams: container.Streams | None = None, **fields) -> bytes:

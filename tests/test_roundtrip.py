@@ -109,6 +109,35 @@ def test_many_batches_round_trip(codec, rng, monkeypatch):
     assert_round_trip(vqcodec.Codec(make_model(seed=9), device="cpu", tile=2), smooth_image(rng, 70, 50))
 
 
+def test_segments_decode_one_after_another_and_side_by_side(rng, monkeypatch):
+    """Maps of several segments (format version 5) decode to the same codes on one thread and on
+    two (the segments side by side), alone and batched with other files."""
+    monkeypatch.setattr(container, "SEGMENT_POSITIONS", 48)
+    codec = vqcodec.Codec(make_model(seed=3), device="cpu", tile=2)
+    images = [smooth_image(rng, 70, 90), smooth_image(rng, 30, 20)]
+    files = codec.compress_many(images)
+    header = container.read_header(files[0])
+    assert header.segmented and header.version == 5
+    _, streams = container.unpack(files[0])
+    count = container.segment_count(header.bottom_shape, 2 * header.tile)
+    assert count > 2 and len(container.split_segments(streams.bottom, count)) == count
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            assert_round_trip(codec, images[0])
+            for out, data in zip(codec.decompress_many(files), files, strict=True):
+                np.testing.assert_array_equal(np.asarray(out), np.asarray(codec.decompress(data)))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_one_segment_a_map_keeps_the_lowest_version(codec, rng):
+    """A file whose maps each fit one segment is the unsegmented layout byte for byte, and says so."""
+    header = container.read_header(codec.compress(smooth_image(rng, 40, 56)))
+    assert not header.segmented and header.version == 1
+
+
 def test_padded_steps_decode_files(rng, monkeypatch):
     """The decoder's loop over the steps a GPU replays from CUDA graphs (run eagerly on torch
     here), with several batches of regions and several images at once."""

@@ -22,8 +22,8 @@ from vqcodec.cli import main
 from vqcodec.config import tiny_config
 from vqcodec.data import split
 from vqcodec.grow import grown
-from vqcodec.model import CodecModel
 from vqcodec.image import lanczos_matrix, resample
+from vqcodec.model import CodecModel
 from vqcodec.train import (
     LADDER_VALIDATION_SCALES,
     Settings,

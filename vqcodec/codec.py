@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import numbers
 import os
@@ -266,8 +267,8 @@ class Codec:
         sizes = [scaled_size(*pic.size, self.scale, self.max_pixels) for pic in pics]
         coded = self._code_maps([resample(p.rgb, *size) for p, size in zip(pics, sizes, strict=True)], timer)
         tops, bottoms, syntheses = coded
-        top_maps = [_Map(t.shape, self.tile) for t in tops]
-        bottom_maps = [_Map(b.shape, 2 * self.tile, t) for t, b in zip(tops, bottoms, strict=True)]
+        top_maps = [_Map(t.shape, self.tile, segmented=True) for t in tops]
+        bottom_maps = [_Map(b.shape, 2 * self.tile, t, segmented=True) for t, b in zip(tops, bottoms, strict=True)]
         top_prior, bottom_prior = self.encoding_priors
         top_substitute, bottom_substitute = self._substitutes
         top_coded = self._encode_maps(top_prior, tops, top_maps, top_substitute, timer)
@@ -333,7 +334,8 @@ class Codec:
             top_shape=top.shape, bottom_shape=bottom.shape,
             top_len=0, bottom_len=0, alpha_len=0, payload_crc=0,
             content_crc=container.content_crc(top, bottom, pic.alpha),
-            flags=container.FLAG_RESAMPLED if coded_size != pic.size else 0,
+            flags=(container.FLAG_RESAMPLED if coded_size != pic.size else 0)
+            | (container.FLAG_SEGMENTS if _has_segments(top.shape, bottom.shape, self.tile) else 0),
         )  # fmt: skip
         data = container.pack(header, streams)
         return Encoded(data, CodeMaps(top, bottom), top_coded[1], bottom_coded[1], width, height, coded_size, restored)
@@ -346,9 +348,10 @@ class Codec:
         in its context (``entropy.uncodable``) becomes ``substitute`` in ``codes`` (in place), and
         the maps are coded again, since the codes after it have a new context."""
         while True:
-            encoders = [entropy.Encoder() for _ in maps]
+            encoders: dict[int, entropy.Encoder] = {}
+            owners: list[list[int]] = [[] for _ in maps]  # each map's units, in stream order
             replaced = False
-            for i, positions, probs in _probability_rows(prior, codes, maps, timer):
+            for unit, i, positions, probs in _probability_rows(prior, codes, maps, timer):
                 with timer(ENTROPY_CODING):
                     symbols = codes[i].reshape(-1)[positions]
                     stuck = entropy.uncodable(symbols, probs)
@@ -356,13 +359,17 @@ class Codec:
                         codes[i].flat[positions[stuck]] = substitute
                         replaced = True
                     if not replaced:
-                        encoders[i].encode(symbols, probs)
+                        if unit not in encoders:
+                            encoders[unit] = entropy.Encoder()
+                            owners[i].append(unit)
+                        encoders[unit].encode(symbols, probs)
             if not replaced:
                 break
         coded = []
-        for encoder in encoders:
-            data = encoder.data()
-            coded.append((data, MapStats(encoder.symbols, 8 * len(data), encoder.ideal_bits)))
+        for units in owners:
+            data = container.join_segments([encoders[u].data() for u in units])
+            ideal = sum(encoders[u].ideal_bits for u in units)
+            coded.append((data, MapStats(sum(encoders[u].symbols for u in units), 8 * len(data), ideal)))
         return coded
 
     def _code_maps(
@@ -454,10 +461,12 @@ class Codec:
         headers = [self.read_header(data) for data in files]
         streams = [container.unpack(data)[1] for data in files]
         filters = [restoration.from_bytes(s.filter) if s.filter else None for s in streams]
-        top_maps = [_Map(h.top_shape, h.tile) for h in headers]
+        top_maps = [_Map(h.top_shape, h.tile, segmented=h.segmented) for h in headers]
         top_prior, bottom_prior = self.decoding_priors
         tops = self._decode_maps(top_prior, [s.top for s in streams], top_maps, timer)
-        bottom_maps = [_Map(h.bottom_shape, 2 * h.tile, top) for h, top in zip(headers, tops, strict=True)]
+        bottom_maps = [
+            _Map(h.bottom_shape, 2 * h.tile, top, segmented=h.segmented) for h, top in zip(headers, tops, strict=True)
+        ]
         bottoms = self._decode_maps(bottom_prior, [s.bottom for s in streams], bottom_maps, timer)
         decoded = []
         for header, stream, top, bottom, restored in zip(headers, streams, tops, bottoms, filters, strict=True):
@@ -477,28 +486,60 @@ class Codec:
     def _decode_maps(
         self, prior: IntegerPrior, streams: Sequence[bytes], maps: list[_Map], timer: Timer
     ) -> list[np.ndarray]:
-        """Decode maps batch by batch of regions, wavefront by wavefront within a batch."""
-        decoders = [entropy.Decoder(stream) for stream in streams]
+        """Decode maps batch by batch of regions, wavefront by wavefront within a batch; the
+        segments of segmented maps side by side on the torch threads (on the CPU)."""
         codes = [np.zeros(m.shape, dtype=np.int64) for m in maps]
-        for batch, owner, state in _batches(prior, maps, timer):
-            owner = owner[state.order]
-            decoded = np.zeros(state.n, dtype=np.int64)  # by row: in decoding order
-            with timer(PRIOR):
-                steps = wavefront_steps(prior, state, state.widest, self.cuda_graphs)
-            with prior.stepping():
-                for rows in state.fronts:
-                    with timer(PRIOR):
-                        probs = steps.probabilities(rows)
-                    front = decoded[rows]
-                    with timer(ENTROPY_CODING):
-                        for i, mine in _by_owner(owner[rows]):
-                            front[mine] = decoders[i].decode(probs[mine])
-                    steps.set_codes(rows, front)
-            flat = np.empty_like(decoded)
-            flat[state.order] = decoded
-            for (i, region), base in zip(batch, state.bases, strict=True):
-                region.take(codes[i])[...] = flat[base : base + region.positions].reshape(region.shape)
+        segments = [
+            container.split_segments(stream, container.segment_count(m.shape, m.tile)) if m.segmented else [stream]
+            for stream, m in zip(streams, maps, strict=True)
+        ]
+        whole = {i: entropy.Decoder(stream) for i, (stream, m) in enumerate(zip(streams, maps, strict=True))
+                 if not m.segmented}  # fmt: skip
+        workers = torch.get_num_threads() if self.device.type == "cpu" else 1
+        shares = _shares(maps, segments, workers)
+
+        def decode_share(share: Iterator[_Unit]) -> None:
+            decoders = {}
+            for batch, owner, state in _batches(prior, maps, timer, share):
+                for u in {unit.index: unit for unit, _, _ in batch}.values():
+                    decoders[u.index] = whole[u.map] if u.map in whole else entropy.Decoder(segments[u.map][u.segment])
+                self._decode_batch(prior, batch, owner, state, decoders, codes, timer)
+
+        with prior.stepping():
+            if len(shares) == 1:
+                decode_share(shares[0])
+            else:
+                with ThreadPoolExecutor(len(shares)) as pool:
+                    list(pool.map(decode_share, shares))
         return codes
+
+    def _decode_batch(
+        self,
+        prior: IntegerPrior,
+        batch: list[tuple[_Unit, int, tiles.Region]],
+        owner: np.ndarray,
+        state: MapState,
+        decoders: dict[int, entropy.Decoder],
+        codes: list[np.ndarray],
+        timer: Timer,
+    ) -> None:
+        """Decode one batch of regions into ``codes``, each unit's codes from its decoder."""
+        owner = owner[state.order]
+        decoded = np.zeros(state.n, dtype=np.int64)  # by row: in decoding order
+        with timer(PRIOR):
+            steps = wavefront_steps(prior, state, state.widest, self.cuda_graphs)
+        for rows in state.fronts:
+            with timer(PRIOR):
+                probs = steps.probabilities(rows)
+            front = decoded[rows]
+            with timer(ENTROPY_CODING):
+                for u, mine in _by_owner(owner[rows]):
+                    front[mine] = decoders[u].decode(probs[mine])
+            steps.set_codes(rows, front)
+        flat = np.empty_like(decoded)
+        flat[state.order] = decoded
+        for (_, i, region), base in zip(batch, state.bases, strict=True):
+            region.take(codes[i])[...] = flat[base : base + region.positions].reshape(region.shape)
 
     def _analyse(
         self, rgb: np.ndarray, analyse: Callable[[torch.Tensor, tiles.Region], Sequence[torch.Tensor]]
@@ -625,36 +666,89 @@ class Codec:
 
 @dataclass(frozen=True)
 class _Map:
-    """A code map to code: its size, the side of its regions and, for a bottom map, its top map."""
+    """A code map to code: its size, the side of its regions and, for a bottom map, its top map;
+    whether its stream is in segments (``container``)."""
 
     shape: tuple[int, int]
     tile: int
     cond: np.ndarray | None = None
+    segmented: bool = False
+
+
+@dataclass(frozen=True)
+class _Unit:
+    """Regions of a map that are coded one after another in one range-coded stream: a segment
+    (the ``segment``-th of map ``map``), or a batch of an unsegmented map's single stream.
+    ``index`` numbers the units of all maps in stream order."""
+
+    index: int
+    map: int
+    segment: int
+    regions: list[tiles.Region]
+
+
+def _has_segments(top_shape: tuple[int, int], bottom_shape: tuple[int, int], tile: int) -> bool:
+    """Whether a file with these maps needs ``container.FLAG_SEGMENTS``: a map of several
+    segments, or one whose single segment an unsegmented stream would cut into several batches."""
+    return any(
+        container.segment_count(shape, side) > 1 or shape[0] * shape[1] > MAX_BATCH_POSITIONS
+        for shape, side in ((top_shape, tile), (bottom_shape, 2 * tile))
+    )
+
+
+def _units(maps: list[_Map], segments: dict[int, range] | None = None) -> Iterator[_Unit]:
+    """The units of ``maps`` in stream order, lazily (a forged file is refused in its first
+    batch, before the rest is cut); with ``segments``, only those segments of each map named."""
+    index = itertools.count()
+    for i, m in enumerate(maps):
+        regions = tiles.regions(*m.shape, m.tile)
+        if not m.segmented:
+            if segments is None or i in segments:
+                for batch in tiles.batches(regions, MAX_BATCH_POSITIONS):
+                    yield _Unit(next(index), i, 0, batch)
+            continue
+        per = container.regions_per_segment(m.tile)
+        wanted = range(container.segment_count(m.shape, m.tile)) if segments is None else segments.get(i, range(0))
+        if wanted:
+            regions = itertools.islice(regions, wanted.start * per, None)
+        for k, group in zip(wanted, tiles.batches(regions, per, lambda r: 1), strict=False):
+            yield _Unit(next(index), i, k, group)
+
+
+def _shares(maps: list[_Map], segments: list[list[bytes]], workers: int) -> list[Iterator[_Unit]]:
+    """The units of ``maps`` cut into at most ``workers`` shares that decode side by side: runs of
+    each segmented map's segments (an unsegmented map's one stream goes whole to the first)."""
+    counts = [len(s) if m.segmented else 0 for m, s in zip(maps, segments, strict=True)]
+    workers = max(1, min(workers, max(counts, default=0)))
+    if workers == 1:
+        return [_units(maps)]
+    shares = []
+    for w in range(workers):
+        picked = {i: range(n * w // workers, n * (w + 1) // workers) for i, n in enumerate(counts) if n}
+        if w == 0:
+            picked |= {i: range(1) for i, m in enumerate(maps) if not m.segmented}
+        shares.append(_units(maps, picked))
+    return shares
 
 
 def _batches(
-    prior: IntegerPrior, maps: list[_Map], timer: Timer
-) -> Iterator[tuple[list[tuple[int, tiles.Region]], np.ndarray, MapState]]:
-    """The batches of (map index, region) that maps are coded in, with the map index of each
-    position and fresh prior caches (given the regions' top codes, for the bottom prior): the
-    same on both sides.
+    prior: IntegerPrior, maps: list[_Map], timer: Timer, units: Iterator[_Unit] | None = None
+) -> Iterator[tuple[list[tuple[_Unit, int, tiles.Region]], np.ndarray, MapState]]:
+    """The batches of (unit, map index, region) that ``units`` (by default every unit of
+    ``maps``) are coded in, with the unit index of each position and fresh prior caches (given
+    the regions' top codes, for the bottom prior): the same on both sides.
 
-    Each map is cut into its own batches, and consecutive ones are pooled up to
-    ``MAX_BATCH_POSITIONS``. Two consecutive batches of one map never fit together, so a map's
-    positions keep the order they have when it is coded alone: a file does not depend on what it
-    was batched with.
+    Consecutive units are pooled up to ``MAX_BATCH_POSITIONS`` positions. Within a batch each
+    unit's positions keep the order they have when it is coded alone (``MapState``), so a file
+    does not depend on what its units were batched with.
     """
-    units = (  # lazily: the first batch is decoded (and a forged file refused) before the rest is cut
-        [(i, region) for region in batch]
-        for i, m in enumerate(maps)
-        for batch in tiles.batches(tiles.regions(*m.shape, m.tile), MAX_BATCH_POSITIONS)
-    )
-    for pooled in tiles.batches(units, MAX_BATCH_POSITIONS, lambda unit: sum(r.positions for _, r in unit)):
-        batch = [pair for unit in pooled for pair in unit]
-        owner = np.repeat([i for i, _ in batch], [r.positions for _, r in batch])
+    size = lambda unit: sum(r.positions for r in unit.regions)  # noqa: E731
+    for pooled in tiles.batches(_units(maps) if units is None else units, MAX_BATCH_POSITIONS, size):
+        batch = [(unit, unit.map, region) for unit in pooled for region in unit.regions]
+        owner = np.repeat([unit.index for unit, _, _ in batch], [r.positions for _, _, r in batch])
         with timer(PRIOR):
-            conds = [r.half().take(maps[i].cond) for i, r in batch] if maps[0].cond is not None else None
-            state = prior.start([r.shape for _, r in batch], conds)
+            conds = [r.half().take(maps[i].cond) for _, i, r in batch] if maps[0].cond is not None else None
+            state = prior.start([r.shape for _, _, r in batch], conds)
         yield batch, owner, state
 
 
@@ -671,33 +765,35 @@ def _by_owner(owner: np.ndarray) -> Iterator[tuple[int, np.ndarray | slice]]:
 
 def _prepared_rows(
     prior: IntegerPrior, codes: Sequence[np.ndarray], maps: list[_Map], timer: Timer
-) -> Iterator[tuple[MapState, slice, np.ndarray, np.ndarray]]:
+) -> Iterator[tuple[MapState, slice, np.ndarray, np.ndarray, np.ndarray]]:
     """Every position of ``codes`` in decoding order, a chunk of rows at a time, with the prior
-    run up to its head there: (state, the chunk's rows, the map index and the flattened position
-    of each). One pass of the prior per batch of regions, as the encoder has every code already."""
+    run up to its head there: (state, the chunk's rows, the unit index, the map index and the
+    flattened position of each). One pass of the prior per batch of regions, as the encoder has
+    every code already."""
     grids = [np.arange(c.size).reshape(c.shape) for c in codes]
     for batch, owner, state in _batches(prior, maps, timer):
         with timer(PRIOR):
-            flat = np.concatenate([region.take(codes[i]).reshape(-1) for i, region in batch])
-            where = np.concatenate([region.take(grids[i]).reshape(-1) for i, region in batch])
+            flat = np.concatenate([region.take(codes[i]).reshape(-1) for _, i, region in batch])
+            where = np.concatenate([region.take(grids[i]).reshape(-1) for _, i, region in batch])
+            map_of = np.repeat([i for _, i, _ in batch], [r.positions for _, _, r in batch])
             prior.set_codes(state, slice(0, state.n), flat[state.order])
             prior.prepare(state)  # every position at once
-            owner, where = owner[state.order], where[state.order]
+            owner, map_of, where = owner[state.order], map_of[state.order], where[state.order]
         for start in range(0, state.n, prior.row_chunk):
             rows = slice(start, min(start + prior.row_chunk, state.n))
-            yield state, rows, owner[rows], where[rows]
+            yield state, rows, owner[rows], map_of[rows], where[rows]
 
 
 def _probability_rows(
     prior: IntegerPrior, codes: Sequence[np.ndarray], maps: list[_Map], timer: Timer
-) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
     """The probability row of every position of ``codes`` in decoding order, a chunk at a time:
-    (map index, the positions in that map, flattened, their rows)."""
-    for state, rows, owner, where in _prepared_rows(prior, codes, maps, timer):
+    (unit index, map index, the positions in that map, flattened, their rows)."""
+    for state, rows, owner, map_of, where in _prepared_rows(prior, codes, maps, timer):
         with timer(PRIOR):
             probs = prior.tables(state, rows)
-        for i, mine in _by_owner(owner):
-            yield i, where[mine], probs[mine]
+        for u, mine in _by_owner(owner):
+            yield u, int(map_of[mine][0]), where[mine], probs[mine]
 
 
 def _nearest_other(embed: torch.Tensor, code: int) -> int:
@@ -720,7 +816,7 @@ def _candidate_bits(
     if not candidates:
         return bits
     k = candidates[0].shape[-1]
-    for state, rows, owner, where in _prepared_rows(prior, codes, maps, timer):
+    for state, rows, _, owner, where in _prepared_rows(prior, codes, maps, timer):
         picked = np.empty((len(where), k), dtype=candidates[0].dtype)
         for i, mine in _by_owner(owner):
             picked[mine] = candidates[i].reshape(-1, k)[where[mine]]

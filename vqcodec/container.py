@@ -6,11 +6,12 @@ All integers are little-endian. Layout (byte offset, size, field):
 ====  ====  ==========================================================================
 0     4     magic ``89 56 51 43`` (``\\x89VQC``)
 4     1     format version: the lowest that has the flags used (1: none, 2: bit 0, 3: bit 1,
-            4: bit 2)
+            4: bit 2, 5: bit 3)
 5     1     channels of the image: 1 gray, 2 gray + alpha, 3 RGB, 4 RGBA
 6     1     flags: bit 0 (version 2 and later) a metadata stream follows the alpha stream; bit 1
             (version 3) the maps code a resampled copy of the image (below); bit 2 (version 4)
-            a restoration filter follows the alpha stream; others 0
+            a restoration filter follows the alpha stream; bit 3 (version 5) the map streams are
+            cut into segments (below); others 0
 7     1     prior tile: side of the independently coded regions, in top-map codes (bottom-map
             regions are twice as large); 1..64
 8     16    model identifier (``model.model_id``: SHA-256 of config and weights, truncated)
@@ -37,6 +38,15 @@ All integers are little-endian. Layout (byte offset, size, field):
 Each map is cut into regions of tile x tile codes (top) and 2 tile x 2 tile codes (bottom), in
 raster order, that the priors code independently; within a stream, regions come in groups
 (``tiles.batches``) and, inside a group, in the wavefront order of ``qprior.MapState``.
+With flag bit 3, each map's regions are grouped, in raster order, into segments of
+``regions_per_segment`` regions (the last may have fewer), and each segment is range-coded on its
+own, its regions in the wavefront order of ``qprior.MapState``: a map stream is the byte length
+of every segment but the last (4 bytes each), then the segments in order. Segments decode
+independently of one another (side by side, or only those a part of the image needs). Without
+it, a map stream is one range-coded stream, its regions grouped by ``tiles.batches``. A file
+takes the flag only where a map has more than one segment (with one, the two layouts are the
+same bytes).
+
 The coded image is the image itself, or with flag bit 1 a copy resampled to (top map width x
 top stride - right padding) x (top map height x top stride - bottom padding) pixels, which the
 decoder synthesises and resamples back to the image size (Lanczos): how one model serves higher
@@ -53,6 +63,7 @@ allow, so a reader that predates a flag refuses the file by its version.
 
 from __future__ import annotations
 
+import itertools
 import struct
 import zlib
 from dataclasses import dataclass
@@ -67,11 +78,13 @@ MAGIC = b"\x89VQC"
 FLAG_METADATA = 1
 FLAG_RESAMPLED = 2
 FLAG_FILTER = 4
+FLAG_SEGMENTS = 8
 VERSION_FLAGS = {
     1: 0,
     2: FLAG_METADATA,
     3: FLAG_METADATA | FLAG_RESAMPLED,
     4: FLAG_METADATA | FLAG_RESAMPLED | FLAG_FILTER,
+    5: FLAG_METADATA | FLAG_RESAMPLED | FLAG_FILTER | FLAG_SEGMENTS,
 }
 VERSIONS = tuple(VERSION_FLAGS)
 #: Largest metadata (ICC profile and EXIF together, uncompressed) a file may carry.
@@ -143,6 +156,10 @@ class Header:
         return bool(self.flags & FLAG_FILTER)
 
     @property
+    def segmented(self) -> bool:
+        return bool(self.flags & FLAG_SEGMENTS)
+
+    @property
     def has_alpha(self) -> bool:
         return self.channels in (2, 4)
 
@@ -182,7 +199,7 @@ def pack(header: Header, streams: Streams) -> bytes:
     if streams.metadata:
         payload += _METADATA_LEN.pack(len(streams.metadata)) + streams.metadata
     flags = (
-        (header.flags & FLAG_RESAMPLED)
+        (header.flags & (FLAG_RESAMPLED | FLAG_SEGMENTS))
         | (FLAG_METADATA if streams.metadata else 0)
         | (FLAG_FILTER if streams.filter else 0)
     )
@@ -271,16 +288,57 @@ def _validate(h: Header, version: int) -> None:
         and h.top_shape[1] <= h.width // _TOP_CODES_PER_PIXEL_SIDE + 2
     ):
         raise FormatError("damaged .vqc file: code map sizes do not match the image size")
-    for name, length, shape in (("top", h.top_len, h.top_shape), ("bottom", h.bottom_len, h.bottom_shape)):
-        if length > max_stream_bytes(shape[0] * shape[1]):
+    for name, length, shape, side in (
+        ("top", h.top_len, h.top_shape, h.tile),
+        ("bottom", h.bottom_len, h.bottom_shape, 2 * h.tile),
+    ):
+        segments = segment_count(shape, side) if h.segmented else 1
+        if length > max_stream_bytes(shape[0] * shape[1], segments):
             raise FormatError(f"damaged .vqc file: the {name}-map stream is longer than its codes can take")
     if h.alpha_len > _max_deflated(h.width * h.height):
         raise FormatError("damaged .vqc file: the alpha stream is longer than its plane can take")
 
 
-def max_stream_bytes(codes: int) -> int:
-    """The longest stream a map of ``codes`` codes can have (whole 32-bit words)."""
-    return 4 * -(-(MAX_BITS_PER_CODE * codes + _STREAM_TAIL_BITS) // 32)
+def max_stream_bytes(codes: int, segments: int = 1) -> int:
+    """The longest stream a map of ``codes`` codes in ``segments`` segments can have (whole
+    32-bit words: each segment's final state, and its length but the last's)."""
+    return 4 * -(-(MAX_BITS_PER_CODE * codes + _STREAM_TAIL_BITS * segments) // 32) + 4 * (segments - 1)
+
+
+#: Positions a segment of a map holds at most (unless one region is larger): small enough for a
+#: megapixel photo's maps to have several, to decode side by side; large enough that each
+#: segment's final state (2 bytes on average) and length (4 bytes) cost about 0.15% of its bytes.
+SEGMENT_POSITIONS = 8192
+_SEGMENT_LEN = struct.Struct("<I")
+
+
+def regions_per_segment(side: int) -> int:
+    """How many regions of ``side`` x ``side`` codes a segment holds (``SEGMENT_POSITIONS``)."""
+    return max(1, SEGMENT_POSITIONS // (side * side))
+
+
+def segment_count(shape: tuple[int, int], side: int) -> int:
+    """Segments of a map of ``shape`` (height, width) cut into regions of ``side`` x ``side``."""
+    regions = -(-shape[0] // side) * -(-shape[1] // side)
+    return -(-regions // regions_per_segment(side))
+
+
+def join_segments(segments: list[bytes]) -> bytes:
+    """A map stream of separately coded segments: every length but the last's, then the segments."""
+    return b"".join(_SEGMENT_LEN.pack(len(x)) for x in segments[:-1]) + b"".join(segments)
+
+
+def split_segments(stream: bytes, count: int) -> list[bytes]:
+    """Inverse of ``join_segments`` for a map of ``count`` segments; a FormatError if the lengths
+    do not add up to the stream."""
+    table = _SEGMENT_LEN.size * (count - 1)
+    if len(stream) < table:
+        raise FormatError("damaged .vqc file: a map stream is shorter than its segment table")
+    lengths = [_SEGMENT_LEN.unpack_from(stream, _SEGMENT_LEN.size * i)[0] for i in range(count - 1)]
+    if any(n % 4 for n in lengths) or table + sum(lengths) > len(stream):
+        raise FormatError("damaged .vqc file: a map stream's segment lengths do not fit it")
+    ends = itertools.accumulate([table, *lengths, len(stream) - table - sum(lengths)])
+    return [stream[a:b] for a, b in itertools.pairwise(ends)]
 
 
 def _max_deflated(size: int) -> int:

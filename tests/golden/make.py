@@ -1,5 +1,5 @@
 """Writes the golden files: small ``.vqc`` files of every shipped and retired model, of every
-format version (metadata, resampling, restoration filter, alpha), and the images they decode to.
+format version (metadata, resampling, restoration filter, alpha, segments), and the images they decode to.
 
 Run once per release, for the models and features that release adds (``python -m
 tests.golden.make NAME...`` writes only the files named); never rewrite a file that exists: the
@@ -45,6 +45,7 @@ def cases() -> dict[str, tuple[dict, Image.Image]]:
     icc.info["icc_profile"] = bytes(range(256))
     out["medium-metadata.vqc"] = (medium, icc)
     out["medium-alpha.vqc"] = (medium, _picture(alpha=True))
+    out["medium-segments.vqc"] = (medium | {"scale": 2.0}, Image.open(EXAMPLE).convert("RGB"))  # version 5
     return out
 
 
