@@ -217,14 +217,16 @@ def speed(
     if threads:
         torch.set_num_threads(threads)
     load = _loader(preset, model_path, rdo, quality)
-    if peers:
-        _speed_against_peer(load("cpu"), _samples(folder, quick, limit, crop), 1 if quick else repeats, out)
-        return
 
     def load_codec(device: str) -> vqcodec.Codec:
         codec = load(device)
         codec.cuda_graphs = cuda_graphs
+        codec.processes = threads or 1  # as the command line's --threads
         return codec
+
+    if peers:
+        _speed_against_peer(load_codec("cpu"), _samples(folder, quick, limit, crop), 1 if quick else repeats, out)
+        return
 
     names = devices() if device_names == "all" else [device_names]
     samples = _samples(folder, quick, limit, crop)

@@ -59,8 +59,8 @@ class _Group(click.Group):
 
 def _model_options(f):
     f = click.option("--threads", type=click.IntRange(min=1), default=DEFAULT_THREADS, show_default=True,
-                     help="CPU threads for the priors and the VQ-VAE's windows (the results are the same for "
-                     "any number).")(f)  # fmt: skip
+                     help="CPU threads for the priors and the VQ-VAE's windows, and processes for the decoder's "
+                     "segments (the results are the same for any number).")(f)  # fmt: skip
     f = click.option("--max-pixels", type=click.IntRange(min=1, max=container.MAX_PIXELS),
                      default=container.DEFAULT_MAX_PIXELS, show_default=True,
                      help="Refuse larger images (a small file can claim a huge one).")(f)  # fmt: skip

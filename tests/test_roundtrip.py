@@ -110,8 +110,8 @@ def test_many_batches_round_trip(codec, rng, monkeypatch):
 
 
 def test_segments_decode_one_after_another_and_side_by_side(rng, monkeypatch):
-    """Maps of several segments (format version 5) decode to the same codes on one thread and on
-    two (the segments side by side), alone and batched with other files."""
+    """Maps of several segments (format version 5) decode to the same codes in one process and
+    in two or three (the segments side by side), alone and batched with other files."""
     monkeypatch.setattr(container, "SEGMENT_POSITIONS", 48)
     codec = vqcodec.Codec(make_model(seed=3), device="cpu", tile=2)
     images = [smooth_image(rng, 70, 90), smooth_image(rng, 30, 20)]
@@ -121,15 +121,26 @@ def test_segments_decode_one_after_another_and_side_by_side(rng, monkeypatch):
     _, streams = container.unpack(files[0])
     count = container.segment_count(header.bottom_shape, 2 * header.tile)
     assert count > 2 and len(container.split_segments(streams.bottom, count)) == count
-    threads = torch.get_num_threads()
-    try:
-        for n in (1, 2):
-            torch.set_num_threads(n)
-            assert_round_trip(codec, images[0])
-            for out, data in zip(codec.decompress_many(files), files, strict=True):
-                np.testing.assert_array_equal(np.asarray(out), np.asarray(codec.decompress(data)))
-    finally:
-        torch.set_num_threads(threads)
+    for n in (1, 2, 3):
+        codec.processes = n
+        assert_round_trip(codec, images[0])
+        for out, data in zip(codec.decompress_many(files), files, strict=True):
+            np.testing.assert_array_equal(np.asarray(out), np.asarray(codec.decompress(data)))
+
+
+def test_errors_in_decoding_processes_reach_the_caller(rng, monkeypatch):
+    """A damaged segment that a forked process decodes is refused as in one process."""
+    monkeypatch.setattr(container, "SEGMENT_POSITIONS", 48)
+    codec = vqcodec.Codec(make_model(seed=3), device="cpu", tile=2, processes=2)
+    data = codec.compress(smooth_image(rng, 70, 90))
+    header, streams = container.unpack(data)
+    count = container.segment_count(header.bottom_shape, 2 * header.tile)
+    segments = container.split_segments(streams.bottom, count)
+    segments[-1] = segments[-1][:4]  # the last segment, which the second process decodes, cut short
+    bottom = container.join_segments(segments)
+    damaged = container.pack(header, container.Streams(streams.top, bottom, streams.alpha))
+    with pytest.raises(vqcodec.VQCodecError):
+        codec.decompress(damaged)
 
 
 def test_one_segment_a_map_keeps_the_lowest_version(codec, rng):

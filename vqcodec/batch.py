@@ -117,7 +117,9 @@ def codec_for(options: Options, data: bytes | None = None) -> Any:
     if data is not None and options.preset is None and options.model_path is None:
         key: Any = ("file", read_header(data).model_id)
         if key not in _CODECS:
-            _CODECS[key] = codecs.load_for(data, device=options.device, max_pixels=_max_pixels(options))
+            _CODECS[key] = codecs.load_for(
+                data, device=options.device, max_pixels=_max_pixels(options), processes=options.threads
+            )
         return _CODECS[key]
     key = (
         "options",
@@ -135,7 +137,7 @@ def codec_for(options: Options, data: bytes | None = None) -> Any:
         _CODECS[key] = codecs.load(
             options.preset, path=options.model_path, device=options.device, rdo_passes=options.rdo_passes,
             scale=options.scale, max_pixels=_max_pixels(options), strip_metadata=options.strip,
-            restore=options.restore, **rdo,
+            restore=options.restore, processes=options.threads, **rdo,
         )  # fmt: skip
     return _CODECS[key]
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import catalog, container, entropy, restoration, tiles
+from . import catalog, container, entropy, forked, restoration, tiles
 from .container import DEFAULT_MAX_PIXELS, MAX_TILE, Header, Streams
 from .defaults import DEFAULT_PRESET, DEFAULT_RDO, DEFAULT_TILE, MAX_SCALE, MIN_SCALE, WINDOW, WINDOW_MARGIN
 from .errors import DecodeMismatchError, FormatError, InputError, ModelError, ModelMismatchError, UsageError
@@ -157,10 +157,11 @@ def load(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     strip_metadata: bool = False,
     restore: bool = True,
+    processes: int = 1,
 ) -> Codec:
     """A ``Codec`` with a shipped preset (default ``DEFAULT_PRESET``) or the model file at ``path``
-    (``rdo``, ``rdo_passes``, ``scale``, ``max_pixels``, ``strip_metadata``, ``restore``: see
-    ``Codec``; by default a preset brings its RDO passes, a file one)."""
+    (``rdo``, ``rdo_passes``, ``scale``, ``max_pixels``, ``strip_metadata``, ``restore``,
+    ``processes``: see ``Codec``; by default a preset brings its RDO passes, a file one)."""
     if preset is not None and path is not None:
         raise ModelError("give a preset or a model path, not both")
     name = preset or (str(path) if path else DEFAULT_PRESET)
@@ -176,15 +177,16 @@ def load(
         max_pixels=max_pixels,
         strip_metadata=strip_metadata,
         restore=restore,
+        processes=processes,
     )
 
 
-def load_for(data: VqcLike, *, device: str = "auto", max_pixels: int = DEFAULT_MAX_PIXELS) -> Codec:
+def load_for(data: VqcLike, *, device: str = "auto", max_pixels: int = DEFAULT_MAX_PIXELS, processes: int = 1) -> Codec:
     """A ``Codec`` with the shipped model that made the ``.vqc`` file ``data``, found by the
     identifier in its header: a preset, or a model an earlier release shipped and a later one
     replaced (kept so that its files still decode)."""
     name, path = catalog.find(container.read_header(vqc_bytes(data)).model_id)
-    return Codec(load_model(path), device=device, name=name, max_pixels=max_pixels)
+    return Codec(load_model(path), device=device, name=name, max_pixels=max_pixels, processes=processes)
 
 
 class Codec:
@@ -203,6 +205,7 @@ class Codec:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         strip_metadata: bool = False,
         restore: bool = True,
+        processes: int = 1,
     ):
         """``tile``, ``rdo`` (0: always the nearest code; more: smaller files, lower quality),
         ``rdo_passes`` (more: smaller files, slower encoding) and ``scale`` set how files are
@@ -217,7 +220,9 @@ class Codec:
         and EXIF data travel in the file unless ``strip_metadata``. ``restore``: the encoder fits
         a restoration filter to each image (``vqcodec.restoration``) and writes it where it is
         worth its bytes; files are a little larger and better, encoding takes the fit longer (and,
-        without ``rdo``, a synthesis of the image)."""
+        without ``rdo``, a synthesis of the image). ``processes``: the decoder decodes the segments
+        of a map (``container``) in that many processes side by side, this one and forked
+        children (on the CPU, on Linux; the same codes either way)."""
         if not 1 <= tile <= MAX_TILE:
             raise UsageError(f"tile must be in 1..{MAX_TILE}, got {tile}")
         if not 0 <= rdo < math.inf:
@@ -226,11 +231,14 @@ class Codec:
             raise UsageError(f"rdo_passes must be at least 1, got {rdo_passes}")
         if isinstance(max_pixels, bool) or not isinstance(max_pixels, numbers.Integral) or max_pixels < 1:
             raise UsageError(f"max_pixels must be a whole number of at least 1, got {max_pixels!r}")
+        if isinstance(processes, bool) or not isinstance(processes, numbers.Integral) or processes < 1:
+            raise UsageError(f"processes must be a whole number of at least 1, got {processes!r}")
         if not MIN_SCALE <= scale <= MAX_SCALE:
             raise UsageError(f"scale must be in {MIN_SCALE:g}..{MAX_SCALE:g}, got {scale}")
         self.tile, self.rdo, self.rdo_passes, self.cuda_graphs = tile, rdo, rdo_passes, cuda_graphs
         self.scale = scale
         self.max_pixels, self.strip_metadata, self.restore = max_pixels, strip_metadata, restore
+        self.processes = int(processes)
         self.device = resolve_device(device)
         self.model = model.eval().to(self.device)
         self.name = name
@@ -486,8 +494,9 @@ class Codec:
     def _decode_maps(
         self, prior: IntegerPrior, streams: Sequence[bytes], maps: list[_Map], timer: Timer
     ) -> list[np.ndarray]:
-        """Decode maps batch by batch of regions, wavefront by wavefront within a batch; the
-        segments of segmented maps side by side on the torch threads (on the CPU)."""
+        """Decode maps batch by batch of regions, wavefront by wavefront within a batch; with
+        ``processes``, the segments of segmented maps side by side in forked processes (on the
+        CPU, on Linux)."""
         codes = [np.zeros(m.shape, dtype=np.int64) for m in maps]
         segments = [
             container.split_segments(stream, container.segment_count(m.shape, m.tile)) if m.segmented else [stream]
@@ -495,22 +504,29 @@ class Codec:
         ]
         whole = {i: entropy.Decoder(stream) for i, (stream, m) in enumerate(zip(streams, maps, strict=True))
                  if not m.segmented}  # fmt: skip
-        workers = torch.get_num_threads() if self.device.type == "cpu" else 1
+        workers = self.processes if self.device.type == "cpu" and forked.AVAILABLE else 1
         shares = _shares(maps, segments, workers)
 
-        def decode_share(share: Iterator[_Unit]) -> None:
-            decoders = {}
+        def decode_share(share: Iterator[_Unit]) -> list[tuple[int, tiles.Region, np.ndarray]]:
+            decoders: dict[int, entropy.Decoder] = {}
+            blocks = []
             for batch, owner, state in _batches(prior, maps, timer, share):
                 for u in {unit.index: unit for unit, _, _ in batch}.values():
                     decoders[u.index] = whole[u.map] if u.map in whole else entropy.Decoder(segments[u.map][u.segment])
-                self._decode_batch(prior, batch, owner, state, decoders, codes, timer)
+                blocks += self._decode_batch(prior, batch, owner, state, decoders, timer)
+            return blocks
 
         with prior.stepping():
-            if len(shares) == 1:
-                decode_share(shares[0])
-            else:
-                with ThreadPoolExecutor(len(shares)) as pool:
-                    list(pool.map(decode_share, shares))
+            children = [forked.Forked(decode_share, share) for share in shares[1:]]
+            try:
+                blocks = decode_share(shares[0])
+                for child in children:
+                    blocks += child.result()
+            finally:
+                for child in children:
+                    child.close()
+        for i, region, block in blocks:
+            region.take(codes[i])[...] = block
         return codes
 
     def _decode_batch(
@@ -520,10 +536,10 @@ class Codec:
         owner: np.ndarray,
         state: MapState,
         decoders: dict[int, entropy.Decoder],
-        codes: list[np.ndarray],
         timer: Timer,
-    ) -> None:
-        """Decode one batch of regions into ``codes``, each unit's codes from its decoder."""
+    ) -> list[tuple[int, tiles.Region, np.ndarray]]:
+        """Decode one batch of regions, each unit's codes from its decoder: (map index, region,
+        its codes) of each region."""
         owner = owner[state.order]
         decoded = np.zeros(state.n, dtype=np.int64)  # by row: in decoding order
         with timer(PRIOR):
@@ -538,8 +554,10 @@ class Codec:
             steps.set_codes(rows, front)
         flat = np.empty_like(decoded)
         flat[state.order] = decoded
-        for (_, i, region), base in zip(batch, state.bases, strict=True):
-            region.take(codes[i])[...] = flat[base : base + region.positions].reshape(region.shape)
+        return [
+            (i, region, flat[base : base + region.positions].reshape(region.shape))
+            for (_, i, region), base in zip(batch, state.bases, strict=True)
+        ]
 
     def _analyse(
         self, rgb: np.ndarray, analyse: Callable[[torch.Tensor, tiles.Region], Sequence[torch.Tensor]]
