@@ -557,12 +557,10 @@ def train_prior_command(
 @click.option("--synth-res-blocks", type=click.IntRange(0), help="Grow the synthesis to this many residual blocks.")
 @click.option("--synth-res-channels", type=click.IntRange(2), help="Grow the residual blocks to this width.")
 @click.option("--synth-up-blocks", type=click.IntRange(0), help="Grow: residual blocks after each inner upsampling.")
-@click.option("--ladder", is_flag=True, help="Train for the --quality ladder: crops coded at its scales "
-              "(resampled copies), the synthesis scored resampled back.")  # fmt: skip
 @_bf16_option
 @_colour_option
 @_settings_options(128, "Crop side in pixels.")
-def train_decoder_command(source: str, folder: Path, out: Path, ladder: bool, **kwargs) -> None:
+def train_decoder_command(source: str, folder: Path, out: Path, **kwargs) -> None:
     """Stage 3: fine-tune MODEL's synthesis on its own codes of DATA; codes and file sizes stay
     the same, only the reconstruction changes. Writes the tuned model OUT. The --synth-* options
     first grow the synthesis, starting from exactly what it computes (files of MODEL still decode
@@ -571,7 +569,7 @@ def train_decoder_command(source: str, folder: Path, out: Path, ladder: bool, **
     checkpoint = out.with_name(out.name + ".ckpt")
     sizes = {k: kwargs.pop(k) for k in [k for k in kwargs if k.startswith("synth_")]}
     grow = {k: v for k, v in sizes.items() if v is not None}
-    _training().train_decoder(source, folder, checkpoint, out, _settings(kwargs), grow, ladder)
+    _training().train_decoder(source, folder, checkpoint, out, _settings(kwargs), grow)
     _report_model(out, checkpoint)
 
 

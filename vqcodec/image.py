@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import io
 import os
 import struct
@@ -214,14 +213,6 @@ def resample(rgb: np.ndarray, width: int, height: int) -> np.ndarray:
     if rgb.shape[:2] == (height, width):
         return rgb
     return np.asarray(Image.fromarray(rgb).resize((width, height), Image.Resampling.LANCZOS))
-
-
-@functools.lru_cache(maxsize=64)
-def lanczos_matrix(size: int, new_size: int) -> np.ndarray:
-    """(new_size, size) float32: what ``resample`` does along an axis of ``size`` samples, as a
-    matrix (Pillow's Lanczos on float samples), so that training can backpropagate through it."""
-    eye = Image.fromarray(np.eye(size, dtype=np.float32))
-    return np.ascontiguousarray(np.asarray(eye.resize((new_size, size), Image.Resampling.LANCZOS)).T)
 
 
 def pad_to(rgb: np.ndarray, multiple: int) -> np.ndarray:

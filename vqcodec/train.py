@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from . import data, quality
+from . import data
 from .catalog import model_file
 from .checkpoint import is_checkpoint, load_checkpoint, load_modules, read_meta, save_checkpoint
 from .codec import Codec
@@ -32,7 +32,7 @@ from .config import ARCHITECTURES, ModelConfig, VQVAEConfig
 from .defaults import DEFAULT_TILE
 from .errors import ModelError
 from .grow import grown
-from .image import lanczos_matrix, pad_to, resample, to_pixels, to_rgb, to_tensor
+from .image import pad_to, to_rgb, to_tensor
 from .model import CodecModel
 from .prior import PixelSNAIL, calibrate
 from .vqvae import VQVAE2, loss
@@ -311,17 +311,11 @@ def train_decoder(
     model_out: str | Path,
     settings: Settings = Settings(),
     grow: dict[str, int] | None = None,
-    ladder: bool = False,
 ) -> Path:
     """Fine-tune the synthesis of a finished model (file or preset) on its own codes; write the
     tuned model to ``model_out`` (the checkpoint for resuming goes to ``out``). ``grow`` (VQ-VAE
     config fields ``synth_*``) first grows the synthesis to those sizes, computing what it did
     (``grow.grown``), so the larger one starts where the trained one is.
-
-    ``ladder``: train for the ``--quality`` ladder, whose points code resampled copies of the
-    image: each step codes its crops resampled by one of the ladder's scales (drawn evenly) and
-    scores the synthesis resampled back, as the decoder resamples it; validation adds the PSNR
-    at some of those scales (``LADDER_VALIDATION_SCALES``).
 
     The analysis, the codebooks and the priors stay exactly as they are, so every code map and
     every file size does too: only the reconstruction improves. That makes a long run cheap (no
@@ -331,10 +325,8 @@ def train_decoder(
     model = load_model(model_file(source))
     source_id = model_id(model).hex()
     grow = grow or {}
-    meta = {"stage": "decoder", "source": source_id, "grow": grow, "ladder": ladder}
-    stored = read_meta(out) if out.exists() else meta
-    if any(stored.get(k, {"grow": {}, "ladder": False}.get(k)) != v for k, v in meta.items()):
-        raise ModelError(f"{out} fine-tunes another model than {source}; resume it with its own source and options")
+    if out.exists() and (read_meta(out).get("source"), read_meta(out).get("grow", {})) != (source_id, grow):
+        raise ModelError(f"{out} fine-tunes another model than {source}; resume it with its own source and sizes")
     if grow:
         model = grown(model, grow)
     device = _device()
@@ -342,77 +334,24 @@ def train_decoder(
     vqvae.requires_grad_(False)
     for name in VQVAE2.SYNTHESIS:
         getattr(vqvae, name).requires_grad_(True)
-    run = _Run(out, {"vqvae": vqvae}, settings, meta)
+    run = _Run(out, {"vqvae": vqvae}, settings, {"stage": "decoder", "source": source_id, "grow": grow})
     run.resume()
     train_files, val_files = data.split(folder)
     sampler = data.CropSampler(data.load_rgb(train_files), settings.crop, run.generator, settings.colour)
     val_images = data.load_rgb(val_files)
     net = _ddp(_Synthesis(vqvae))
 
-    scales = [point.scale for point in quality.LADDER] if ladder else [1.0]
-
     def train_step() -> dict[str, float]:
         x = sampler.sample(settings.batch).to(device)
-        scale = scales[int(torch.randint(len(scales), (1,), generator=run.generator))] if ladder else 1.0
-        coded = _resampled(x, scale, vqvae.config.top_stride)
-        top, bottom = vqvae.encode(coded)
+        top, bottom = vqvae.encode(x)
         with settings.autocast(device):
             recon = net(top, bottom).float()
-        recon = _resampled_back(recon, x.shape[-2:], round(x.shape[-2] * scale), round(x.shape[-1] * scale))
         return _reconstruction_step(F.mse_loss(recon, x), recon, x)
 
-    def validate() -> dict[str, float]:
-        metrics = validate_vqvae(vqvae, val_images)
-        return metrics | (validate_ladder(vqvae, val_images, LADDER_VALIDATION_SCALES) if ladder else {})
-
-    run.loop(train_step, validate)
+    run.loop(train_step, lambda: validate_vqvae(vqvae, val_images))
     if _rank() == 0:
         save_model(model, model_out, half=True)
     return model_out
-
-
-def _resampled(x: torch.Tensor, scale: float, stride: int) -> torch.Tensor:
-    """Crops (B, 3, H, W) of 8-bit pixels as the codec codes them at ``scale``: resampled to the
-    rounded size (``image.resample``) and edge-padded to a multiple of ``stride``."""
-    if scale == 1.0:
-        return x
-    h, w = (round(n * scale) for n in x.shape[-2:])
-    pixels = to_pixels(x).cpu().numpy()
-    return torch.cat([to_tensor(pad_to(resample(p, w, h), stride)) for p in pixels]).to(x.device)
-
-
-def _resampled_back(recon: torch.Tensor, size: tuple[int, int], h: int, w: int) -> torch.Tensor:
-    """The synthesis of a resampled copy (coded size h x w, padding beyond) resampled back to
-    ``size`` as the decoder does it, differentiably (``image.lanczos_matrix``)."""
-    if (h, w) == tuple(size):
-        return recon
-    rows, cols = (torch.from_numpy(lanczos_matrix(n, new)).to(recon) for n, new in zip((h, w), size, strict=True))
-    return torch.einsum("oh,bchw,pw->bcop", rows, recon[..., :h, :w], cols)
-
-
-#: Scales at which a ladder run's validation measures PSNR (the ends and middle of the ladder's
-#: copies; 1x is the plain validation's).
-LADDER_VALIDATION_SCALES = (0.354, 0.707, 1.414, 2.0)
-
-
-@torch.no_grad()
-def validate_ladder(model: VQVAE2, images: list[np.ndarray], scales: tuple[float, ...]) -> dict[str, float]:
-    """PSNR (pooled over all pixels) at each of ``scales`` of whole images coded as the codec
-    codes resampled copies: resampled, nearest codes, synthesised, resampled back (8-bit)."""
-    model.eval()
-    device = next(model.parameters()).device
-    s = model.config.top_stride
-    out = {}
-    for scale in scales:
-        squared_error = 0.0
-        for img in images:
-            h, w = img.shape[:2]
-            sh, sw = max(1, round(h * scale)), max(1, round(w * scale))
-            top, bottom = model.encode(to_tensor(pad_to(resample(img, sw, sh), s)).to(device))
-            recon = resample(to_rgb(model.decode(top, bottom))[:sh, :sw], w, h)
-            squared_error += float(((recon.astype(np.float64) - img) ** 2).sum())
-        out[f"psnr_{scale:g}x"] = _psnr(squared_error / sum(img.size for img in images))
-    return out
 
 
 class _Synthesis(nn.Module):
