@@ -26,7 +26,7 @@ from .images import Sample, load_images
 from .metrics import MSSSIM_MIN_SIDE
 from .peers import PEER, compare, load_peer, ratios
 from .rd import REFERENCE, average_curve, bd_rates, head_to_head, same_rate, same_size_jpeg, sweep
-from .speed import devices, measure_speed
+from .speed import devices, measure_speed, timed
 
 DEFAULT_OUT = Path(__file__).parent / "results"
 #: --quick: this many images, centre-cropped to this side, this many settings per classical codec.
@@ -302,6 +302,35 @@ def colours(qualities, out) -> None:
     out.mkdir(parents=True, exist_ok=True)
     report.write_json(out / "colours.json", {"command": _command_line(), "points": rows})
     click.echo(f"wrote {out / 'colours.json'}")
+
+
+@main.command()
+@click.argument("vqc", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--size", type=click.IntRange(1), default=256, show_default=True, help="Side of the regions, pixels.")
+@click.option("--threads", type=click.IntRange(1), default=1, show_default=True,
+              help="torch threads and decoding processes (as the command line's --threads).")  # fmt: skip
+@click.option("--repeats", type=click.IntRange(1), default=2, show_default=True)
+def region(vqc, size, threads, repeats) -> None:
+    """Decoding a region of the .vqc file VQC against decoding it whole: time per stage and peak
+    memory of the top-left corner, the centre, and the whole image."""
+    torch.set_num_threads(threads)
+    data = vqc.read_bytes()
+    codec = vqcodec.load_for(data, device="cpu", max_pixels=vqcodec.container.MAX_PIXELS, processes=threads)
+    header = vqcodec.read_header(data)
+    w, h = min(size, header.width), min(size, header.height)
+    cases = {
+        f"{w}x{h} top-left": (0, 0, w, h),
+        f"{w}x{h} centre": ((header.width - w) // 2, (header.height - h) // 2, w, h),
+        "whole image": None,
+    }
+    click.echo(f"{vqc}: {header.width}x{header.height}, .vqc version {header.version}, "
+               f"cpu capability {torch.backends.cpu.get_cpu_capability()}, {threads} thread(s)")  # fmt: skip
+    rows = []
+    for name, rect in cases.items():
+        timing = timed(codec, repeats, lambda timer, rect=rect: codec.decompress(data, timer, region=rect), True)
+        stages = ", ".join(f"{k} {v:.2f}" for k, v in timing.seconds.items() if k != "total")
+        rows.append([name, f"{timing.seconds['total']:.2f}", f"{timing.peak_mib:.0f}", stages])
+    click.echo(report.table(["decoded", "seconds", "peak MiB", "stages (s)"], rows))
 
 
 @main.command()

@@ -73,7 +73,7 @@ def _best(runs: list[dict[str, float]]) -> dict[str, float]:
     return {stage: min(run[stage] for run in runs) for stage in runs[0]}
 
 
-def _timed(codec: vqcodec.Codec, repeats: int, run: Callable[[StageTimer], object], warm_up: bool) -> Timing:
+def timed(codec: vqcodec.Codec, repeats: int, run: Callable[[StageTimer], object], warm_up: bool) -> Timing:
     """Best-of-``repeats`` stage times of ``run(timer)``, with the peak memory since the start
     (an untimed warm-up run first, when asked: allocations, kernels)."""
     before = memory_mib(codec.device, peak=False)
@@ -100,12 +100,12 @@ def time_encode(codec: vqcodec.Codec, images: list[np.ndarray], repeats: int) ->
     def run(timer: StageTimer) -> None:
         files.append([encoded.data for encoded in codec.encode_many(images, timer=timer)])
 
-    return _per_image(_timed(codec, repeats, run, warm_up=True), len(images)), files[0]
+    return _per_image(timed(codec, repeats, run, warm_up=True), len(images)), files[0]
 
 
 def time_decode(codec: vqcodec.Codec, files: list[bytes], repeats: int) -> Timing:
     """The decoder's timing per stage and in total, per image of the batch ``files``."""
-    timing = _timed(codec, repeats, lambda timer: codec.decompress_many(files, timer=timer), warm_up=False)
+    timing = timed(codec, repeats, lambda timer: codec.decompress_many(files, timer=timer), warm_up=False)
     return _per_image(timing, len(files))
 
 

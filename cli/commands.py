@@ -237,6 +237,17 @@ def compress(
     _run(batch.compress_file, inputs, ".vqc", batch.IMAGE_SUFFIXES, options, kwargs, _compress_stream)
 
 
+def _region(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int, int, int] | None:
+    """--region X,Y,W,H as four whole numbers (whether it lies inside an image is checked per file)."""
+    if value is None:
+        return None
+    parts = value.split(",")
+    if len(parts) != 4 or not all(p.strip().isdigit() for p in parts) or int(parts[2]) < 1 or int(parts[3]) < 1:
+        raise click.BadParameter(f"expected X,Y,W,H (whole numbers, width and height at least 1), not {value!r}")
+    x, y, w, h = (int(p) for p in parts)
+    return x, y, w, h
+
+
 @main.command()
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="IN... [OUT]")
 @_model_options
@@ -244,14 +255,19 @@ def compress(
 @click.option("--format", "image_format", help="Image format of OUT, where no file name says it (OUT '-' or -o) "
               "[default: png]: png, webp, jpeg, tiff, bmp, ...")  # fmt: skip
 @click.option("--quality", type=click.IntRange(0, 100), help="For a lossy OUT format (jpeg, webp): its quality.")
+@click.option("--region", metavar="X,Y,W,H", callback=_region,
+              help="Decode only this rectangle (pixels: left, top, width, height), exactly as in the whole "
+              "image, decoding only what it needs.")  # fmt: skip
 @_batch_options
-def decompress(inputs: tuple[Path, ...], image_format: str | None, quality: int | None, **kwargs) -> None:
+def decompress(
+    inputs: tuple[Path, ...], image_format: str | None, quality: int | None, region: tuple | None, **kwargs
+) -> None:
     """Decompress the .vqc file IN into the image OUT ('-': standard input or output; the format
     from OUT's extension or --format), or, with -o, every .vqc file IN into the folder given. The
     shipped model that made each file is found from the file; --preset or --model name another."""
     single_out = inputs[-1] if kwargs["output_dir"] is None and len(inputs) == 2 else None
     fmt = _image_format(image_format, single_out)
-    options = _options(kwargs, image_format=fmt, quality=quality)
+    options = _options(kwargs, image_format=fmt, quality=quality, region=region)
     suffix = "." + fmt.lower().replace("jpeg", "jpg")
     _run(batch.decompress_file, inputs, suffix, batch.VQC_SUFFIXES, options, kwargs, _decompress_stream)
 
@@ -364,7 +380,7 @@ def _decompress_stream(src: Path, out: Path, options: batch.Options, kwargs: dic
     buffer = io.BytesIO()
     batch.save_image(image, buffer, options)
     _deliver(out, buffer.getvalue(), options)
-    _stream_report(src, out, len(data), buffer.tell(), 8 * len(data) / (image.width * image.height), kwargs)
+    _stream_report(src, out, len(data), buffer.tell(), batch.bits_per_pixel(data), kwargs)
 
 
 def _deliver(out: Path, data: bytes, options: batch.Options) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -349,3 +350,11 @@ def test_speed_against_a_peer_needs_compressai(tmp_path, image_dir, model_file, 
     monkeypatch.setattr("bench.__main__.load_peer", missing)
     result = invoke("speed", image_dir, "--model", model_file, "--peers", "--out", tmp_path)
     assert result.exit_code == 2 and "pip install compressai" in result.output
+
+
+def test_region_compares_regions_with_the_whole_image():
+    golden = Path(__file__).parent / "golden" / "medium-segments.vqc"
+    result = invoke("region", golden, "--size", 40, "--repeats", 1)
+    lines = result.output.splitlines()
+    assert "256x192, .vqc version 5" in lines[0]
+    assert [line.split(" | ")[0] for line in lines[3:]] == ["| 40x40 top-left", "| 40x40 centre", "| whole image"]

@@ -46,6 +46,7 @@ class Options:
     restore: bool = True  # compress: fit and write a restoration filter where it pays
     target_bytes: int | None = None  # compress: the largest file of any quality within this size
     target_bpp: float | None = None  # the same, in bits per pixel
+    region: tuple[int, int, int, int] | None = None  # decompress: only this rectangle (x, y, width, height)
 
 
 @dataclass
@@ -210,11 +211,17 @@ def decompress_file(src: Path, out: Path, options: Options) -> Outcome:
         write_atomic(out, buffer.getvalue(), replace=options.force)
         outcome.bytes_in, outcome.bytes_out = len(data), buffer.tell()
         outcome.width, outcome.height = image.size
-        outcome.bpp, outcome.model = 8 * len(data) / (image.width * image.height), codec.name
+        outcome.bpp, outcome.model = bits_per_pixel(data), codec.name
     except (VQCodecError, OSError) as exc:
         outcome.status, outcome.error = "error", str(exc)
     outcome.seconds = time.perf_counter() - start
     return outcome
+
+
+def bits_per_pixel(data: bytes) -> float:
+    """The rate of a ``.vqc`` file: its bits over its image's pixels (whatever part was decoded)."""
+    header = read_header(data)
+    return 8 * len(data) / (header.width * header.height)
 
 
 def read_checked(stream: BinaryIO) -> bytes:
@@ -248,7 +255,7 @@ def decode_image(codec: Any, data: bytes, options: Options) -> Any:
     decoding anything)."""
     header = codec.read_header(data)
     _check_format_holds(MODES[header.channels], decode_metadata(unpack(data)[1].metadata), options)
-    return codec.decompress(data)
+    return codec.decompress(data, region=options.region)
 
 
 def _check_format_holds(mode: str, metadata: dict[str, bytes], options: Options) -> None:

@@ -6,7 +6,7 @@ import itertools
 import math
 import numbers
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import catalog, container, entropy, forked, restoration, tiles
+from . import catalog, container, entropy, forked, partial, restoration, tiles
 from .container import DEFAULT_MAX_PIXELS, MAX_TILE, Header, Streams
 from .defaults import DEFAULT_PRESET, DEFAULT_RDO, DEFAULT_TILE, MAX_SCALE, MIN_SCALE, WINDOW, WINDOW_MARGIN
 from .errors import DecodeMismatchError, FormatError, InputError, ModelError, ModelMismatchError, UsageError
@@ -492,11 +492,17 @@ class Codec:
         return decoded
 
     def _decode_maps(
-        self, prior: IntegerPrior, streams: Sequence[bytes], maps: list[_Map], timer: Timer
+        self,
+        prior: IntegerPrior,
+        streams: Sequence[bytes],
+        maps: list[_Map],
+        timer: Timer,
+        wanted: list[set[int]] | None = None,
     ) -> list[np.ndarray]:
         """Decode maps batch by batch of regions, wavefront by wavefront within a batch; with
         ``processes``, the segments of segmented maps side by side in forked processes (on the
-        CPU, on Linux)."""
+        CPU, on Linux). ``wanted``: only these segments of each segmented map (the rest of its
+        codes stay 0)."""
         codes = [np.zeros(m.shape, dtype=np.int64) for m in maps]
         segments = [
             container.split_segments(stream, container.segment_count(m.shape, m.tile)) if m.segmented else [stream]
@@ -505,7 +511,7 @@ class Codec:
         whole = {i: entropy.Decoder(stream) for i, (stream, m) in enumerate(zip(streams, maps, strict=True))
                  if not m.segmented}  # fmt: skip
         workers = self.processes if self.device.type == "cpu" and forked.AVAILABLE else 1
-        shares = _shares(maps, segments, workers)
+        shares = _shares(maps, segments, workers, wanted)
 
         def decode_share(share: Iterator[_Unit]) -> list[tuple[int, tiles.Region, np.ndarray]]:
             decoders: dict[int, entropy.Decoder] = {}
@@ -621,9 +627,11 @@ class Codec:
         with timer(SYNTHESIS):
             return resample(np.ascontiguousarray(padded[: coded_size[1], : coded_size[0]]), width, height)
 
-    def _synthesise(self, codes: CodeMaps, timer: Timer) -> np.ndarray:
+    def _synthesise(
+        self, codes: CodeMaps, timer: Timer, windows: list[tuple[tiles.Region, tiles.Region]] | None = None
+    ) -> np.ndarray:
         """The RGB image (uint8, padded to the top stride) the model synthesises from ``codes``,
-        window by window."""
+        window by window (only ``windows``, if given; 0 elsewhere)."""
         s = self.top_stride
 
         def window(outer: tiles.Region) -> np.ndarray:
@@ -633,12 +641,15 @@ class Codec:
                 return to_rgb(self.model.vqvae.decode(top, bottom))
 
         out = np.zeros((codes.top.shape[0] * s, codes.top.shape[1] * s, 3), dtype=np.uint8)
-        for inner, outer, pixels in self._each_window(codes.top.shape, window):
+        for inner, outer, pixels in self._each_window(codes.top.shape, window, windows):
             inner.scaled(s).take(out)[...] = inner.within(outer).scaled(s).take(pixels)
         return out
 
     def _each_window(
-        self, shape: tuple[int, int], work: Callable[[tiles.Region], T]
+        self,
+        shape: tuple[int, int],
+        work: Callable[[tiles.Region], T],
+        windows: list[tuple[tiles.Region, tiles.Region]] | None = None,
     ) -> list[tuple[tiles.Region, tiles.Region, T]]:
         """(inner, outer, ``work(outer)``) for every window of a top map of ``shape``, each
         window's work on one CPU thread: oneDNN's and BLAS's kernels split their sums by the number
@@ -646,7 +657,8 @@ class Codec:
         on it; on one thread the encoder writes the same bytes, and the decoder the same pixels,
         however many threads the process uses. The windows are independent, so on the CPU they run
         side by side, one per torch thread: the results are those of one thread."""
-        windows = list(tiles.windows(*shape, WINDOW, WINDOW_MARGIN))
+        if windows is None:
+            windows = tiles.windows(*shape, WINDOW, WINDOW_MARGIN)
         workers = min(torch.get_num_threads(), len(windows)) if self.device.type == "cpu" else 1
         grad = torch.is_grad_enabled()
 
@@ -663,9 +675,45 @@ class Codec:
                     results = list(pool.map(run, [outer for _, outer in windows]))
         return [(inner, outer, r) for (inner, outer), r in zip(windows, results, strict=True)]
 
-    def decompress(self, data: VqcLike, timer: Timer = no_timer) -> Image.Image:
-        """The image stored in ``.vqc`` bytes (mode L, LA, RGB or RGBA, as compressed)."""
-        return self.decompress_many([data], timer)[0]
+    def decompress(
+        self, data: VqcLike, timer: Timer = no_timer, region: tuple[int, int, int, int] | None = None
+    ) -> Image.Image:
+        """The image stored in ``.vqc`` bytes (mode L, LA, RGB or RGBA, as compressed); with
+        ``region`` (x, y, width, height), that rectangle of it, exactly as in the whole image,
+        decoding only the segments of the maps and the synthesis windows it needs (files whose
+        maps are not in segments decode their maps whole)."""
+        if region is None:
+            return self.decompress_many([data], timer)[0]
+        return self._decompress_region(vqc_bytes(data), region, timer)
+
+    @torch.no_grad()
+    def _decompress_region(self, data: bytes, rect: tuple[int, int, int, int], timer: Timer) -> Image.Image:
+        header = self.read_header(data)
+        _, streams = container.unpack(data)
+        x, y, w, h = partial.check(rect, header.width, header.height)
+        restored = restoration.from_bytes(streams.filter) if streams.filter else None
+        r = restoration.SHAPES[restored.shape].radius if restored is not None else 0
+        coded = self.coded_size(header)
+        xs = partial.source_span(x - r, x + w + r, header.width, coded[0])
+        ys = partial.source_span(y - r, y + h + r, header.height, coded[1])
+        windows = partial.windows(xs, ys, header.top_shape, self.top_stride, WINDOW, WINDOW_MARGIN)
+        per_top = container.regions_per_segment(header.tile)
+        per_bottom = container.regions_per_segment(2 * header.tile)
+        wanted = partial.segments([o for _, o in windows], header.top_shape, header.tile, per_top, per_bottom)
+        top_prior, bottom_prior = self.decoding_priors
+        top_map = _Map(header.top_shape, header.tile, segmented=header.segmented)
+        (top,) = self._decode_maps(top_prior, [streams.top], [top_map], timer, [wanted[0]])
+        bottom_map = _Map(header.bottom_shape, 2 * header.tile, top, segmented=header.segmented)
+        (bottom,) = self._decode_maps(bottom_prior, [streams.bottom], [bottom_map], timer, [wanted[1]])
+        padded = self._synthesise(CodeMaps(top, bottom), timer, windows)
+        pixels = self._picture(padded, coded, header.width, header.height, timer)
+        if restored is not None:
+            with timer(RESTORATION):
+                pixels = restoration.apply(pixels, restored)
+        alpha = container.decompress_alpha(streams.alpha, (header.height, header.width)) if header.has_alpha else None
+        crop = np.s_[y : y + h, x : x + w]
+        meta = container.decode_metadata(streams.metadata)
+        return to_pil(Picture(pixels[crop], None if alpha is None else alpha[crop], header.channels, meta))
 
     def decompress_many(self, files: Sequence[VqcLike], timer: Timer = no_timer) -> list[Image.Image]:
         """``decompress`` several files at once, their maps sharing the priors' batches."""
@@ -714,38 +762,41 @@ def _has_segments(top_shape: tuple[int, int], bottom_shape: tuple[int, int], til
     )
 
 
-def _units(maps: list[_Map], segments: dict[int, range] | None = None) -> Iterator[_Unit]:
+def _units(maps: list[_Map], segments: dict[int, Collection[int]] | None = None) -> Iterator[_Unit]:
     """The units of ``maps`` in stream order, lazily (a forged file is refused in its first
-    batch, before the rest is cut); with ``segments``, only those segments of each map named."""
+    batch, before the rest is cut); with ``segments``, only the segments named of each map named
+    (an unsegmented map named gives all its units)."""
     index = itertools.count()
     for i, m in enumerate(maps):
+        if segments is not None and i not in segments:
+            continue
         regions = tiles.regions(*m.shape, m.tile)
         if not m.segmented:
-            if segments is None or i in segments:
-                for batch in tiles.batches(regions, MAX_BATCH_POSITIONS):
-                    yield _Unit(next(index), i, 0, batch)
+            for batch in tiles.batches(regions, MAX_BATCH_POSITIONS):
+                yield _Unit(next(index), i, 0, batch)
             continue
-        per = container.regions_per_segment(m.tile)
-        wanted = range(container.segment_count(m.shape, m.tile)) if segments is None else segments.get(i, range(0))
-        if wanted:
-            regions = itertools.islice(regions, wanted.start * per, None)
-        for k, group in zip(wanted, tiles.batches(regions, per, lambda r: 1), strict=False):
-            yield _Unit(next(index), i, k, group)
+        for k, group in enumerate(tiles.batches(regions, container.regions_per_segment(m.tile), lambda r: 1)):
+            if segments is None or k in segments[i]:
+                yield _Unit(next(index), i, k, group)
 
 
-def _shares(maps: list[_Map], segments: list[list[bytes]], workers: int) -> list[Iterator[_Unit]]:
-    """The units of ``maps`` cut into at most ``workers`` shares that decode side by side: runs of
-    each segmented map's segments (an unsegmented map's one stream goes whole to the first)."""
-    counts = [len(s) if m.segmented else 0 for m, s in zip(maps, segments, strict=True)]
-    workers = max(1, min(workers, max(counts, default=0)))
-    if workers == 1:
-        return [_units(maps)]
+def _shares(
+    maps: list[_Map], segments: list[list[bytes]], workers: int, wanted: list[set[int]] | None = None
+) -> list[Iterator[_Unit]]:
+    """The units of ``maps`` (of their ``wanted`` segments) cut into at most ``workers`` shares
+    that decode side by side: runs of each segmented map's segments (an unsegmented map's one
+    stream goes whole to the first)."""
+    picks = [
+        sorted(range(len(s)) if wanted is None else wanted[i]) if m.segmented else []
+        for i, (m, s) in enumerate(zip(maps, segments, strict=True))
+    ]
+    workers = max(1, min(workers, max(map(len, picks), default=0)))
     shares = []
     for w in range(workers):
-        picked = {i: range(n * w // workers, n * (w + 1) // workers) for i, n in enumerate(counts) if n}
+        chosen = {i: set(p[len(p) * w // workers : len(p) * (w + 1) // workers]) for i, p in enumerate(picks) if p}
         if w == 0:
-            picked |= {i: range(1) for i, m in enumerate(maps) if not m.segmented}
-        shares.append(_units(maps, picked))
+            chosen |= {i: set() for i, m in enumerate(maps) if not m.segmented}
+        shares.append(_units(maps, chosen))
     return shares
 
 
