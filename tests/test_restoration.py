@@ -71,6 +71,15 @@ def test_convolution_is_the_fitted_formula(rng, index):
     assert np.abs(out - expected.round().clip(0, 255)).max() <= 1  # float32 rounding at .5
 
 
+def test_filtering_some_rows_gives_the_whole_image_s_rows(rng):
+    decoded = smooth_image(rng, 4 * restoration.ROWS * 2 + 40, 23)
+    filt = _random_filter(rng, len(SHAPES) - 1, 20.0)
+    whole = restoration.apply(decoded, filt)
+    for first, end in ((0, 1), (250, 300), (4 * restoration.ROWS - 1, 4 * restoration.ROWS + 1), (540, 552)):
+        part = restoration.apply(decoded, filt, rows=(first, end))
+        np.testing.assert_array_equal(part[first:end], whole[first:end])
+
+
 def test_fit_restores_a_degraded_image(rng):
     image, degraded = _blurred(rng)
     filt = restoration.fit(image, degraded, 4000)

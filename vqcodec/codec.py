@@ -550,7 +550,7 @@ class Codec:
         decoded = np.zeros(state.n, dtype=np.int64)  # by row: in decoding order
         with timer(PRIOR):
             steps = wavefront_steps(prior, state, state.widest, self.cuda_graphs)
-        for rows in state.fronts:
+        for rows in _chunks(state.fronts):
             with timer(PRIOR):
                 probs = steps.probabilities(rows)
             front = decoded[rows]
@@ -709,7 +709,7 @@ class Codec:
         pixels = self._picture(padded, coded, header.width, header.height, timer)
         if restored is not None:
             with timer(RESTORATION):
-                pixels = restoration.apply(pixels, restored)
+                pixels = restoration.apply(pixels, restored, rows=(y, y + h))
         alpha = container.decompress_alpha(streams.alpha, (header.height, header.width)) if header.has_alpha else None
         crop = np.s_[y : y + h, x : x + w]
         meta = container.decode_metadata(streams.metadata)
@@ -819,6 +819,19 @@ def _batches(
             conds = [r.half().take(maps[i].cond) for _, i, r in batch] if maps[0].cond is not None else None
             state = prior.start([r.shape for _, _, r in batch], conds)
         yield batch, owner, state
+
+
+#: Rows of a wavefront decoded at once, at most: a stream that runs out is noticed within this
+#: many codes, even where a whole batch is one wavefront (tiles of 1 code).
+FRONT_CHUNK = 4096
+
+
+def _chunks(fronts: list[slice]) -> Iterator[slice]:
+    """The wavefronts' rows in pieces of at most ``FRONT_CHUNK`` (a wavefront's positions do not
+    depend on one another, so its pieces may be decoded one after another)."""
+    for front in fronts:
+        for start in range(front.start, front.stop, FRONT_CHUNK):
+            yield slice(start, min(start + FRONT_CHUNK, front.stop))
 
 
 def _by_owner(owner: np.ndarray) -> Iterator[tuple[int, np.ndarray | slice]]:

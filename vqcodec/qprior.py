@@ -283,10 +283,22 @@ def _local_neighbours(offsets: Offsets, h: int, w: int) -> np.ndarray:
     return neighbours(offsets, h, w).t().contiguous().numpy()
 
 
+def _runs(shapes: list[Shape], bases: np.ndarray) -> Iterator[tuple[Shape, np.ndarray]]:
+    """Consecutive regions of one shape, with their first positions: a map's regions are mostly
+    tile x tile, so work per run rather than per region (a batch may hold 32,768 regions)."""
+    start = 0
+    for shape, group in itertools.groupby(shapes):
+        count = len(list(group))
+        yield shape, bases[start : start + count]
+        start += count
+
+
 def _local_coords(shapes: list[Shape]) -> tuple[np.ndarray, np.ndarray]:
     """Row and column of every position within its region, regions one after the other."""
-    rows = [np.repeat(np.arange(h), w) for h, w in shapes]
-    cols = [np.tile(np.arange(w), h) for h, w in shapes]
+    rows, cols = [], []
+    for (h, w), bases in _runs(shapes, np.zeros(len(shapes), np.int64)):
+        rows.append(np.tile(np.repeat(np.arange(h), w), len(bases)))
+        cols.append(np.tile(np.arange(w), h * len(bases)))
     return np.concatenate(rows), np.concatenate(cols)
 
 
@@ -343,9 +355,10 @@ class MapState:
         if offsets not in self._step:
             if offsets not in self._tables:
                 parts = []
-                for (h, w), base in zip(self.shapes, self.bases, strict=True):
-                    local = _local_neighbours(offsets, h, w)
-                    parts.append(np.where(local == h * w, self.n, local + base))
+                for (h, w), bases in _runs(self.shapes, self.bases):
+                    local = _local_neighbours(offsets, h, w)[None]
+                    run = np.where(local == h * w, self.n, local + bases[:, None, None])
+                    parts.append(run.reshape(-1, len(offsets)))
                 by_position = np.concatenate(parts)
                 by_row = self._row[by_position[self.order]]
                 outside = np.full((2, len(offsets)), self.n)  # rows N and N + 1: all outside

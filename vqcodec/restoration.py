@@ -160,18 +160,21 @@ def _kernel(filt: Filter) -> tuple[np.ndarray, np.ndarray]:
     return kernel.astype(np.float32), bias.astype(np.float32)
 
 
-def apply(decoded: np.ndarray, filt: Filter) -> np.ndarray:
-    """(H, W, 3) uint8: ``decoded`` filtered (in bands of rows, so memory stays small)."""
+def apply(decoded: np.ndarray, filt: Filter, rows: tuple[int, int] | None = None) -> np.ndarray:
+    """(H, W, 3) uint8: ``decoded`` filtered (in bands of rows, so memory stays small); with
+    ``rows`` (first, end), only the bands that hold them (the other rows are left as they were),
+    each computed exactly as when the whole image is filtered."""
     import torch  # here, not above: reading a filter's record (``vqcodec info``) needs no torch
 
     kernel, bias = (torch.from_numpy(a) for a in _kernel(filt))
     r = SHAPES[filt.shape].radius
     h = decoded.shape[0]
     padded = torch.from_numpy(np.pad(decoded, ((r, r), (r, r), (0, 0)), mode="edge")).permute(2, 0, 1)
-    out = np.empty_like(decoded)
+    out = decoded.copy() if rows is not None else np.empty_like(decoded)
     band = 4 * ROWS
+    first, end = rows if rows is not None else (0, h)
     with torch.no_grad():
-        for top in range(0, h, band):
+        for top in range(first // band * band, min(end, h), band):
             n = min(band, h - top)
             x = padded[:, top : top + n + 2 * r].float().unsqueeze(0)
             y = x[:, :, r : r + n, r : x.shape[3] - r] + torch.nn.functional.conv2d(x, kernel, bias)
