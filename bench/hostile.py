@@ -4,6 +4,7 @@ decoded, within a bounded time and memory."""
 
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import dataclass
 
@@ -27,7 +28,8 @@ class Case:
 def forged(rng: np.random.Generator, data: bytes, stride: int) -> tuple[dict, bytes]:
     """A header claiming a random image size up to the default pixel limit (map sizes consistent
     with it, so that the header checks pass), a random tile and content CRC, with the file's
-    streams cut at random points; checksums valid."""
+    streams cut at random points, half the time cut into the segments the header's maps have
+    (format version 5) with lengths that add up; checksums valid."""
     header, streams = container.unpack(data)
     side = int(np.sqrt(container.DEFAULT_MAX_PIXELS))
     width, height = (int(v) for v in rng.integers(1, 2 * side, 2))
@@ -42,8 +44,20 @@ def forged(rng: np.random.Generator, data: bytes, stride: int) -> tuple[dict, by
     }  # fmt: skip
     payload = streams.top + streams.bottom
     a, b = sorted(int(v) for v in rng.integers(0, len(payload) // 4 + 1, 2) * 4)
-    new = container.Streams(payload[:a], payload[a:b])
+    top_stream, bottom_stream = payload[:a], payload[a:b]
+    if rng.random() < 0.5:
+        fields["flags"] = header.flags | container.FLAG_SEGMENTS
+        top_stream = _segmented(top_stream, container.segment_count(top, fields["tile"]))
+        bottom_stream = _segmented(bottom_stream, container.segment_count(fields["bottom_shape"], 2 * fields["tile"]))
+    new = container.Streams(top_stream, bottom_stream)
     return fields, container.pack(container.Header(**{**header.__dict__, **fields}), new)
+
+
+def _segmented(stream: bytes, count: int) -> bytes:
+    """``stream`` cut into ``count`` segments of whole words, as even as they go."""
+    words = len(stream) // 4
+    cuts = [4 * (words * i // count) for i in range(count + 1)]
+    return container.join_segments([stream[a:b] for a, b in itertools.pairwise(cuts)])
 
 
 def run_hostile(codec: vqcodec.Codec, sample: bytes, cases: int, seed: int = 0) -> dict:

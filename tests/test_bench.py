@@ -20,6 +20,7 @@ from PIL import Image
 import vqcodec
 from bench.__main__ import main, spread
 from bench.codecs import VQCodec, classical_codecs, vqcodec_codecs
+from bench.hostile import forged
 from bench.metrics import MSSSIM_MIN_SIDE, SSIMULACRA2_MIN_SIDE, bd_rate, ms_ssim, psnr, quality_at, ssimulacra2
 from bench.rd import head_to_head, match_size
 from bench.report import write_json
@@ -358,3 +359,22 @@ def test_region_compares_regions_with_the_whole_image():
     lines = result.output.splitlines()
     assert "256x192, .vqc version 5" in lines[0]
     assert [line.split(" | ")[0] for line in lines[3:]] == ["| 40x40 top-left", "| 40x40 centre", "| whole image"]
+
+
+def test_hostile_forges_valid_headers_with_and_without_segments(codec, rng):
+    sample = codec.compress(smooth_image(rng, 40, 56))
+    segmented = 0
+    for _ in range(20):
+        fields, data = forged(rng, sample, codec.top_stride)
+        try:
+            header = vqcodec.read_header(data)
+        except vqcodec.FormatError:
+            continue  # a header claiming more than its streams can hold
+        assert (header.width, header.height, header.tile) == (fields["width"], fields["height"], fields["tile"])
+        if header.segmented:
+            segmented += 1
+            _, streams = vqcodec.container.unpack(data)
+            count = vqcodec.container.segment_count(header.bottom_shape, 2 * header.tile)
+            parts = vqcodec.container.split_segments(streams.bottom, count)
+            assert len(parts) == count and 4 * (count - 1) + sum(map(len, parts)) == len(streams.bottom)
+    assert segmented > 0
