@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import struct
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -128,6 +130,17 @@ def test_damaged_alpha_stream(codec):
     for data in (good[:-1], bomb, b"junk"):
         with pytest.raises(FormatError):
             container.decompress_alpha(data, h)
+
+
+def test_the_format_document_s_field_table_is_the_header():
+    """docs/format.md's header table: every field's offset and size as ``container.HEADER`` packs them."""
+    text = (Path(__file__).parents[1] / "docs" / "format.md").read_text()
+    rows = [line.split("|")[1:3] for line in text.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    fields = [(int(offset), int(size)) for offset, size in rows]
+    sizes = [struct.calcsize("<" + code) for code in re.findall(r"\d*[a-zA-Z]", container.HEADER.format[1:])]
+    offsets = [sum(sizes[:i]) for i in range(len(sizes))]
+    assert fields == list(zip(offsets, sizes, strict=True))
+    assert offsets[-1] + sizes[-1] == container.HEADER_SIZE == 68
 
 
 def test_segment_tables_must_fit_their_stream():

@@ -1,65 +1,6 @@
-"""The ``.vqc`` file format: a fixed 68-byte header followed by the coded streams and, from version
-2, a metadata stream; from version 4, a restoration filter.
-
-All integers are little-endian. Layout (byte offset, size, field):
-
-====  ====  ==========================================================================
-0     4     magic ``89 56 51 43`` (``\\x89VQC``)
-4     1     format version: the lowest that has the flags used (1: none, 2: bit 0, 3: bit 1,
-            4: bit 2, 5: bit 3)
-5     1     channels of the image: 1 gray, 2 gray + alpha, 3 RGB, 4 RGBA
-6     1     flags: bit 0 (version 2 and later) a metadata stream follows the alpha stream; bit 1
-            (version 3) the maps code a resampled copy of the image (below); bit 2 (version 4)
-            a restoration filter follows the alpha stream; bit 3 (version 5) the map streams are
-            cut into segments (below); others 0
-7     1     prior tile: side of the independently coded regions, in top-map codes (bottom-map
-            regions are twice as large); 1..64
-8     16    model identifier (``model.model_id``: SHA-256 of config and weights, truncated)
-24    4     image width (pixels)
-28    4     image height (pixels)
-32    2     padding added on the right of the coded image (pixels, less than the top stride)
-34    2     padding added at the bottom of the coded image (pixels, less than the top stride)
-36    2     top map width (codes)
-38    2     top map height (codes)
-40    2     bottom map width (codes)
-42    2     bottom map height (codes)
-44    4     length of the top-map stream (bytes, a multiple of 4)
-48    4     length of the bottom-map stream (bytes, a multiple of 4)
-52    4     length of the alpha stream (bytes; 0 unless channels is 2 or 4)
-56    4     CRC-32 of the three streams, concatenated
-60    4     CRC-32 of the decoded content: top codes, then bottom codes (uint16 each, raster
-            order), then the alpha plane (uint8, raster order)
-64    4     CRC-32 of header bytes 0..63
-68          top-map stream, bottom-map stream, alpha stream, in that order; then, with flag bit 2,
-            the filter record's length (2 bytes) and the record; then, with flag bit 0, the
-            metadata stream's length (4 bytes) and the stream; nothing after
-====  ====  ==========================================================================
-
-Each map is cut into regions of tile x tile codes (top) and 2 tile x 2 tile codes (bottom), in
-raster order, that the priors code independently; within a stream, regions come in groups
-(``tiles.batches``) and, inside a group, in the wavefront order of ``qprior.MapState``.
-With flag bit 3, each map's regions are grouped, in raster order, into segments of
-``regions_per_segment`` regions (the last may have fewer), and each segment is range-coded on its
-own, its regions in the wavefront order of ``qprior.MapState``: a map stream is the byte length
-of every segment but the last (4 bytes each), then the segments in order. Segments decode
-independently of one another (side by side, or only those a part of the image needs). Without
-it, a map stream is one range-coded stream, its regions grouped by ``tiles.batches``. A file
-takes the flag only where a map has more than one segment (with one, the two layouts are the
-same bytes).
-
-The coded image is the image itself, or with flag bit 1 a copy resampled to (top map width x
-top stride - right padding) x (top map height x top stride - bottom padding) pixels, which the
-decoder synthesises and resamples back to the image size (Lanczos): how one model serves higher
-rates (upsampled) and lower ones (downsampled). The alpha plane is never resampled. The
-restoration filter (``vqcodec.restoration``) is applied last, to the RGB image at its own size.
-
-The maps are range-coded (constriction) under the model's priors; the alpha plane, when there
-is one, is stored losslessly with zlib. The payload CRC (of everything after the header) rejects a
-damaged file before any decoding; the content CRC catches a decoder whose probabilities differ
-from the encoder's. The metadata stream is zlib-compressed records: a 1-byte tag (1 ICC colour
-profile, 2 EXIF), a 4-byte length, the bytes. A file is written with the lowest version its flags
-allow, so a reader that predates a flag refuses the file by its version.
-"""
+"""Reads and writes the ``.vqc`` file format: a fixed 68-byte header, the map streams (whole, or
+in segments from version 5), the alpha plane, a restoration filter and metadata. The
+specification, with the header's field table, is ``docs/format.md``; ``HEADER`` is that table."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Quality 0..100 and target sizes, mapped onto the shipped operating points: (preset, RDO
 strength, resampling scale) ordered from the smallest files to the largest (chosen on validation
-photos, measured on Kodak: see README)."""
+photos, measured on Kodak: see docs/benchmarks.md)."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def _point(k: int) -> OperatingPoint:
 #: The operating points, smallest files first: the default preset on copies of the image
 #: resampled by 2^(k/4), k = -7..4 (0.297x to 2x), each about 1.4 times the rate of the one
 #: before. On validation photos these beat the other presets at their own rates (``low`` by about
-#: 1 dB, ``high`` by 0.2 dB: see README), so the ladder is one model at many scales. It stops at
+#: 1 dB, ``high`` by 0.2 dB: see docs/design.md), so the ladder is one model at many scales. It stops at
 #: the largest scale a ``Codec`` takes, where a Kodak image decodes in under 3 s on two CPU cores.
 LADDER: tuple[OperatingPoint, ...] = tuple(_point(k) for k in range(-7, 5))
 #: The quality of the default operating point (``medium`` at RDO 0.2, not resampled).
