@@ -315,7 +315,7 @@ def region(vqc, size, threads, repeats) -> None:
     memory of the top-left corner, the centre, and the whole image."""
     torch.set_num_threads(threads)
     data = vqc.read_bytes()
-    codec = vqcodec.load_for(data, device="cpu", max_pixels=vqcodec.container.MAX_PIXELS, processes=threads)
+    codec = vqcodec.load_for(data, device="cpu", max_pixels=vqcodec.format.container.MAX_PIXELS, processes=threads)
     header = vqcodec.read_header(data)
     w, h = min(size, header.width), min(size, header.height)
     cases = {

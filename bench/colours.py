@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 import vqcodec
-from vqcodec.data import FLAT_MEAN_TOLERANCE, FLAT_PIXEL_TOLERANCE, colour_grid
+from vqcodec.training.data import FLAT_MEAN_TOLERANCE, FLAT_PIXEL_TOLERANCE, colour_grid
 
 #: Side of the flat test images.
 SIDE = 256

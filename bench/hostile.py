@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 import vqcodec
-from vqcodec import container
+from vqcodec.format import container
 
 from .speed import memory_mib, reset_peak_memory
 

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from matplotlib.figure import Figure
 
-from vqcodec import qprior
+from vqcodec.coding import qprior
 
 from .metrics import quality_at
 from .peers import PEER

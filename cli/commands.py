@@ -25,12 +25,14 @@ from PIL import Image
 from tqdm import tqdm
 
 import vqcodec
-from vqcodec import batch, catalog, container, modelfile
 from vqcodec import quality as vqcodec_quality
-from vqcodec.config import ARCHITECTURES
+from vqcodec.coding.restoration import SHAPES, from_bytes
 from vqcodec.defaults import DEFAULT_RDO, DEFAULT_THREADS, DEFAULT_TILE, MAX_SCALE, MIN_SCALE
-from vqcodec.files import check_name, check_writable, write_atomic
-from vqcodec.restoration import SHAPES, from_bytes
+from vqcodec.format import container
+from vqcodec.io import batch
+from vqcodec.io.files import check_name, check_writable, write_atomic
+from vqcodec.nn.config import ARCHITECTURES
+from vqcodec.zoo import catalog, modelfile
 
 EXIT_BAD_INPUT = 1
 EXIT_INTERNAL = 3
@@ -509,9 +511,9 @@ _colour_option = click.option(
 
 
 def _training() -> ModuleType:
-    """``vqcodec.train``, imported when a training command runs: it brings torch, which the other
+    """``vqcodec.training.train``, imported when a training command runs: it brings torch, which the other
     commands' start-up does without."""
-    return importlib.import_module("vqcodec.train")
+    return importlib.import_module("vqcodec.training.train")
 
 
 def _settings(kwargs: dict) -> Any:

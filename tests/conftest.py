@@ -13,10 +13,10 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import vqcodec
-from vqcodec.config import tiny_config
-from vqcodec.model import CodecModel
-from vqcodec.prior import calibrate
-from vqcodec.weights import save_model
+from vqcodec.nn.config import tiny_config
+from vqcodec.nn.model import CodecModel
+from vqcodec.nn.prior import calibrate
+from vqcodec.zoo.weights import save_model
 
 
 def make_model(seed: int = 0, bottom_stride: int = 4) -> CodecModel:

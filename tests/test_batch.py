@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import smooth_image
-from vqcodec import batch
+from vqcodec.io import batch
 
 
 def vqcodec_command() -> list[str]:

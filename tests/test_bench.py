@@ -25,7 +25,7 @@ from bench.metrics import MSSSIM_MIN_SIDE, SSIMULACRA2_MIN_SIDE, bd_rate, ms_ssi
 from bench.rd import head_to_head, match_size
 from bench.report import write_json
 from tests.conftest import smooth_image
-from vqcodec.weights import load_model
+from vqcodec.zoo.weights import load_model
 
 # Kodak averages of jpeg420 and webp_m4 from shared/anchors/classical_kodak.md (bpp, PSNR).
 ANCHOR_JPEG = (
@@ -373,8 +373,8 @@ def test_hostile_forges_valid_headers_with_and_without_segments(codec, rng):
         assert (header.width, header.height, header.tile) == (fields["width"], fields["height"], fields["tile"])
         if header.segmented:
             segmented += 1
-            _, streams = vqcodec.container.unpack(data)
-            count = vqcodec.container.segment_count(header.bottom_shape, 2 * header.tile)
-            parts = vqcodec.container.split_segments(streams.bottom, count)
+            _, streams = vqcodec.format.container.unpack(data)
+            count = vqcodec.format.container.segment_count(header.bottom_shape, 2 * header.tile)
+            parts = vqcodec.format.container.split_segments(streams.bottom, count)
             assert len(parts) == count and 4 * (count - 1) + sum(map(len, parts)) == len(streams.bottom)
     assert segmented > 0

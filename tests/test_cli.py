@@ -13,10 +13,10 @@ from PIL import Image
 
 import vqcodec
 from tests.conftest import smooth_image
-from vqcodec import container
 from vqcodec.cli import main
-from vqcodec.restoration import SHAPES
-from vqcodec.weights import load_model
+from vqcodec.coding.restoration import SHAPES
+from vqcodec.format import container
+from vqcodec.zoo.weights import load_model
 
 
 @pytest.fixture
@@ -49,7 +49,7 @@ def test_compress_decompress_round_trip(tmp_path, image_file, model_file):
 
 
 def test_no_restoration_option_writes_no_filter(tmp_path, image_file, model_file, monkeypatch):
-    monkeypatch.setattr(vqcodec.restoration, "_db_worth", lambda file_bytes, pixels: 100.0)  # a filter pays
+    monkeypatch.setattr(vqcodec.coding.restoration, "_db_worth", lambda file_bytes, pixels: 100.0)  # a filter pays
     vqc, plain = tmp_path / "out.vqc", tmp_path / "plain.vqc"
     assert run("compress", image_file, vqc, "--model", model_file).exit_code == 0
     assert run("compress", image_file, plain, "--model", model_file, "--no-restoration").exit_code == 0

@@ -13,8 +13,8 @@ import torch
 
 import vqcodec
 from tests.conftest import make_model, smooth_image
-from vqcodec import container
 from vqcodec.errors import DecodeMismatchError, FormatError, ModelMismatchError
+from vqcodec.format import container
 
 
 @pytest.fixture(scope="module")

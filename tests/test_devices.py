@@ -9,8 +9,8 @@ import torch
 
 import vqcodec
 from tests.conftest import make_model, smooth_image
+from vqcodec.coding.steps import DirectSteps, PaddedSteps, wavefront_steps
 from vqcodec.defaults import DEFAULT_PRESET
-from vqcodec.steps import DirectSteps, PaddedSteps, wavefront_steps
 
 pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vqcodec import entropy
+from vqcodec.coding import entropy
 from vqcodec.errors import FormatError
 
 

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 import vqcodec
 from tests.conftest import make_model, smooth_image
-from vqcodec import container
+from vqcodec.format import container
 
 CASES = int(os.environ.get("VQCODEC_FUZZ_CASES", "1000"))
 

@@ -43,4 +43,4 @@ def test_golden_file_decodes_as_it_did(name):
 
 
 def test_every_model_has_a_golden_file():
-    assert {f"{model_id}.vqc" for model_id in vqcodec.catalog.index()} <= set(MANIFEST)
+    assert {f"{model_id}.vqc" for model_id in vqcodec.zoo.catalog.index()} <= set(MANIFEST)

@@ -20,11 +20,12 @@ from safetensors.torch import save_file
 
 import vqcodec
 from tests.conftest import make_model, smooth_image
-from vqcodec import container, entropy
 from vqcodec.cli import main
-from vqcodec.config import tiny_config
-from vqcodec.model import CodecModel
-from vqcodec.weights import FORMAT, load_model, save_model
+from vqcodec.coding import entropy
+from vqcodec.format import container
+from vqcodec.nn.config import tiny_config
+from vqcodec.nn.model import CodecModel
+from vqcodec.zoo.weights import FORMAT, load_model, save_model
 
 
 @pytest.fixture(scope="module")
@@ -237,7 +238,7 @@ def test_wrong_shapes_and_dtypes_are_refused_before_reading_weights(tmp_path, mo
     weight, flag = "vqvae.dec.net.0.weight", "vqvae.quantize_t.initialised"
     tensors = good_tensors()
     changes = [(weight, torch.zeros(3)), (weight, tensors[weight].to(torch.int32)), (flag, tensors[flag].float())]
-    monkeypatch.setattr("vqcodec.modelfile.load_file", lambda *_: pytest.fail("weights were read"))
+    monkeypatch.setattr("vqcodec.zoo.modelfile.load_file", lambda *_: pytest.fail("weights were read"))
     for name, change in changes:
         save_with(tmp_path / "m.safetensors", **{name: change})
         with pytest.raises(vqcodec.ModelError):

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vqcodec.quantizer import nearest_code
+from vqcodec.nn.quantizer import nearest_code
 
 pytest.importorskip("triton")
-from vqcodec.kernels import BLOCK_CODES, BLOCK_ROWS, nearest_code_fused
+from vqcodec.nn.kernels import BLOCK_CODES, BLOCK_ROWS, nearest_code_fused
 
 #: The GPU where there is one; elsewhere Triton's interpreter on CPU tensors (conftest turns it on
 #: only without a GPU, and the kernel refuses CPU tensors otherwise).

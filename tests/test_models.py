@@ -7,10 +7,10 @@ import torch
 from safetensors.torch import save_file
 
 from tests.conftest import make_model
-from vqcodec.config import ModelConfig, tiny_config
 from vqcodec.errors import ModelError
-from vqcodec.vqvae import loss
-from vqcodec.weights import load_model, model_id, save_model
+from vqcodec.nn.config import ModelConfig, tiny_config
+from vqcodec.nn.vqvae import loss
+from vqcodec.zoo.weights import load_model, model_id, save_model
 
 
 @pytest.mark.parametrize("stride", [2, 4, 8])

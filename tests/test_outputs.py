@@ -18,8 +18,8 @@ from PIL import Image
 
 import vqcodec
 from tests.conftest import smooth_image
-from vqcodec import files
 from vqcodec.cli import main
+from vqcodec.io import files
 
 
 @pytest.fixture

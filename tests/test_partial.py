@@ -12,9 +12,10 @@ from PIL import Image
 
 import vqcodec
 from tests.conftest import make_model, smooth_image
-from vqcodec import container, entropy
 from vqcodec.cli import main
-from vqcodec.weights import load_model
+from vqcodec.coding import entropy
+from vqcodec.format import container
+from vqcodec.zoo.weights import load_model
 
 GOLDEN = Path(__file__).parent / "golden"
 

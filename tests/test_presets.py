@@ -7,11 +7,11 @@ import pytest
 from click.testing import CliRunner
 
 import vqcodec
-from vqcodec import catalog
 from vqcodec.cli import main
-from vqcodec.data import FLAT_MEAN_TOLERANCE, FLAT_PIXEL_TOLERANCE, colour_grid
 from vqcodec.defaults import DEFAULT_PRESET
-from vqcodec.weights import load_model, model_id
+from vqcodec.training.data import FLAT_MEAN_TOLERANCE, FLAT_PIXEL_TOLERANCE, colour_grid
+from vqcodec.zoo import catalog
+from vqcodec.zoo.weights import load_model, model_id
 
 pytestmark = pytest.mark.skipif(not vqcodec.presets(), reason="no preset is installed")
 

@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from tests.conftest import make_model
-from vqcodec import qprior
-from vqcodec.config import PriorConfig
-from vqcodec.prior import PixelSNAIL, WindowAttention, attention_offsets, calibrate, causal_offsets
-from vqcodec.qprior import IntegerPrior
-from vqcodec.steps import PaddedSteps
+from vqcodec.coding import qprior
+from vqcodec.coding.qprior import IntegerPrior
+from vqcodec.coding.steps import PaddedSteps
+from vqcodec.nn.config import PriorConfig
+from vqcodec.nn.prior import PixelSNAIL, WindowAttention, attention_offsets, calibrate, causal_offsets
 
 
 def random_maps(prior, h: int, w: int, seed: int):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from vqcodec.quantizer import VectorQuantizer, nearest_code, nearest_codes
+from vqcodec.nn.quantizer import VectorQuantizer, nearest_code, nearest_codes
 
 
 def test_nearest_code_matches_brute_force_in_any_chunking():

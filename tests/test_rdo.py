@@ -10,8 +10,7 @@ import torch
 
 import vqcodec
 from tests.conftest import make_model, smooth_image
-from vqcodec.image import to_rgb, to_tensor
-from vqcodec.rdo import (
+from vqcodec.coding.rdo import (
     CANDIDATES,
     PROBE_SHARE,
     PROBE_STEP,
@@ -21,6 +20,7 @@ from vqcodec.rdo import (
     curvature_margin,
     window_terms,
 )
+from vqcodec.io.image import to_rgb, to_tensor
 
 
 def test_choice_weighs_estimated_error_against_bits():

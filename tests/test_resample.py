@@ -11,10 +11,10 @@ import pytest
 
 import vqcodec
 from tests.conftest import make_model, smooth_image
-from vqcodec import container
 from vqcodec.defaults import MAX_SCALE, MIN_SCALE
 from vqcodec.errors import FormatError, LimitError, UsageError
-from vqcodec.image import scaled_size
+from vqcodec.format import container
+from vqcodec.io.image import scaled_size
 
 
 @pytest.fixture(scope="module")

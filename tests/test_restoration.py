@@ -8,9 +8,10 @@ import pytest
 import vqcodec
 from tests.conftest import make_model, smooth_image
 from vqcodec import codec as codec_module
-from vqcodec import container, restoration
+from vqcodec.coding import restoration
+from vqcodec.coding.restoration import SHAPES, Filter
 from vqcodec.errors import FormatError
-from vqcodec.restoration import SHAPES, Filter
+from vqcodec.format import container
 
 
 def _random_filter(rng: np.random.Generator, index: int, scale: float = 40.0) -> Filter:

@@ -12,8 +12,9 @@ from PIL import Image
 
 import vqcodec
 from tests.conftest import make_model, smooth_image
-from vqcodec import container, qprior
-from vqcodec.steps import PaddedSteps
+from vqcodec.coding import qprior
+from vqcodec.coding.steps import PaddedSteps
+from vqcodec.format import container
 from vqcodec.timing import StageTimer
 
 
@@ -270,7 +271,7 @@ def test_a_code_the_coder_cannot_encode_becomes_its_nearest_code(rng, monkeypatc
     image = smooth_image(rng, 48, 64)
     last = codec.model.config.vqvae.bottom_codes - 1
     assert (codec.encode(image).codes.bottom == last).any()
-    monkeypatch.setattr(vqcodec.entropy, "uncodable", lambda symbols, probs: symbols == probs.shape[1] - 1)
+    monkeypatch.setattr(vqcodec.coding.entropy, "uncodable", lambda symbols, probs: symbols == probs.shape[1] - 1)
     encoded = codec.encode(image)
     _, bottom_substitute = codec._substitutes
     assert not (encoded.codes.bottom == last).any() and not (encoded.codes.top == last).any()
@@ -370,7 +371,7 @@ def test_icc_profile_and_exif_travel_in_the_file(codec, rng, tmp_path):
 
 
 def test_damaged_metadata_is_refused():
-    from vqcodec import container
+    from vqcodec.format import container
 
     good = container.encode_metadata({"icc_profile": b"x" * 100, "exif": b"y"})
     assert container.decode_metadata(good) == {"icc_profile": b"x" * 100, "exif": b"y"}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vqcodec.tiles import Region, batches, regions, windows
+from vqcodec.coding.tiles import Region, batches, regions, windows
 
 
 @pytest.mark.parametrize("h,w,size", [(1, 1, 16), (5, 7, 2), (32, 32, 16), (33, 17, 16)])

@@ -17,13 +17,14 @@ from safetensors.torch import load_file
 
 import vqcodec
 from tests.conftest import make_model, smooth_image
-from vqcodec.checkpoint import read_meta
 from vqcodec.cli import main
-from vqcodec.config import tiny_config
-from vqcodec.data import split
-from vqcodec.grow import grown
-from vqcodec.model import CodecModel
-from vqcodec.train import (
+from vqcodec.nn.config import tiny_config
+from vqcodec.nn.grow import grown
+from vqcodec.nn.model import CodecModel
+from vqcodec.nn.vqvae import VQVAE2
+from vqcodec.training.checkpoint import read_meta
+from vqcodec.training.data import split
+from vqcodec.training.train import (
     Settings,
     codebook_use,
     combine,
@@ -34,8 +35,7 @@ from vqcodec.train import (
     train_prior,
     train_vqvae,
 )
-from vqcodec.vqvae import VQVAE2
-from vqcodec.weights import load_model, save_model
+from vqcodec.zoo.weights import load_model, save_model
 
 SETTINGS = Settings(steps=4, batch=2, crop=32, val_every=100, checkpoint_every=100)
 

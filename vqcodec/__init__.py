@@ -15,9 +15,7 @@ import importlib
 import importlib.util
 from typing import TYPE_CHECKING, Any
 
-from . import batch, catalog, pillow, quality
-from .catalog import presets
-from .container import Header, read_header
+from . import quality
 from .errors import (
     DecodeMismatchError,
     FormatError,
@@ -29,10 +27,15 @@ from .errors import (
     UsageError,
     VQCodecError,
 )
+from .format import container
+from .format.container import Header, read_header
+from .io import batch, pillow
+from .zoo import catalog
+from .zoo.catalog import presets
 
 pillow.register()
 if importlib.util.find_spec("imageio") is not None:  # imageio reads no entry points: register here
-    importlib.import_module(".imageio", __name__).register()
+    importlib.import_module(".io.imageio", __name__).register()
 
 if TYPE_CHECKING:
     from .codec import Codec, CodeMaps, Encoded, MapStats, load, load_for
@@ -65,6 +68,7 @@ __all__ = [
     "VQCodecError",
     "batch",
     "catalog",
+    "container",
     "load",
     "load_for",
     "presets",

@@ -16,11 +16,16 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import catalog, container, entropy, forked, partial, restoration, tiles
-from .container import DEFAULT_MAX_PIXELS, MAX_TILE, Header, Streams
+from .coding import entropy, forked, partial, restoration, tiles
+from .coding.qprior import IntegerPrior, MapState
+from .coding.rdo import CANDIDATES, PRESET_PASSES, Terms, choose, curvature_margin, window_terms
+from .coding.restoration import Filter
+from .coding.steps import wavefront_steps
 from .defaults import DEFAULT_PRESET, DEFAULT_RDO, DEFAULT_TILE, MAX_SCALE, MIN_SCALE, WINDOW, WINDOW_MARGIN
 from .errors import DecodeMismatchError, FormatError, InputError, ModelError, ModelMismatchError, UsageError
-from .image import (
+from .format import container
+from .format.container import DEFAULT_MAX_PIXELS, MAX_TILE, Header, Streams
+from .io.image import (
     ImageLike,
     Picture,
     check_size,
@@ -33,14 +38,11 @@ from .image import (
     to_rgb,
     to_tensor,
 )
-from .model import CodecModel
-from .qprior import IntegerPrior, MapState
-from .rdo import CANDIDATES, PRESET_PASSES, Terms, choose, curvature_margin, window_terms
-from .restoration import Filter
-from .steps import wavefront_steps
+from .nn.model import CodecModel
 from .threads import one_torch_thread
 from .timing import ENTROPY_CODING, PRIOR, QUANTIZATION, RESTORATION, SYNTHESIS, Timer, no_timer
-from .weights import load_model, model_id
+from .zoo import catalog
+from .zoo.weights import load_model, model_id
 
 T = TypeVar("T")
 
@@ -214,11 +216,11 @@ class Codec:
         above 1 for higher rates and quality than the model gives at its own resolution (about
         ``scale`` squared times the rate and the time), below 1 for lower ones. ``cuda_graphs``:
         on a GPU, the decoder replays each batch's wavefront steps from a CUDA graph (see
-        ``vqcodec.steps``); the same codes either way.
+        ``vqcodec.coding.steps``); the same codes either way.
         ``max_pixels``: larger images are refused, to code and to decode, before any work (a tiny
         file can claim a huge image: the limit bounds what one file costs). An image's ICC profile
         and EXIF data travel in the file unless ``strip_metadata``. ``restore``: the encoder fits
-        a restoration filter to each image (``vqcodec.restoration``) and writes it where it is
+        a restoration filter to each image (``vqcodec.coding.restoration``) and writes it where it is
         worth its bytes; files are a little larger and better, encoding takes the fit longer (and,
         without ``rdo``, a synthesis of the image). ``processes``: the decoder decodes the segments
         of a map (``container``) in that many processes side by side, this one and forked

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 import vqcodec
-from vqcodec import catalog
+from vqcodec.zoo import catalog
 
 HERE = Path(__file__).parent
 EXAMPLE = HERE.parents[1] / "docs" / "example.png"

@@ -13,10 +13,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from .config import ModelConfig
-from .container import MODEL_ID_SIZE
-from .errors import ModelError
-from .model import CodecModel
+from ..errors import ModelError
+from ..format.container import MODEL_ID_SIZE
+from ..nn.config import ModelConfig
+from ..nn.model import CodecModel
 from .modelfile import FORMAT, read_config, read_weights
 
 

@@ -22,9 +22,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .image import to_pixels
-from .timing import ANALYSIS, QUANTIZATION, Timer, no_timer
-from .vqvae import VQVAE2
+from ..io.image import to_pixels
+from ..nn.vqvae import VQVAE2
+from ..timing import ANALYSIS, QUANTIZATION, Timer, no_timer
 
 #: The codes a position chooses among (its nearest ones).
 CANDIDATES = 8

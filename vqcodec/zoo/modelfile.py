@@ -16,8 +16,8 @@ import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import load_file
 
-from .config import ModelConfig
-from .errors import ModelError
+from ..errors import ModelError
+from ..nn.config import ModelConfig
 
 FORMAT = "vqcodec-model-1"
 #: Largest safetensors header read (a model's is a few tens of kilobytes).

@@ -15,7 +15,7 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-from .errors import ModelError
+from ..errors import ModelError
 from .model import CodecModel
 from .vqvae import Decoder, ResBlock
 

@@ -14,7 +14,9 @@ from typing import IO, Any
 
 from PIL import Image, ImageFile
 
-from . import container, plugin_codecs, quality
+from .. import quality
+from ..format import container
+from . import plugin_codecs
 
 FORMAT = "VQC"
 EXTENSION = ".vqc"

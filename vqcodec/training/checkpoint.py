@@ -10,7 +10,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
-from .errors import ModelError
+from ..errors import ModelError
 
 FORMAT = "vqcodec-checkpoint-1"
 

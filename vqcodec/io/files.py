@@ -8,7 +8,7 @@ import stat
 import tempfile
 from pathlib import Path
 
-from .errors import OutputError
+from ..errors import OutputError
 
 #: Errors of ``os.link`` from file systems without hard links, where publishing falls back to an
 #: exclusive create followed by a rename over the file it reserved.

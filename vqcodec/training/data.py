@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import InputError
-from .image import read_image, to_tensor
+from ..errors import InputError
+from ..io.image import read_image, to_tensor
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".ppm"}
 #: One image in VALIDATION_EVERY goes to validation, chosen by a hash of its name (stable as files come and go).

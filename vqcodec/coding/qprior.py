@@ -33,9 +33,9 @@ import torch
 from threadpoolctl import threadpool_limits
 from torch import nn
 
-from .defaults import DEVICE_ROW_CHUNK
-from .prior import ActRange, GatedResBlock, Offsets, PixelSNAIL, WindowAttention, background, neighbours
-from .threads import one_torch_thread
+from ..defaults import DEVICE_ROW_CHUNK
+from ..nn.prior import ActRange, GatedResBlock, Offsets, PixelSNAIL, WindowAttention, background, neighbours
+from ..threads import one_torch_thread
 
 ArrayLike = np.ndarray | torch.Tensor
 #: Positions an op runs at: an index array, or a slice of contiguous ones.

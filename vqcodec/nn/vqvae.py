@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..timing import ANALYSIS, QUANTIZATION, Timer, no_timer
 from .config import VQVAEConfig
 from .quantizer import VectorQuantizer
-from .timing import ANALYSIS, QUANTIZATION, Timer, no_timer
 
 #: ``padding_mode`` of the convolutions: zeros beyond the edges, or the edge values repeated.
 ZEROS, REPLICATE = "zeros", "replicate"

@@ -13,7 +13,7 @@ from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
-from .errors import ModelError, ModelMismatchError
+from ..errors import ModelError, ModelMismatchError
 
 SUFFIX = ".safetensors"
 TRAINING_HINT = (

@@ -12,7 +12,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from .errors import FormatError
+from ..errors import FormatError
 
 MAGIC = b"\x89VQC"
 #: Versions this reader takes, and the flags each allows (a file has the lowest that fits its flags).

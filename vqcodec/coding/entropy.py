@@ -9,7 +9,7 @@ from __future__ import annotations
 import constriction
 import numpy as np
 
-from .errors import FormatError
+from ..errors import FormatError
 
 #: constriction's lazily quantized categorical family; ``perfect=False`` must match on both sides.
 _FAMILY = constriction.stream.model.Categorical(perfect=False)

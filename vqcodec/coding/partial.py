@@ -13,8 +13,8 @@ from __future__ import annotations
 import math
 import numbers
 
+from ..errors import UsageError
 from . import tiles
-from .errors import UsageError
 
 #: Lanczos' support in Pillow, in source pixels at scale 1 (wider when shrinking), and a margin
 #: for its rounding of each output pixel's span.

@@ -17,9 +17,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from . import quality
-from .container import DEFAULT_MAX_PIXELS, MAX_METADATA, MODES, decode_metadata, read_file, read_header, unpack
-from .errors import LimitError, OutputError, UsageError, VQCodecError
+from .. import quality
+from ..errors import LimitError, OutputError, UsageError, VQCodecError
+from ..format.container import DEFAULT_MAX_PIXELS, MAX_METADATA, MODES, decode_metadata, read_file, read_header, unpack
 from .files import check_writable, write_atomic
 
 #: Files a folder contributes: images to compress, ``.vqc`` files to decompress.

@@ -21,7 +21,10 @@ from imageio.core.request import URI_BYTES, InitializationError, IOMode, Request
 from imageio.core.v3_plugin_api import ImageProperties, PluginV3
 from PIL import Image
 
-from . import catalog, container, plugin_codecs, quality
+from .. import quality
+from ..format import container
+from ..zoo import catalog
+from . import plugin_codecs
 
 NAME = "vqcodec"
 EXTENSION = ".vqc"

@@ -19,7 +19,7 @@ from functools import cached_property
 
 import numpy as np
 
-from .errors import FormatError
+from ..errors import FormatError
 
 CHANNELS = 3
 #: Mid-grey, subtracted from the colour features so the colour matrix needs little precision.

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import quality
+from .. import quality
 
 _DECODERS: dict[bytes, Any] = {}
 _ENCODERS: dict[int, Any] = {}
@@ -22,7 +22,7 @@ def decoder(vqc: bytes, model_id: bytes) -> Any:
 
 def encoder(q: int) -> Any:
     """The codec of ``--quality q`` (0..100)."""
-    from . import codec
+    from .. import codec
 
     if q not in _ENCODERS:
         _ENCODERS[q] = codec.load(**quality.operating_point(q)._asdict())

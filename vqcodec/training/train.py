@@ -24,19 +24,19 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from ..codec import Codec
+from ..defaults import DEFAULT_TILE
+from ..errors import ModelError
+from ..io.image import pad_to, to_rgb, to_tensor
+from ..nn.config import ARCHITECTURES, ModelConfig, VQVAEConfig
+from ..nn.grow import grown
+from ..nn.model import CodecModel
+from ..nn.prior import PixelSNAIL, calibrate
+from ..nn.vqvae import VQVAE2, loss
+from ..zoo.catalog import model_file
+from ..zoo.weights import load_model, model_id, save_model
 from . import data
-from .catalog import model_file
 from .checkpoint import is_checkpoint, load_checkpoint, load_modules, read_meta, save_checkpoint
-from .codec import Codec
-from .config import ARCHITECTURES, ModelConfig, VQVAEConfig
-from .defaults import DEFAULT_TILE
-from .errors import ModelError
-from .grow import grown
-from .image import pad_to, to_rgb, to_tensor
-from .model import CodecModel
-from .prior import PixelSNAIL, calibrate
-from .vqvae import VQVAE2, loss
-from .weights import load_model, model_id, save_model
 
 #: Share of the steps at the end of a run over which the learning rate decays to zero.
 DECAY_SHARE = 0.2

@@ -7,8 +7,8 @@ import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, NamedTuple
 
-from .defaults import DEVICE_ROW_CHUNK, WINDOW, WINDOW_MARGIN
-from .errors import ModelError
+from ..defaults import DEVICE_ROW_CHUNK, WINDOW, WINDOW_MARGIN
+from ..errors import ModelError
 
 
 class SynthesisSize(NamedTuple):

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .container import DEFAULT_MAX_PIXELS, MAX_PIXELS, MAX_SIDE
-from .errors import InputError, LimitError
+from ..errors import InputError, LimitError
+from ..format.container import DEFAULT_MAX_PIXELS, MAX_PIXELS, MAX_SIDE
 
 #: What the encoder takes: a PIL image, an array, a path, or the bytes of an image file (as
 #: bytes, bytearray, memoryview or a binary file object).

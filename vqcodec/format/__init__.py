@@ -1,0 +1,1 @@
+"""The ``.vqc`` file format (specified in ``docs/format.md``)."""

@@ -1,0 +1,1 @@
+"""Training the models: the stages, the data, checkpoints."""

@@ -1,0 +1,1 @@
+"""The shipped models: the catalog of identifiers, model files and their checks."""
