@@ -112,7 +112,7 @@ _CODECS: dict[Any, Any] = {}
 def codec_for(options: Options, data: bytes | None = None) -> Any:
     """This process' codec for ``options`` (for a ``.vqc`` file with no model named: the shipped
     model that made it), loaded once."""
-    from . import codec as codecs  # here: a worker process imports torch once it has work
+    from .. import codec as codecs  # here: a worker process imports torch once it has work
 
     use_threads(options.threads)
     if data is not None and options.preset is None and options.model_path is None:

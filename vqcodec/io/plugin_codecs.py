@@ -13,7 +13,7 @@ _ENCODERS: dict[int, Any] = {}
 
 def decoder(vqc: bytes, model_id: bytes) -> Any:
     """The codec that decodes ``vqc``, a file of the model ``model_id`` (from its header)."""
-    from . import codec  # torch comes in here, with the first pixels asked for
+    from .. import codec  # torch comes in here, with the first pixels asked for
 
     if model_id not in _DECODERS:
         _DECODERS[model_id] = codec.load_for(vqc)
