@@ -96,6 +96,7 @@ def test_pipes(photos, model_file, tmp_path):
     assert decoded.stdout == (tmp_path / "a.png").read_bytes()
 
 
+@pytest.mark.slow
 def test_lossy_outputs_take_a_quality_and_alpha_is_not_lost(photos, model_file, tmp_path):
     cli("compress", photos / "a.png", tmp_path / "a.vqc", "--model", model_file)
     sizes = []

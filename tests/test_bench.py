@@ -166,6 +166,7 @@ def test_vqcodec_without_decoding_gives_the_decoder_s_image(model_file, rng):
     np.testing.assert_array_equal(full.decoded, fast.decoded)
 
 
+@pytest.mark.slow
 def test_ladder_runs_a_model_file_at_every_operating_point(model_file):
     (codec,) = vqcodec_codecs(False, [model_file], "cpu", decode=False, rdo=0.5, ladder=True)
     points = [point for _, point in vqcodec.quality.qualities()]
@@ -299,6 +300,7 @@ def test_speed_of_batches_is_per_image(tmp_path, image_dir, model_file):
     assert row["encode"]["seconds"]["total"] > 0 and row["decode"]["seconds"]["total"] > 0
 
 
+@pytest.mark.slow
 def test_flat_colours_and_ramps_go_through_the_codec(codec):
     from bench.colours import Tolerance, flat_colours, ramp_steps
 

@@ -51,6 +51,7 @@ def test_largest_within_searches_the_ladder():
 
 
 @pytest.mark.skipif(not vqcodec.presets(), reason="no preset is installed")
+@pytest.mark.slow
 def test_quality_and_target_size_on_the_command_line(tmp_path):
     from PIL import Image
 
