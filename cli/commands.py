@@ -408,7 +408,7 @@ def _stream_report(src: Path, out: Path, bytes_in: int, bytes_out: int, bpp: flo
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def info(src: Path, as_json: bool) -> None:
     """Show the header of the .vqc file SRC: model, image, streams, bpp and bits per code (the file
-    is checked, not decoded)."""
+    is checked, not decoded; a damaged one is shown as far as it reads, and exits 1)."""
     data = _read_vqc(src)
     # A longer file was read only as far as its header says it runs: its size is its own.
     size = src.stat().st_size if str(src) != "-" and src.is_file() else len(data)
@@ -435,7 +435,7 @@ def info(src: Path, as_json: bool) -> None:
     }  # fmt: skip
     if as_json:
         click.echo(json.dumps(fields))
-        return
+        sys.exit(1 if problem else 0)
     rows = [
         (
             "format",
@@ -458,6 +458,8 @@ def info(src: Path, as_json: bool) -> None:
         rows.append(("filter", f"{restoration['bytes']} bytes ({restoration['description']})"))
     for key, value in rows:
         click.echo(f"{key:>10}: {value}")
+    if problem:
+        sys.exit(1)
 
 
 @main.command(name="presets")

@@ -180,4 +180,4 @@ def test_info_json_and_damage(tmp_path, image_file, model_file):
     assert fields["maps"]["bottom"]["bits_per_code"] > 0 and fields["preset"] is None
     vqc.write_bytes(vqc.read_bytes()[:-4])
     result = run("info", vqc)
-    assert result.exit_code == 0 and "DAMAGED" in result.output
+    assert result.exit_code == 1 and "DAMAGED" in result.output
