@@ -435,7 +435,9 @@ def info(src: Path, as_json: bool) -> None:
     }  # fmt: skip
     if as_json:
         click.echo(json.dumps(fields))
-        sys.exit(1 if problem else 0)
+        if problem:
+            sys.exit(1)
+        return
     rows = [
         (
             "format",
