@@ -359,7 +359,7 @@ class Codec:
         the maps are coded again, since the codes after it have a new context."""
         while True:
             encoders: dict[int, entropy.Encoder] = {}
-            owners: list[list[int]] = [[] for _ in maps]  # each map's units, in stream order
+            units_of: list[list[int]] = [[] for _ in maps]  # each map's units, in stream order
             replaced = False
             for unit, i, positions, probs in _probability_rows(prior, codes, maps, timer):
                 with timer(ENTROPY_CODING):
@@ -371,12 +371,12 @@ class Codec:
                     if not replaced:
                         if unit not in encoders:
                             encoders[unit] = entropy.Encoder()
-                            owners[i].append(unit)
+                            units_of[i].append(unit)
                         encoders[unit].encode(symbols, probs)
             if not replaced:
                 break
         coded = []
-        for units in owners:
+        for units in units_of:
             data = container.join_segments([encoders[u].data() for u in units])
             ideal = sum(encoders[u].ideal_bits for u in units)
             coded.append((data, MapStats(sum(encoders[u].symbols for u in units), 8 * len(data), ideal)))
@@ -471,13 +471,7 @@ class Codec:
         headers = [self.read_header(data) for data in files]
         streams = [container.unpack(data)[1] for data in files]
         filters = [restoration.from_bytes(s.filter) if s.filter else None for s in streams]
-        top_maps = [_Map(h.top_shape, h.tile, segmented=h.segmented) for h in headers]
-        top_prior, bottom_prior = self.decoding_priors
-        tops = self._decode_maps(top_prior, [s.top for s in streams], top_maps, timer)
-        bottom_maps = [
-            _Map(h.bottom_shape, 2 * h.tile, top, segmented=h.segmented) for h, top in zip(headers, tops, strict=True)
-        ]
-        bottoms = self._decode_maps(bottom_prior, [s.bottom for s in streams], bottom_maps, timer)
+        tops, bottoms = self._decode_map_pairs(headers, streams, timer)
         decoded = []
         for header, stream, top, bottom, restored in zip(headers, streams, tops, bottoms, filters, strict=True):
             alpha = (
@@ -492,6 +486,25 @@ class Codec:
             meta = container.decode_metadata(stream.metadata)
             decoded.append((CodeMaps(top, bottom), header, alpha, meta, restored))
         return decoded
+
+    def _decode_map_pairs(
+        self,
+        headers: Sequence[Header],
+        streams: Sequence[Streams],
+        timer: Timer,
+        wanted: list[tuple[set[int], set[int]]] | None = None,
+    ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """The top and the bottom map of each file (with ``wanted``, only those (top, bottom)
+        segments of each file's maps)."""
+        top_prior, bottom_prior = self.decoding_priors
+        top_maps = [_Map(h.top_shape, h.tile, segmented=h.segmented) for h in headers]
+        top_wanted = None if wanted is None else [w[0] for w in wanted]
+        tops = self._decode_maps(top_prior, [s.top for s in streams], top_maps, timer, top_wanted)
+        bottom_maps = [
+            _Map(h.bottom_shape, 2 * h.tile, top, segmented=h.segmented) for h, top in zip(headers, tops, strict=True)
+        ]
+        bottom_wanted = None if wanted is None else [w[1] for w in wanted]
+        return tops, self._decode_maps(bottom_prior, [s.bottom for s in streams], bottom_maps, timer, bottom_wanted)
 
     def _decode_maps(
         self,
@@ -605,11 +618,26 @@ class Codec:
         them, at ``coded_size`` (default: the image's), resampled to the image's size and, with a
         file's filter ``restored``, filtered."""
         self._check_codes(codes)
-        pixels = self._picture(self._synthesise(codes, timer), coded_size or (width, height), width, height, timer)
+        return self._pixels(codes, width, height, timer, coded_size or (width, height), restored)
+
+    def _pixels(
+        self,
+        codes: CodeMaps,
+        width: int,
+        height: int,
+        timer: Timer,
+        coded_size: tuple[int, int],
+        restored: Filter | None,
+        windows: list[tuple[tiles.Region, tiles.Region]] | None = None,
+        rows: tuple[int, int] | None = None,
+    ) -> np.ndarray:
+        """``reconstruct``'s image, from only ``windows`` of the synthesis and filtered only in the
+        bands that hold ``rows``, if given (a region's pixels, exact where those cover it)."""
+        pixels = self._picture(self._synthesise(codes, timer, windows), coded_size, width, height, timer)
         if restored is None:
             return pixels
         with timer(RESTORATION):
-            return restoration.apply(pixels, restored)
+            return restoration.apply(pixels, restored, rows)
 
     def _check_codes(self, codes: CodeMaps) -> None:
         """Refuse maps this model cannot synthesise: other shapes than (h, w) and (2h, 2w), or
@@ -699,19 +727,10 @@ class Codec:
         xs = partial.source_span(x - r, x + w + r, header.width, coded[0])
         ys = partial.source_span(y - r, y + h + r, header.height, coded[1])
         windows = partial.windows(xs, ys, header.top_shape, self.top_stride, WINDOW, WINDOW_MARGIN)
-        per_top = container.regions_per_segment(header.tile)
-        per_bottom = container.regions_per_segment(2 * header.tile)
-        wanted = partial.segments([o for _, o in windows], header.top_shape, header.tile, per_top, per_bottom)
-        top_prior, bottom_prior = self.decoding_priors
-        top_map = _Map(header.top_shape, header.tile, segmented=header.segmented)
-        (top,) = self._decode_maps(top_prior, [streams.top], [top_map], timer, [wanted[0]])
-        bottom_map = _Map(header.bottom_shape, 2 * header.tile, top, segmented=header.segmented)
-        (bottom,) = self._decode_maps(bottom_prior, [streams.bottom], [bottom_map], timer, [wanted[1]])
-        padded = self._synthesise(CodeMaps(top, bottom), timer, windows)
-        pixels = self._picture(padded, coded, header.width, header.height, timer)
-        if restored is not None:
-            with timer(RESTORATION):
-                pixels = restoration.apply(pixels, restored, rows=(y, y + h))
+        wanted = partial.segments([o for _, o in windows], header.top_shape, header.tile)
+        (top,), (bottom,) = self._decode_map_pairs([header], [streams], timer, [wanted])
+        codes = CodeMaps(top, bottom)
+        pixels = self._pixels(codes, header.width, header.height, timer, coded, restored, windows, (y, y + h))
         alpha = container.decompress_alpha(streams.alpha, (header.height, header.width)) if header.has_alpha else None
         crop = np.s_[y : y + h, x : x + w]
         meta = container.decode_metadata(streams.metadata)
@@ -837,8 +856,8 @@ def _chunks(fronts: list[slice]) -> Iterator[slice]:
 
 
 def _by_owner(owner: np.ndarray) -> Iterator[tuple[int, np.ndarray | slice]]:
-    """Each map index in ``owner`` with the entries that are its own, in order (all of them as a
-    slice when there is one map, which saves copying its probability rows)."""
+    """Each index in ``owner`` (a map's or a unit's) with the entries that are its own, in order
+    (all of them as a slice when there is one owner, which saves copying its probability rows)."""
     ids = np.unique(owner)
     if len(ids) == 1:
         yield int(ids[0]), slice(None)

@@ -14,6 +14,7 @@ import math
 import numbers
 
 from ..errors import UsageError
+from ..format import container
 from . import tiles
 
 #: Lanczos' support in Pillow, in source pixels at scale 1 (wider when shrinking), and a margin
@@ -60,9 +61,7 @@ def windows(
     ]
 
 
-def segments(
-    outers: list[tiles.Region], top_shape: tuple[int, int], tile: int, per_top: int, per_bottom: int
-) -> tuple[set[int], set[int]]:
+def segments(outers: list[tiles.Region], top_shape: tuple[int, int], tile: int) -> tuple[set[int], set[int]]:
     """(top, bottom) segments holding the codes of the windows' ``outers`` (in top codes): the
     bottom regions under them, and the top regions under those, which are the top map's regions
     of the same grid position (a bottom region is twice a top region's side)."""
@@ -72,4 +71,5 @@ def segments(
         for row in range(outer.top // tile, (outer.top + outer.h - 1) // tile + 1):
             for col in range(outer.left // tile, (outer.left + outer.w - 1) // tile + 1):
                 grid.add(row * columns + col)
+    per_top, per_bottom = (container.regions_per_segment(side) for side in (tile, 2 * tile))
     return {k // per_top for k in grid}, {k // per_bottom for k in grid}
