@@ -24,7 +24,7 @@ from PIL import Image
 from .. import quality
 from ..format import container
 from ..zoo import catalog
-from . import plugin_codecs
+from . import batch, plugin_codecs
 
 NAME = "vqcodec"
 EXTENSION = ".vqc"
@@ -87,7 +87,7 @@ class VqcPlugin(PluginV3):
             "width": h.width,
             "height": h.height,
             "mode": container.MODES[h.channels],
-            "bpp": 8 * len(self._vqc) / (h.width * h.height),
+            "bpp": batch.bits_per_pixel(self._vqc),
             "resampled": h.resampled,
             **container.decode_metadata(streams.metadata),
         }
