@@ -46,7 +46,7 @@ def test_decoder_steps_with_and_without_cuda_graphs(rng, monkeypatch, graphs, ki
         made.append(wavefront_steps(*args))
         return made[-1]
 
-    monkeypatch.setattr(vqcodec.codec, "wavefront_steps", spy)
+    monkeypatch.setattr(vqcodec.coding.mapcoder, "wavefront_steps", spy)
     gpu = vqcodec.Codec(make_model(), device="cuda", cuda_graphs=graphs)
     encoded = gpu.encode(smooth_image(rng, 130, 70))
     _assert_reads_back(encoded, gpu)

@@ -12,7 +12,7 @@ from PIL import Image
 
 import vqcodec
 from tests.conftest import make_model, smooth_image
-from vqcodec.coding import qprior
+from vqcodec.coding import mapcoder, qprior
 from vqcodec.coding.steps import PaddedSteps
 from vqcodec.format import container
 from vqcodec.timing import StageTimer
@@ -106,7 +106,7 @@ def test_stats_are_consistent(codec, rng):
 
 def test_many_batches_round_trip(codec, rng, monkeypatch):
     """Maps larger than one batch of regions are coded batch by batch."""
-    monkeypatch.setattr(vqcodec.codec, "MAX_BATCH_POSITIONS", 40)
+    monkeypatch.setattr(mapcoder, "MAX_BATCH_POSITIONS", 40)
     assert_round_trip(vqcodec.Codec(make_model(seed=9), device="cpu", tile=2), smooth_image(rng, 70, 50))
 
 
@@ -153,9 +153,9 @@ def test_one_segment_a_map_keeps_the_lowest_version(codec, rng):
 def test_padded_steps_decode_files(rng, monkeypatch):
     """The decoder's loop over the steps a GPU replays from CUDA graphs (run eagerly on torch
     here), with several batches of regions and several images at once."""
-    monkeypatch.setattr(vqcodec.codec, "MAX_BATCH_POSITIONS", 40)
+    monkeypatch.setattr(mapcoder, "MAX_BATCH_POSITIONS", 40)
     monkeypatch.setattr(
-        vqcodec.codec, "wavefront_steps", lambda prior, state, size, _: PaddedSteps(prior, state, size, capture=False)
+        mapcoder, "wavefront_steps", lambda prior, state, size, _: PaddedSteps(prior, state, size, capture=False)
     )
     codec = vqcodec.Codec(make_model(seed=2), device="cpu", tile=3)
     codec.decoding_priors = codec.encoding_priors  # torch, as on a GPU
@@ -180,7 +180,7 @@ def test_tables_in_slices_give_the_same_file(codec, rng, monkeypatch):
 def test_batched_images_give_the_files_of_single_images(rng, monkeypatch, max_positions):
     """Maps of several images share batches (pooled whole, also when a map needs several), yet
     each file is byte for byte the one coded alone, and files with different tiles decode together."""
-    monkeypatch.setattr(vqcodec.codec, "MAX_BATCH_POSITIONS", max_positions)
+    monkeypatch.setattr(mapcoder, "MAX_BATCH_POSITIONS", max_positions)
     model = make_model(seed=5)
     codecs = [vqcodec.Codec(model, device="cpu", tile=t) for t in (2, 3)]
     images = [smooth_image(rng, h, w, c) for h, w, c in [(70, 50, 3), (9, 24, 1), (17, 33, 4), (1, 1, 3)]]
