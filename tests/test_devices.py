@@ -9,6 +9,7 @@ import torch
 
 import vqcodec
 from tests.conftest import make_model, smooth_image
+from vqcodec.coding import mapcoder
 from vqcodec.coding.steps import DirectSteps, PaddedSteps, wavefront_steps
 from vqcodec.defaults import DEFAULT_PRESET
 
@@ -46,7 +47,7 @@ def test_decoder_steps_with_and_without_cuda_graphs(rng, monkeypatch, graphs, ki
         made.append(wavefront_steps(*args))
         return made[-1]
 
-    monkeypatch.setattr(vqcodec.coding.mapcoder, "wavefront_steps", spy)
+    monkeypatch.setattr(mapcoder, "wavefront_steps", spy)
     gpu = vqcodec.Codec(make_model(), device="cuda", cuda_graphs=graphs)
     encoded = gpu.encode(smooth_image(rng, 130, 70))
     _assert_reads_back(encoded, gpu)
