@@ -156,14 +156,12 @@ def _loader(preset: str | None, model_path: Path | None, rdo: float, quality: in
     is needed."""
     if sum(v is not None for v in (preset, model_path, quality)) != 1:
         raise click.UsageError("give exactly one of --preset NAME, --model PATH or --quality Q")
-    coding = {"preset": preset, "rdo": rdo}
-    if quality is not None:
-        coding = vqcodec.quality.operating_point(quality)._asdict()
+    coding = {"rdo": rdo} if quality is None else {"quality": quality}
     try:
-        vqcodec.load(coding["preset"], path=model_path, device="cpu")  # fail early, with vqcodec's message
+        vqcodec.load(preset, path=model_path, device="cpu")  # fail early, with vqcodec's message
     except vqcodec.VQCodecError as exc:
         raise click.UsageError(str(exc)) from exc
-    return lambda device: vqcodec.load(**coding, path=model_path, device=device)
+    return lambda device: vqcodec.load(preset, **coding, path=model_path, device=device)
 
 
 @main.command()
@@ -288,8 +286,9 @@ def colours(qualities, out) -> None:
     spans = vqcodec.quality.qualities()
     picked = [(q, vqcodec.quality.operating_point(q)) for q in qualities] or [(s.start, p) for s, p in spans]
     rows = {}
+    base = vqcodec.load(device="cpu")
     for q, point in picked:
-        codec = vqcodec.load(**point._asdict(), device="cpu")
+        codec = base.with_settings(quality=q)
         default = point == vqcodec.quality.operating_point(vqcodec.quality.DEFAULT_QUALITY)
         flat = flat_colours(codec, DEFAULT_TOLERANCE if default else ANY_POINT_TOLERANCE)
         ramp = ramp_steps(codec)

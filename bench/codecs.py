@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image, features
 
 import vqcodec
+from vqcodec.defaults import DEFAULT_PRESET
 
 T = TypeVar("T")
 Setting = float | int | str
@@ -190,14 +191,14 @@ class VQCodec:
 
 
 def _ladder(device: str, path: Path | None = None) -> dict[str, vqcodec.Codec]:
-    """Every point ``--quality`` picks (named by the lowest quality that picks it), with the
-    model file ``path`` in place of the point's preset when given."""
-    model = {} if path is None else {"preset": None, "path": path}
-    models = {}
-    for span, point in vqcodec.quality.qualities():
-        shown = point if path is None else point._replace(preset=path.stem)
-        models[f"q{span.start} {shown}"] = vqcodec.load(**point._asdict() | model, device=device)
-    return models
+    """Every point ``--quality`` picks (named by the lowest quality that picks it and the model),
+    with the model file ``path`` in place of the default preset when given: one loaded model."""
+    codec = vqcodec.load(path=path, device=device)
+    model = DEFAULT_PRESET if path is None else path.stem
+    return {
+        f"q{span.start} {model} {point}": codec.with_settings(quality=span.start)
+        for span, point in vqcodec.quality.qualities()
+    }
 
 
 def vqcodec_codecs(

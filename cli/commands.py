@@ -188,8 +188,8 @@ def _batch_options(f):
     "--quality",
     type=click.IntRange(0, 100),
     help="0..100, higher: larger files, better "
-    f"pictures; picks the preset, --rdo, --rdo-passes and --scale: {_QUALITY_HELP} "
-    f"[default: the default preset's, {vqcodec_quality.DEFAULT_QUALITY}].",
+    f"pictures; picks --rdo, --rdo-passes and --scale (chosen for the default preset): {_QUALITY_HELP} "
+    f"[default: the model's settings; the default preset's are quality {vqcodec_quality.DEFAULT_QUALITY}].",
 )
 @click.option(
     "--target-size", type=click.IntRange(1), metavar="BYTES", help="The best file of any quality that fits in BYTES."
@@ -215,27 +215,19 @@ def compress(
 ) -> None:
     """Compress the image IN into the .vqc file OUT ('-': standard input or output), or, with -o,
     every image IN (files, and the images in folders) into the folder given."""
-    chosen = [
-        name
-        for name, v in (
-            ("--quality", quality),
-            ("--target-size/--target-bpp", target_size or target_bpp),
-            ("--preset/--model", kwargs["preset"] or kwargs["model_path"]),
-        )
-        if v is not None
-    ]
-    if len(chosen) > 1:
-        raise click.UsageError(f"{' and '.join(chosen)} each choose the model: give one of them")
-    if quality is not None or target_size or target_bpp:
-        context = click.get_current_context()
-        for name in ("rdo", "rdo_passes", "scale"):
-            if context.get_parameter_source(name) != click.core.ParameterSource.DEFAULT:
-                flag = "--" + name.replace("_", "-")
-                raise click.UsageError(f"--quality and --target-size/--target-bpp set {flag}: give one of them")
-    if quality is not None:
-        kwargs["preset"], rdo, scale, rdo_passes = vqcodec_quality.operating_point(quality)
-    coding = {"rdo": rdo, "rdo_passes": rdo_passes, "scale": scale, "strip": strip, "restore": not no_restoration}
-    options = _options(kwargs, **coding, target_bytes=target_size, target_bpp=target_bpp)
+    if quality is not None and (target_size or target_bpp):
+        raise click.UsageError("--quality and --target-size/--target-bpp each choose the operating point: give one")
+    context = click.get_current_context()
+    given = {
+        name: value
+        for name, value in (("rdo", rdo), ("rdo_passes", rdo_passes), ("scale", scale))
+        if context.get_parameter_source(name) != click.core.ParameterSource.DEFAULT
+    }
+    if given and (quality is not None or target_size or target_bpp):
+        flag = "--" + next(iter(given)).replace("_", "-")
+        raise click.UsageError(f"--quality and --target-size/--target-bpp set {flag}: give one of them")
+    coding = given | ({"strip_metadata": True} if strip else {}) | ({"restore": False} if no_restoration else {})
+    options = _options(kwargs, quality=quality, settings=coding, target_bytes=target_size, target_bpp=target_bpp)
     _run(batch.compress_file, inputs, ".vqc", batch.IMAGE_SUFFIXES, options, kwargs, _compress_stream)
 
 
@@ -269,7 +261,7 @@ def decompress(
     shipped model that made each file is found from the file; --preset or --model name another."""
     single_out = inputs[-1] if kwargs["output_dir"] is None and len(inputs) == 2 else None
     fmt = _image_format(image_format, single_out)
-    options = _options(kwargs, image_format=fmt, quality=quality, region=region)
+    options = _options(kwargs, image_format=fmt, image_quality=quality, region=region)
     suffix = "." + fmt.lower().replace("jpeg", "jpg")
     _run(batch.decompress_file, inputs, suffix, batch.VQC_SUFFIXES, options, kwargs, _decompress_stream)
 

@@ -172,11 +172,12 @@ def test_ladder_runs_a_model_file_at_every_operating_point(model_file):
     points = [point for _, point in vqcodec.quality.qualities()]
     assert codec.name == "vqcodec-tiny" and len(codec.settings) == len(points)
     for setting, point in zip(codec.settings, points, strict=True):
-        loaded = codec.models[setting]
+        loaded = codec.models[setting].settings
         assert (loaded.rdo, loaded.scale, loaded.rdo_passes) == (point.rdo, point.scale, point.rdo_passes)
-        assert setting.startswith("q") and str(point._replace(preset="tiny")) in setting
+        assert setting.startswith("q") and f"tiny {point}" in setting
+    assert len({id(c.model) for c in codec.models.values()}) == 1  # one model loaded for every point
     (single,) = vqcodec_codecs(False, [model_file], "cpu", decode=False, rdo=0.5)
-    assert single.settings == ["tiny"] and single.models["tiny"].rdo == 0.5
+    assert single.settings == ["tiny"] and single.models["tiny"].settings.rdo == 0.5
 
 
 # -- commands ---------------------------------------------------------------------------------

@@ -11,14 +11,14 @@ import pytest
 import vqcodec
 from tests.conftest import smooth_image
 from vqcodec import quality
-from vqcodec.defaults import DEFAULT_PRESET, DEFAULT_RDO
+from vqcodec.defaults import DEFAULT_RDO
 
 
 def test_the_scale_walks_the_ladder_in_order():
     points = [quality.operating_point(q) for q in range(101)]
     indices = [quality.LADDER.index(p) for p in points]
     assert indices == sorted(indices) and set(indices) == set(range(len(quality.LADDER)))
-    assert quality.operating_point(quality.DEFAULT_QUALITY) == (DEFAULT_PRESET, DEFAULT_RDO, 1.0, 1)
+    assert quality.operating_point(quality.DEFAULT_QUALITY) == (DEFAULT_RDO, 1.0, 1)
     spans = quality.qualities()
     assert sum(len(span) for span, _ in spans) == 101
     for side in (
@@ -72,7 +72,7 @@ def test_quality_and_target_size_on_the_command_line(tmp_path):
     budget = (sizes[1] + sizes[2]) // 2
     assert compress("t.vqc", "--target-size", str(budget)).returncode == 0
     assert sizes[1] <= (tmp_path / "t.vqc").stat().st_size <= budget
-    assert compress("x.vqc", "-q", "10", "--preset", "high").returncode == 2
+    assert compress("x.vqc", "-q", "10", "--target-size", "1000").returncode == 2
     assert compress("y.vqc", "-q", "10", "--rdo", "0.5").returncode == 2
     assert compress("s.vqc", "-q", "10", "--scale", "1.5").returncode == 2
     refused = compress("p.vqc", "-q", "10", "--rdo-passes", "3")
@@ -81,7 +81,7 @@ def test_quality_and_target_size_on_the_command_line(tmp_path):
     assert point.rdo_passes == 2  # the small points choose twice
     spelled = ["--rdo", str(point.rdo), "--rdo-passes", str(point.rdo_passes), "--scale", str(point.scale)]
     assert compress("q10.vqc", "-q", "10").returncode == 0
-    assert compress("spelled.vqc", "--preset", point.preset, *spelled).returncode == 0
+    assert compress("spelled.vqc", *spelled).returncode == 0
     assert (tmp_path / "q10.vqc").read_bytes() == (tmp_path / "spelled.vqc").read_bytes()
     assert compress("up.vqc", "--scale", "1.5").returncode == 0
     assert (tmp_path / "up.vqc").stat().st_size > sizes[1]

@@ -21,6 +21,7 @@ from vqcodec.coding.rdo import (
     window_terms,
 )
 from vqcodec.io.image import to_rgb, to_tensor
+from vqcodec.zoo import catalog
 
 
 def test_choice_weighs_estimated_error_against_bits():
@@ -107,8 +108,10 @@ def test_a_second_pass_chooses_among_the_candidates_and_round_trips(rng):
     assert (cand[0].numpy() == second.codes.bottom[..., None]).any(-1).all()
     assert not np.array_equal(first.codes.bottom, second.codes.bottom)
     assert np.array_equal(one.decode_codes(second.data).bottom, second.codes.bottom)  # any decoder reads it
-    assert vqcodec.load("high").rdo_passes == 2 and vqcodec.load().rdo_passes == 1
-    assert vqcodec.load("high", rdo_passes=1).rdo_passes == 1 and vqcodec.load(rdo_passes=3).rdo_passes == 3
+    assert vqcodec.load("high").settings.rdo_passes == 2 and vqcodec.load().settings.rdo_passes == 1
+    assert vqcodec.load(path=catalog.preset_path("high")).settings.rdo_passes == 2  # the model's, not the name's
+    assert vqcodec.load("high", rdo_passes=1).settings.rdo_passes == 1
+    assert vqcodec.load(rdo_passes=3).settings.rdo_passes == 3
 
 
 def test_gain_is_measured_in_a_band_as_the_whole_synthesis_gives_it():

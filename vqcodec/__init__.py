@@ -3,6 +3,7 @@
 >>> import vqcodec
 >>> codec = vqcodec.load()                 # the default shipped preset
 >>> data = codec.compress("photo.png")     # .vqc bytes
+>>> small = codec.compress("photo.png", quality=30)  # another operating point, same codec
 >>> image = codec.decompress(data)         # a PIL image
 
 The codec (and torch with it) is imported on first use, so that importing vqcodec to read a
@@ -30,6 +31,7 @@ from .errors import (
 from .format import container
 from .format.container import Header, read_header
 from .io import batch, pillow
+from .settings import Settings
 from .zoo import catalog
 from .zoo.catalog import presets
 
@@ -64,6 +66,7 @@ __all__ = [
     "ModelError",
     "ModelMismatchError",
     "OutputError",
+    "Settings",
     "UsageError",
     "VQCodecError",
     "batch",

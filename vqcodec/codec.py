@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import math
+import copy
 import numbers
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import numpy as np
 import torch
@@ -18,12 +18,12 @@ from PIL import Image
 from .coding import mapcoder, partial, restoration, tiles
 from .coding.mapcoder import MapLayout, MapStats
 from .coding.qprior import IntegerPrior
-from .coding.rdo import CANDIDATES, PRESET_PASSES, Terms, choose, curvature_margin, window_terms
+from .coding.rdo import CANDIDATES, Terms, choose, curvature_margin, window_terms
 from .coding.restoration import Filter
-from .defaults import DEFAULT_PRESET, DEFAULT_RDO, DEFAULT_TILE, MAX_SCALE, MIN_SCALE, WINDOW, WINDOW_MARGIN
+from .defaults import DEFAULT_PRESET, WINDOW, WINDOW_MARGIN
 from .errors import DecodeMismatchError, FormatError, InputError, ModelError, ModelMismatchError, UsageError
 from .format import container
-from .format.container import DEFAULT_MAX_PIXELS, MAX_TILE, Header, Streams
+from .format.container import DEFAULT_MAX_PIXELS, Header, Streams
 from .io.image import (
     ImageLike,
     Picture,
@@ -38,6 +38,8 @@ from .io.image import (
     to_tensor,
 )
 from .nn.model import CodecModel
+from .quality import operating_point
+from .settings import Settings
 from .threads import one_torch_thread
 from .timing import QUANTIZATION, RESTORATION, SYNTHESIS, Timer, no_timer
 from .zoo import catalog
@@ -132,34 +134,24 @@ def load(
     *,
     path: str | Path | None = None,
     device: str = "auto",
-    rdo: float = DEFAULT_RDO,
-    rdo_passes: int | None = None,
-    scale: float = 1.0,
+    quality: int | None = None,
+    settings: Settings | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
-    strip_metadata: bool = False,
-    restore: bool = True,
     processes: int = 1,
+    **overrides: Any,
 ) -> Codec:
-    """A ``Codec`` with a shipped preset (default ``DEFAULT_PRESET``) or the model file at ``path``
-    (``rdo``, ``rdo_passes``, ``scale``, ``max_pixels``, ``strip_metadata``, ``restore``,
-    ``processes``: see ``Codec``; by default a preset brings its RDO passes, a file one)."""
+    """A ``Codec`` with a shipped preset (default ``DEFAULT_PRESET``) or the model file at
+    ``path``, writing with the model's settings, or ``settings``, at the operating point of
+    ``quality`` if given, with ``overrides`` (``Settings`` fields); ``max_pixels`` and
+    ``processes``: see ``Codec``."""
     if preset is not None and path is not None:
         raise ModelError("give a preset or a model path, not both")
     name = preset or (str(path) if path else DEFAULT_PRESET)
     model = load_model(path if path is not None else catalog.preset_path(name))
-    passes = rdo_passes if rdo_passes is not None else PRESET_PASSES.get(name, 1)
     return Codec(
-        model,
-        device=device,
-        name=name,
-        rdo=rdo,
-        rdo_passes=passes,
-        scale=scale,
-        max_pixels=max_pixels,
-        strip_metadata=strip_metadata,
-        restore=restore,
-        processes=processes,
-    )
+        model, device=device, name=name, settings=settings, quality=quality, max_pixels=max_pixels,
+        processes=processes, **overrides,
+    )  # fmt: skip
 
 
 def load_for(data: VqcLike, *, device: str = "auto", max_pixels: int = DEFAULT_MAX_PIXELS, processes: int = 1) -> Codec:
@@ -171,59 +163,43 @@ def load_for(data: VqcLike, *, device: str = "auto", max_pixels: int = DEFAULT_M
 
 
 class Codec:
-    """Compresses images to ``.vqc`` bytes and back with one ``CodecModel``."""
+    """Compresses images to ``.vqc`` bytes and back with one ``CodecModel``, at any operating
+    point: each call may name its own settings, and ``with_settings`` gives the same codec with
+    other defaults, sharing the loaded model and its compiled priors."""
 
     def __init__(
         self,
         model: CodecModel,
         device: str | torch.device = "auto",
         name: str = "custom",
-        tile: int = DEFAULT_TILE,
-        rdo: float = DEFAULT_RDO,
-        rdo_passes: int = 1,
+        settings: Settings | None = None,
+        *,
+        quality: int | None = None,
         cuda_graphs: bool = True,
-        scale: float = 1.0,
         max_pixels: int = DEFAULT_MAX_PIXELS,
-        strip_metadata: bool = False,
-        restore: bool = True,
         processes: int = 1,
+        **overrides: Any,
     ):
-        """``tile``, ``rdo`` (0: always the nearest code; more: smaller files, lower quality),
-        ``rdo_passes`` (more: smaller files, slower encoding) and ``scale`` set how files are
-        written; any file decodes whatever they were. ``scale`` (``MIN_SCALE``..``MAX_SCALE``)
-        codes a copy of the image resampled by that factor, which the decoder resamples back:
-        above 1 for higher rates and quality than the model gives at its own resolution (about
-        ``scale`` squared times the rate and the time), below 1 for lower ones. ``cuda_graphs``:
-        on a GPU, the decoder replays each batch's wavefront steps from a CUDA graph (see
-        ``vqcodec.coding.steps``); the same codes either way.
-        ``max_pixels``: larger images are refused, to code and to decode, before any work (a tiny
-        file can claim a huge image: the limit bounds what one file costs). An image's ICC profile
-        and EXIF data travel in the file unless ``strip_metadata``. ``restore``: the encoder fits
-        a restoration filter to each image (``vqcodec.coding.restoration``) and writes it where it is
-        worth its bytes; files are a little larger and better, encoding takes the fit longer (and,
-        without ``rdo``, a synthesis of the image). ``processes``: the decoder decodes the segments
-        of a map (``container``) in that many processes side by side, this one and forked
-        children (on the CPU, on Linux; the same codes either way)."""
-        if not 1 <= tile <= MAX_TILE:
-            raise UsageError(f"tile must be in 1..{MAX_TILE}, got {tile}")
-        if not 0 <= rdo < math.inf:
-            raise UsageError(f"rdo must be a finite number >= 0, got {rdo}")
-        if rdo_passes < 1:
-            raise UsageError(f"rdo_passes must be at least 1, got {rdo_passes}")
+        """The encoder writes with ``settings`` (by default the model's: ``zoo.catalog``), at
+        the operating point of ``quality`` (0..100) if given, with ``overrides`` (``Settings``
+        fields): ``self.settings``. Any file decodes whatever they were. ``cuda_graphs``: on a
+        GPU, the decoder replays each batch's wavefront steps from a CUDA graph (see
+        ``vqcodec.coding.steps``); the same codes either way. ``max_pixels``: larger images are
+        refused, to code and to decode, before any work (a tiny file can claim a huge image: the
+        limit bounds what one file costs). ``processes``: the decoder decodes the segments of a
+        map (``container``) in that many processes side by side, this one and forked children
+        (on the CPU, on Linux; the same codes either way)."""
         if isinstance(max_pixels, bool) or not isinstance(max_pixels, numbers.Integral) or max_pixels < 1:
             raise UsageError(f"max_pixels must be a whole number of at least 1, got {max_pixels!r}")
         if isinstance(processes, bool) or not isinstance(processes, numbers.Integral) or processes < 1:
             raise UsageError(f"processes must be a whole number of at least 1, got {processes!r}")
-        if not MIN_SCALE <= scale <= MAX_SCALE:
-            raise UsageError(f"scale must be in {MIN_SCALE:g}..{MAX_SCALE:g}, got {scale}")
-        self.tile, self.rdo, self.rdo_passes, self.cuda_graphs = tile, rdo, rdo_passes, cuda_graphs
-        self.scale = scale
-        self.max_pixels, self.strip_metadata, self.restore = max_pixels, strip_metadata, restore
-        self.processes = int(processes)
+        self.cuda_graphs, self.max_pixels, self.processes = cuda_graphs, max_pixels, int(processes)
         self.device = resolve_device(device)
         self.model = model.eval().to(self.device)
         self.name = name
         self.model_id = model_id(self.model)
+        base = settings if settings is not None else Settings(**catalog.settings_of(self.model_id))
+        self.settings = _settings_for(base, quality, overrides)
         # The encoder's single pass over whole maps runs fastest on torch (its BLAS and indexing
         # use every core); the decoder's many small wavefront steps run fastest on numpy. Both
         # give the same integers, which every CPU round trip checks through the content CRC.
@@ -240,24 +216,39 @@ class Codec:
             _nearest_other(q.embed, q.embed.shape[0] - 1) for q in (vqvae.quantize_t, vqvae.quantize_b)
         )
 
+    def with_settings(self, settings: Settings | None = None, *, quality: int | None = None, **overrides: Any) -> Codec:
+        """This codec writing with ``settings`` (by default its own), at the operating point of
+        ``quality`` if given, with ``overrides``: the loaded model and priors are shared."""
+        view = copy.copy(self)
+        view.settings = _settings_for(settings or self.settings, quality, overrides)
+        return view
+
     # -- encoding ---------------------------------------------------------------------------
 
     @torch.no_grad()
-    def encode(self, image: ImageLike, timer: Timer = no_timer) -> Encoded:
+    def encode(
+        self, image: ImageLike, timer: Timer = no_timer, *, quality: int | None = None, **overrides: Any
+    ) -> Encoded:
         """Compress ``image`` and report its code maps and the bits each map took (``timer``: see
-        ``vqcodec.timing``)."""
-        return self.encode_many([image], timer)[0]
+        ``vqcodec.timing``; ``quality`` and ``overrides``: this call's settings, see
+        ``with_settings``)."""
+        return self.encode_many([image], timer, quality=quality, **overrides)[0]
 
     @torch.no_grad()
-    def encode_many(self, images: Sequence[ImageLike], timer: Timer = no_timer) -> list[Encoded]:
+    def encode_many(
+        self, images: Sequence[ImageLike], timer: Timer = no_timer, *, quality: int | None = None, **overrides: Any
+    ) -> list[Encoded]:
         """``encode`` several images at once: their maps share the priors' batches (more positions
         per step, which a GPU needs to be busy). Each file is the one ``encode`` would write."""
+        if quality is not None or overrides:
+            return self.with_settings(quality=quality, **overrides).encode_many(images, timer)
+        s = self.settings
         pics = [read_image(image, self.max_pixels) for image in images]
-        sizes = [scaled_size(*pic.size, self.scale, self.max_pixels) for pic in pics]
+        sizes = [scaled_size(*pic.size, s.scale, self.max_pixels) for pic in pics]
         coded = self._code_maps([resample(p.rgb, *size) for p, size in zip(pics, sizes, strict=True)], timer)
         tops, bottoms, syntheses = coded
-        top_maps = [MapLayout(t.shape, self.tile, segmented=True) for t in tops]
-        bottom_maps = [MapLayout(b.shape, 2 * self.tile, t, segmented=True) for t, b in zip(tops, bottoms, strict=True)]
+        top_maps = [MapLayout(t.shape, s.tile, segmented=True) for t in tops]
+        bottom_maps = [MapLayout(b.shape, 2 * s.tile, t, segmented=True) for t, b in zip(tops, bottoms, strict=True)]
         top_prior, bottom_prior = self.encoding_priors
         top_substitute, bottom_substitute = self._substitutes
         top_coded = mapcoder.encode(top_prior, tops, top_maps, top_substitute, timer)
@@ -283,21 +274,23 @@ class Codec:
     ) -> Filter | None:
         """The restoration filter worth writing for ``pic`` coded as ``codes`` (None: none), fitted
         to ``synthesis`` where RDO left one (see ``_code_maps``), else to what ``codes`` give."""
-        if not self.restore:
+        if not self.settings.restore:
             return None
         padded = self._synthesise(codes, timer) if synthesis is None else synthesis
         decoded = self._picture(padded, coded_size, *pic.size, timer)
         with timer(RESTORATION):
             return restoration.fit(pic.rgb, decoded, map_bytes)
 
-    def compress(self, image: ImageLike) -> bytes:
+    def compress(self, image: ImageLike, *, quality: int | None = None, **overrides: Any) -> bytes:
         """``.vqc`` bytes of a PIL image, an HxW(xC) uint8 array, an image file's path or its bytes
-        (bytes or a binary file object)."""
-        return self.encode(image).data
+        (bytes or a binary file object); ``quality`` and ``overrides``: see ``encode``."""
+        return self.encode(image, quality=quality, **overrides).data
 
-    def compress_many(self, images: Sequence[ImageLike]) -> list[bytes]:
+    def compress_many(
+        self, images: Sequence[ImageLike], *, quality: int | None = None, **overrides: Any
+    ) -> list[bytes]:
         """``compress`` several images at once (see ``encode_many``)."""
-        return [encoded.data for encoded in self.encode_many(images)]
+        return [encoded.data for encoded in self.encode_many(images, quality=quality, **overrides)]
 
     def _pack(
         self,
@@ -314,17 +307,17 @@ class Codec:
             top_coded[0],
             bottom_coded[0],
             container.compress_alpha(pic.alpha) if pic.alpha is not None else b"",
-            b"" if self.strip_metadata else container.encode_metadata(pic.metadata),
+            b"" if self.settings.strip_metadata else container.encode_metadata(pic.metadata),
             restoration.to_bytes(restored) if restored is not None else b"",
         )
         header = Header(
-            channels=pic.channels, tile=self.tile, model_id=self.model_id, width=width, height=height,
+            channels=pic.channels, tile=self.settings.tile, model_id=self.model_id, width=width, height=height,
             pad_x=padding(coded_size[0], self.top_stride), pad_y=padding(coded_size[1], self.top_stride),
             top_shape=top.shape, bottom_shape=bottom.shape,
             top_len=0, bottom_len=0, alpha_len=0, payload_crc=0,
             content_crc=container.content_crc(top, bottom, pic.alpha),
             flags=(container.FLAG_RESAMPLED if coded_size != pic.size else 0)
-            | (container.FLAG_SEGMENTS if mapcoder.needs_segments(top.shape, bottom.shape, self.tile) else 0),
+            | (container.FLAG_SEGMENTS if mapcoder.needs_segments(top.shape, bottom.shape, self.settings.tile) else 0),
         )  # fmt: skip
         data = container.pack(header, streams)
         return Encoded(data, CodeMaps(top, bottom), top_coded[1], bottom_coded[1], width, height, coded_size, restored)
@@ -339,16 +332,16 @@ class Codec:
         stands in for the chosen codes (``STAND_IN_SHARE``), else None: the restoration filter is
         fitted to it, which saves a synthesis for 0.005 dB less gain (validation photos at the
         default: 28.481 dB instead of 28.486)."""
-        vqvae = self.model.vqvae
-        if not self.rdo:
+        vqvae, s = self.model.vqvae, self.settings
+        if not s.rdo:
             maps = [self._analyse(rgb, lambda x, _: vqvae.encode(x, timer)) for rgb in images]
             return [t for t, _ in maps], [b for _, b in maps], [None] * len(maps)
         found = [self._analyse(rgb, lambda x, _: vqvae.encode_candidates(x, CANDIDATES, timer)) for rgb in images]
         tops, candidates = [t for t, _ in found], [c for _, c in found]
-        maps = [MapLayout(c.shape[:2], 2 * self.tile, t) for t, c in zip(tops, candidates, strict=True)]
+        maps = [MapLayout(c.shape[:2], 2 * s.tile, t) for t, c in zip(tops, candidates, strict=True)]
         chosen = [c[..., 0] for c in candidates]
-        margin = curvature_margin(self.rdo_passes)
-        for _ in range(self.rdo_passes):
+        margin = curvature_margin(s.rdo_passes)
+        for _ in range(s.rdo_passes):
             terms = [
                 Terms(*self._analyse(rgb, self._terms_of(t, c, b, timer)))
                 for rgb, t, c, b in zip(images, tops, candidates, chosen, strict=True)
@@ -356,7 +349,7 @@ class Codec:
             bits = mapcoder.candidate_bits(self.encoding_priors[1], chosen, candidates, maps, timer)
             with timer(QUANTIZATION):
                 previous = chosen
-                chosen = [choose(*args, self.rdo, margin) for args in zip(candidates, terms, bits, strict=True)]
+                chosen = [choose(*args, s.rdo, margin) for args in zip(candidates, terms, bits, strict=True)]
         syntheses = [
             t.synthesis if np.mean(now != before) < STAND_IN_SHARE else None
             for t, now, before in zip(terms, chosen, previous, strict=True)
@@ -628,6 +621,13 @@ class Codec:
             )
             for codes, header, alpha, meta, restored in self._decode(files, timer)
         ]
+
+
+def _settings_for(base: Settings, quality: int | None, overrides: dict[str, Any]) -> Settings:
+    """``base`` at the operating point of ``quality`` (if given), with ``overrides``."""
+    if quality is not None:
+        base = base.replace(**operating_point(quality)._asdict())
+    return base.replace(**overrides)
 
 
 def _nearest_other(embed: torch.Tensor, code: int) -> int:

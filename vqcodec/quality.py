@@ -1,20 +1,20 @@
-"""Quality 0..100 and target sizes, mapped onto the shipped operating points: (preset, RDO
-strength, resampling scale) ordered from the smallest files to the largest (chosen on validation
-photos, measured on Kodak: see docs/benchmarks.md)."""
+"""Quality 0..100 and target sizes, mapped onto the operating points: (RDO strength, resampling
+scale, RDO passes) ordered from the smallest files to the largest, the part of a codec's
+``Settings`` that a quality picks (chosen for the default preset on validation photos, measured
+on Kodak: see docs/benchmarks.md)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import NamedTuple
 
-from .defaults import DEFAULT_PRESET, DEFAULT_RDO
+from .defaults import DEFAULT_RDO
 from .errors import LimitError, UsageError
 
 
 class OperatingPoint(NamedTuple):
-    """What ``vqcodec.load`` takes to code at one point of the curve."""
+    """The settings (``vqcodec.settings.Settings``) that code at one point of the curve."""
 
-    preset: str
     rdo: float
     scale: float = 1.0
     rdo_passes: int = 1
@@ -22,7 +22,7 @@ class OperatingPoint(NamedTuple):
     def __str__(self) -> str:
         passes = f" ({self.rdo_passes} passes)" if self.rdo_passes != 1 else ""
         scale = f" at {self.scale:g}x" if self.scale != 1 else ""
-        return f"{self.preset} rdo {self.rdo:g}{passes}{scale}"
+        return f"rdo {self.rdo:g}{passes}{scale}"
 
 
 #: Above this scale the encoder codes the nearest codes (no RDO): RDO's small gain there would
@@ -39,7 +39,7 @@ def _point(k: int) -> OperatingPoint:
     scale = round(2 ** (k / 4), 3)
     rdo = 0.2 if scale <= RDO_SCALE_LIMIT else 0.0
     passes = 2 if scale != 1 and scale < TWO_PASS_SCALE_LIMIT else 1
-    return OperatingPoint("medium", rdo, scale, passes)
+    return OperatingPoint(rdo, scale, passes)
 
 
 #: The operating points, smallest files first: the default preset on copies of the image
@@ -48,12 +48,12 @@ def _point(k: int) -> OperatingPoint:
 #: 1 dB, ``high`` by 0.2 dB: see docs/design.md), so the ladder is one model at many scales. It stops at
 #: the largest scale a ``Codec`` takes, where a Kodak image decodes in under 3 s on two CPU cores.
 LADDER: tuple[OperatingPoint, ...] = tuple(_point(k) for k in range(-7, 5))
-#: The quality of the default operating point (``medium`` at RDO 0.2, not resampled).
+#: The quality of the default operating point (RDO 0.2, not resampled).
 DEFAULT_QUALITY = 50
 
 
 #: Where the default operating point sits in the ladder.
-DEFAULT_POINT = LADDER.index(OperatingPoint(DEFAULT_PRESET, DEFAULT_RDO))
+DEFAULT_POINT = LADDER.index(OperatingPoint(DEFAULT_RDO))
 
 
 def operating_point(quality: int) -> OperatingPoint:

@@ -13,7 +13,7 @@ import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -34,16 +34,13 @@ class Options:
     preset: str | None = None
     model_path: Path | None = None
     device: str = "auto"
-    rdo: float | None = None
-    rdo_passes: int | None = None
-    scale: float = 1.0  # compress: code a copy resampled by this factor (see ``Codec``)
     max_pixels: int | None = None
     threads: int = 1
     force: bool = False
+    quality: int | None = None  # compress: the operating point of this quality
+    settings: dict[str, Any] = field(default_factory=dict)  # compress: ``Settings`` fields to override
     image_format: str = "PNG"  # decompress: the Pillow format to write
-    quality: int | None = None  # decompress to a lossy format: its quality
-    strip: bool = False  # compress: leave the ICC profile and EXIF data out
-    restore: bool = True  # compress: fit and write a restoration filter where it pays
+    image_quality: int | None = None  # decompress to a lossy format: its quality
     target_bytes: int | None = None  # compress: the largest file of any quality within this size
     target_bpp: float | None = None  # the same, in bits per pixel
     region: tuple[int, int, int, int] | None = None  # decompress: only this rectangle (x, y, width, height)
@@ -110,8 +107,8 @@ _CODECS: dict[Any, Any] = {}
 
 
 def codec_for(options: Options, data: bytes | None = None) -> Any:
-    """This process' codec for ``options`` (for a ``.vqc`` file with no model named: the shipped
-    model that made it), loaded once."""
+    """This process' codec for ``options``' model (for a ``.vqc`` file with no model named: the
+    shipped model that made it), loaded once; it serves every operating point."""
     from .. import codec as codecs  # here: a worker process imports torch once it has work
 
     use_threads(options.threads)
@@ -122,23 +119,11 @@ def codec_for(options: Options, data: bytes | None = None) -> Any:
                 data, device=options.device, max_pixels=_max_pixels(options), processes=options.threads
             )
         return _CODECS[key]
-    key = (
-        "options",
-        options.preset,
-        options.model_path,
-        options.device,
-        options.rdo,
-        options.rdo_passes,
-        options.scale,
-        options.strip,
-        options.restore,
-    )
+    key = ("options", options.preset, options.model_path, options.device)
     if key not in _CODECS:
-        rdo = {} if options.rdo is None else {"rdo": options.rdo}
         _CODECS[key] = codecs.load(
-            options.preset, path=options.model_path, device=options.device, rdo_passes=options.rdo_passes,
-            scale=options.scale, max_pixels=_max_pixels(options), strip_metadata=options.strip,
-            restore=options.restore, processes=options.threads, **rdo,
+            options.preset, path=options.model_path, device=options.device, max_pixels=_max_pixels(options),
+            processes=options.threads,
         )  # fmt: skip
     return _CODECS[key]
 
@@ -175,9 +160,9 @@ def compress_file(src: Path, out: Path, options: Options) -> Outcome:
 def encode_image(image: Any, options: Options) -> tuple[Any, Any]:
     """The codec and the encoding of ``image``: with ``options``' model, or with a target size
     the largest operating point of ``quality.LADDER`` that fits."""
+    codec = codec_for(options)
     if options.target_bytes is None and options.target_bpp is None:
-        codec = codec_for(options)
-        return codec, codec.encode(image)
+        return codec, codec.encode(image, quality=options.quality, **options.settings)
     from .image import read_image, to_pil
 
     # Read once: every operating point tried codes these pixels (and ICC and EXIF data).
@@ -189,12 +174,11 @@ def encode_image(image: Any, options: Options) -> tuple[Any, Any]:
     found = {}
 
     def encode(point: quality.OperatingPoint) -> bytes:
-        codec = codec_for(replace(options, **point._asdict(), target_bytes=None, target_bpp=None))
-        found[point] = (codec, codec.encode(pixels))
-        return found[point][1].data
+        found[point] = codec.encode(pixels, **options.settings | point._asdict())
+        return found[point].data
 
     _, point = quality.largest_within(encode, budget)
-    return found[point]
+    return codec, found[point]
 
 
 def decompress_file(src: Path, out: Path, options: Options) -> Outcome:
@@ -294,8 +278,8 @@ def _probe_format(mode: str, metadata: dict[str, bytes], options: Options) -> tu
 def save_image(image: Any, stream: Any, options: Options) -> None:
     """Write ``image`` in ``options.image_format``, with its ICC profile and EXIF data."""
     params = {k: v for k, v in image.info.items() if k in ("icc_profile", "exif")}
-    if options.quality is not None:
-        params["quality"] = options.quality
+    if options.image_quality is not None:
+        params["quality"] = options.image_quality
     image.save(stream, format=options.image_format, **params)
 
 

@@ -1,11 +1,10 @@
 """The codecs the Pillow and imageio plugins code with, each loaded once per process: for
-decoding, the shipped model that made a file; for encoding, the operating point of a quality."""
+decoding, the shipped model that made a file; for encoding, the default preset at the operating
+point of a quality."""
 
 from __future__ import annotations
 
 from typing import Any
-
-from .. import quality
 
 _DECODERS: dict[bytes, Any] = {}
 _ENCODERS: dict[int, Any] = {}
@@ -25,5 +24,6 @@ def encoder(q: int) -> Any:
     from .. import codec
 
     if q not in _ENCODERS:
-        _ENCODERS[q] = codec.load(**quality.operating_point(q)._asdict())
+        base = next(iter(_ENCODERS.values()), None) or codec.load()
+        _ENCODERS[q] = base.with_settings(quality=q)
     return _ENCODERS[q]

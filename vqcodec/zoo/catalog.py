@@ -2,8 +2,10 @@
 (replaced ones included) by the identifier that each ``.vqc`` file carries, so a file made with
 any shipped model decodes without naming it. Reads a small index; imports no torch.
 
-``models/index.json`` maps each identifier (hex) to its file, relative to ``models/``, and a
-name: the preset's, or for a replaced model the preset and the release it came with.
+``models/index.json`` maps each identifier (hex) to its file, relative to ``models/``, a name
+(the preset's, or for a replaced model the preset and the release it came with) and optionally
+the encoder settings the model codes with by default (``vqcodec.settings.Settings`` fields), so
+that a model loaded by path gets them too.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import json
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from ..errors import ModelError, ModelMismatchError
 
@@ -51,8 +54,9 @@ def model_file(preset_or_path: str | Path) -> Path:
 
 
 @lru_cache(maxsize=1)
-def index() -> dict[str, dict[str, str]]:
-    """Identifier (hex) -> {"file", "name"} of every model shipped with this install."""
+def index() -> dict[str, dict[str, Any]]:
+    """Identifier (hex) -> {"file", "name", optionally "settings"} of every model shipped with
+    this install."""
     path = _folder() / "index.json"
     return json.loads(path.read_text()) if path.is_file() else {}
 
@@ -61,6 +65,13 @@ def name_of(model_id: bytes) -> str | None:
     """The preset name (or, for a replaced model, its description) of a model identifier."""
     entry = index().get(model_id.hex())
     return entry["name"] if entry else None
+
+
+def settings_of(model_id: bytes) -> dict[str, Any]:
+    """The encoder settings a shipped model codes with by default, where they differ from
+    ``Settings``' defaults (none for a model this install did not ship)."""
+    entry = index().get(model_id.hex())
+    return dict(entry.get("settings", {})) if entry else {}
 
 
 def find(model_id: bytes) -> tuple[str, Path]:
