@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -59,7 +61,8 @@ def test_index_names_every_shipped_model_by_its_identifier():
 
 
 def test_files_of_replaced_models_still_decode():
-    """A model a later release replaced stays installed under its identifier, and its files decode."""
+    """A model a later release replaced stays known under its identifier, and its files decode
+    (with the optional package of replaced models installed, as the tests install it)."""
     for hex_id, entry in catalog.index().items():
         _, path = catalog.find(bytes.fromhex(hex_id))
         data = vqcodec.Codec(load_model(path), device="cpu").compress(_patch())
@@ -96,3 +99,18 @@ def test_default_keeps_flat_colours():
         error = np.asarray(codec.decompress(codec.compress(image))).astype(np.int64) - colour
         assert np.abs(error.mean(axis=(0, 1))).max() <= FLAT_MEAN_TOLERANCE, colour
         assert np.abs(error).max() <= FLAT_PIXEL_TOLERANCE, colour
+
+
+def test_replaced_models_are_in_their_own_package_and_named_when_it_is_missing(monkeypatch):
+    """vqcodec installs its presets only; a file of a replaced model, without the package of
+    replaced models, is refused with the model's name and the package to install."""
+    entries = catalog.index()
+    own = {p.name for p in (catalog._folder()).iterdir() if p.suffix == catalog.SUFFIX}
+    assert own == {f"{name}{catalog.SUFFIX}" for name in vqcodec.presets()}
+    replaced = {k: e for k, e in entries.items() if e["name"] not in vqcodec.presets()}
+    assert replaced and all(e.get("package") == "vqcodec_retired" for e in replaced.values())
+    hex_id, entry = next(iter(replaced.items()))
+    monkeypatch.setitem(entries, hex_id, entry | {"package": "vqcodec_retired_missing"})
+    expected = re.escape(entry["name"]) + ".*package vqcodec-retired-missing.*pip install ./retired-models"
+    with pytest.raises(vqcodec.ModelMismatchError, match=expected):
+        catalog.find(bytes.fromhex(hex_id))

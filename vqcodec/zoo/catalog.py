@@ -2,10 +2,16 @@
 (replaced ones included) by the identifier that each ``.vqc`` file carries, so a file made with
 any shipped model decodes without naming it. Reads a small index; imports no torch.
 
-``models/index.json`` maps each identifier (hex) to its file, relative to ``models/``, a name
+``models/index.json`` maps each identifier (hex) to its file, relative to the ``models/`` folder of
+its package (vqcodec's unless it names another), a name
 (the preset's, or for a replaced model the preset and the release it came with) and optionally
 the encoder settings the model codes with by default (``vqcodec.settings.Settings`` fields), so
 that a model loaded by path gets them too.
+
+Replaced models live in an optional package (``"package"``: ``vqcodec_retired``, from
+``retired-models/`` in the repository), which bounds what vqcodec installs while every file a
+release wrote stays decodable: without the package such a file is refused with the model's name
+and the package to install.
 """
 
 from __future__ import annotations
@@ -83,4 +89,19 @@ def find(model_id: bytes) -> tuple[str, Path]:
             f"this file was made with model {model_id.hex()}, which is not installed (presets here: "
             f"{', '.join(presets()) or 'none'}); pass the model file that made it (--model PATH)"
         )
-    return entry["name"], _folder() / entry["file"]
+    return entry["name"], _model_folder(entry) / entry["file"]
+
+
+def _model_folder(entry: dict[str, Any]) -> Path:
+    """The folder that holds an index entry's file: vqcodec's own, or its optional package's."""
+    package = entry.get("package")
+    if package is None:
+        return _folder()
+    try:
+        return Path(str(resources.files(package) / "models"))
+    except ModuleNotFoundError:
+        raise ModelMismatchError(
+            f"this file was made with {entry['name']}, a model a later release replaced; its models are in the "
+            f"optional package {package.replace('_', '-')}: install it (from a clone of vqcodec: "
+            f"pip install ./retired-models) to decode the file"
+        ) from None
