@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 import vqcodec
-from vqcodec.cli.commands import rdo_option
+from vqcodec.defaults import DEFAULT_RDO
 
 from . import report
 from .codecs import PillowCodec, VQCodec, classical_codecs, library_versions, vqcodec_codecs
@@ -31,6 +31,9 @@ from .speed import devices, measure_speed, timed
 DEFAULT_OUT = Path(__file__).parent / "results"
 #: --quick: this many images, centre-cropped to this side, this many settings per classical codec.
 QUICK_IMAGES, QUICK_CROP, QUICK_SETTINGS = 3, 256, 4
+#: --rdo of the commands that encode with one model (the encoder's default strength).
+rdo_option = click.option("--rdo", type=click.FloatRange(min=0), default=DEFAULT_RDO, show_default=True,
+                          help="RDO strength of the models' encoder (see vqcodec.Settings).")  # fmt: skip
 
 
 def _command_line() -> str:

@@ -56,9 +56,9 @@ def test_a_file_appearing_during_the_encode_is_kept(tmp_path, image_file, model_
     out = tmp_path / "out.vqc"
     encode = vqcodec.Codec.encode
 
-    def encode_while_someone_writes(self, image, *args):
+    def encode_while_someone_writes(self, image, *args, **kwargs):
         out.write_bytes(b"theirs")
-        return encode(self, image, *args)
+        return encode(self, image, *args, **kwargs)
 
     monkeypatch.setattr(vqcodec.Codec, "encode", encode_while_someone_writes)
     result = run("compress", image_file, out, "--model", model_file)
@@ -116,7 +116,7 @@ def test_sigterm_while_writing_leaves_the_old_file_and_no_temporary(tmp_path, im
 
 
 def test_names_the_file_system_cannot_hold_are_refused_before_encoding(tmp_path, image_file, model_file, monkeypatch):
-    monkeypatch.setattr(vqcodec.Codec, "encode", lambda *_: pytest.fail("encoded"))
+    monkeypatch.setattr(vqcodec.Codec, "encode", lambda *_, **__: pytest.fail("encoded"))
     result = run("compress", image_file, tmp_path / ("n" * 300 + ".vqc"), "--model", model_file)
     assert result.exit_code == 1 and "longer than" in result.output and result.output.count("\n") == 1
     assert leftovers(tmp_path) == []
@@ -140,7 +140,7 @@ def test_output_mode_follows_the_umask(tmp_path, mask, mode):
 
 
 def test_unwritable_outputs_are_refused_before_encoding(tmp_path, image_file, model_file, monkeypatch):
-    monkeypatch.setattr(vqcodec.Codec, "encode", lambda *_: pytest.fail("encoded"))
+    monkeypatch.setattr(vqcodec.Codec, "encode", lambda *_, **__: pytest.fail("encoded"))
     result = run("compress", image_file, tmp_path / "missing" / "out.vqc", "--model", model_file)
     assert result.exit_code == 1 and "does not exist" in result.output
     assert run("compress", image_file, tmp_path, "--model", model_file).exit_code == 1
@@ -182,7 +182,7 @@ def rgba_vqc(tmp_path, rng, model_file):
 def test_formats_that_cannot_hold_the_image_are_refused_before_decoding(
     tmp_path, rgba_vqc, model_file, suffix, monkeypatch
 ):
-    monkeypatch.setattr(vqcodec.Codec, "decompress", lambda *_: pytest.fail("decoded"))
+    monkeypatch.setattr(vqcodec.Codec, "decompress", lambda *_, **__: pytest.fail("decoded"))
     out = tmp_path / f"out{suffix}"
     result = run("decompress", rgba_vqc, out, "--model", model_file)
     assert result.exit_code == 1 and result.output.count("\n") == 1 and not out.exists(), result.output
@@ -194,7 +194,7 @@ def test_exif_a_format_cannot_hold_is_refused_before_decoding(tmp_path, rng, mod
     exif[0x010E] = "x" * 70_000  # more than JPEG's 64 kB APP1 segment
     Image.fromarray(smooth_image(rng, 20, 28)).save(tmp_path / "a.png", exif=exif.tobytes())
     assert run("compress", tmp_path / "a.png", tmp_path / "a.vqc", "--model", model_file).exit_code == 0
-    monkeypatch.setattr(vqcodec.Codec, "decompress", lambda *_: pytest.fail("decoded"))
+    monkeypatch.setattr(vqcodec.Codec, "decompress", lambda *_, **__: pytest.fail("decoded"))
     result = run("decompress", tmp_path / "a.vqc", tmp_path / "a.jpg", "--model", model_file)
     assert result.exit_code == 1 and "EXIF" in result.output and not (tmp_path / "a.jpg").exists()
 

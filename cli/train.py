@@ -1,0 +1,152 @@
+"""``vqcodec train``: the training stages (``vqcodec.training``), imported only when one runs."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import click
+
+from vqcodec.defaults import DEFAULT_TILE
+from vqcodec.nn.config import ARCHITECTURES
+
+from .main import main
+from .options import finite
+
+
+@main.group()
+def train() -> None:
+    """Train models: `train vqvae` first, then `train prior` on its code maps; `train decoder`
+    fine-tunes a finished model's synthesis, `train combine` joins it to retrained priors."""
+
+
+def _settings_options(crop_default: int, crop_help: str):
+    def wrap(f):
+        options = [
+            click.option("--steps", type=click.IntRange(1), default=20000, show_default=True),
+            click.option("--batch", type=click.IntRange(1), default=16, show_default=True),
+            click.option("--crop", type=click.IntRange(1), default=crop_default, show_default=True, help=crop_help),
+            click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=3e-4, show_default=True),
+            click.option("--seed", type=int, default=0, show_default=True),
+            click.option("--val-every", type=click.IntRange(1), default=500, show_default=True),
+            click.option("--checkpoint-every", type=click.IntRange(1), default=1000, show_default=True),
+        ]
+        for option in reversed(options):
+            f = option(f)
+        return f
+
+    return wrap
+
+
+_init_option = click.option(
+    "--init", metavar="PRESET|PATH", help="Fine-tune: start from the weights of a shipped preset or model file."
+)
+
+
+_bf16_option = click.option("--bf16", is_flag=True, help="Train in bfloat16 autocast (about twice as fast).")
+_colour_option = click.option(
+    "--colour-augment",
+    "colour",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Share of crops recoloured or replaced by flat colours and ramps, so rare colours come back right.",
+)
+
+
+def _training() -> ModuleType:
+    """``vqcodec.training.train``, imported when a training command runs: it brings torch, which the other
+    commands' start-up does without."""
+    return importlib.import_module("vqcodec.training.train")
+
+
+def _settings(kwargs: dict) -> Any:
+    settings = _training().Settings
+    return settings(**{k: kwargs.pop(k) for k in list(kwargs) if k in settings.__dataclass_fields__})
+
+
+@train.command(name="vqvae")
+@click.option("--data", "folder", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Checkpoint file.")
+@click.option("--arch", type=click.Choice(sorted(ARCHITECTURES)), default="medium", show_default=True)
+@_init_option
+@_colour_option
+@click.option(
+    "--replicate-edges", is_flag=True, help="Convolutions see the edge values repeated beyond the edges, not zeros."
+)
+@_settings_options(128, "Crop side in pixels.")
+def train_vqvae_command(
+    folder: Path, out: Path, arch: str, init: str | None, replicate_edges: bool, **kwargs: Any
+) -> None:
+    """Stage 1: train a VQ-VAE on the images in DATA (resumes from OUT if it exists)."""
+    _training().init_distributed()
+    _training().train_vqvae(folder, out, arch, _settings(kwargs), init, replicate_edges)
+    click.echo(f"VQ-VAE checkpoint: {out} (log: {out.with_suffix('.jsonl')})")
+
+
+@train.command(name="prior")
+@click.option(
+    "--vqvae",
+    "vqvae_source",
+    required=True,
+    metavar="CKPT|PRESET|PATH",
+    help="A stage-1 checkpoint, or a finished model whose VQ-VAE to keep (its priors are retrained).",
+)
+@click.option("--data", "folder", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Finished model file.")
+@click.option("--arch", type=click.Choice(sorted(ARCHITECTURES)), help="Priors' architecture [default: the VQ-VAE's].")
+@_init_option
+@click.option("--rdo", type=click.FloatRange(min=0), default=0.0, show_default=True, callback=finite,
+              help="Learn the codes the encoder writes at this RDO strength, priced by the priors of "
+              "--vqvae (a finished model), instead of the nearest codes.")  # fmt: skip
+@_bf16_option
+@_settings_options(DEFAULT_TILE, "Crop side in top-map codes (bottom crops are twice that).")
+def train_prior_command(
+    vqvae_source: str, folder: Path, out: Path, arch: str | None, init: str | None, rdo: float, **kwargs
+) -> None:
+    """Stage 2: train the priors on the code maps of DATA; writes the codec model OUT."""
+    _training().init_distributed()
+    checkpoint = out.with_name(out.name + ".ckpt")
+    _training().train_prior(vqvae_source, folder, checkpoint, out, _settings(kwargs), arch, init, rdo)
+    _report_model(out, checkpoint)
+
+
+@train.command(name="decoder")
+@click.option("--model", "source", required=True, metavar="PRESET|PATH", help="The finished model to fine-tune.")
+@click.option("--data", "folder", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Tuned model file.")
+@click.option("--synth-channels", type=click.IntRange(2), help="Grow the synthesis to this width.")
+@click.option("--synth-res-blocks", type=click.IntRange(0), help="Grow the synthesis to this many residual blocks.")
+@click.option("--synth-res-channels", type=click.IntRange(2), help="Grow the residual blocks to this width.")
+@click.option("--synth-up-blocks", type=click.IntRange(0), help="Grow: residual blocks after each inner upsampling.")
+@_bf16_option
+@_colour_option
+@_settings_options(128, "Crop side in pixels.")
+def train_decoder_command(source: str, folder: Path, out: Path, **kwargs) -> None:
+    """Stage 3: fine-tune MODEL's synthesis on its own codes of DATA; codes and file sizes stay
+    the same, only the reconstruction changes. Writes the tuned model OUT. The --synth-* options
+    first grow the synthesis, starting from exactly what it computes (files of MODEL still decode
+    to the same maps; the new model has its own identifier)."""
+    _training().init_distributed()
+    checkpoint = out.with_name(out.name + ".ckpt")
+    sizes = {k: kwargs.pop(k) for k in [k for k in kwargs if k.startswith("synth_")]}
+    grow = {k: v for k, v in sizes.items() if v is not None}
+    _training().train_decoder(source, folder, checkpoint, out, _settings(kwargs), grow)
+    _report_model(out, checkpoint)
+
+
+@train.command(name="combine")
+@click.option("--priors", required=True, metavar="PRESET|PATH", help="The model whose priors (and codes) to keep.")
+@click.option("--synthesis", required=True, metavar="PRESET|PATH", help="The model whose synthesis to take.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Combined model file.")
+def train_combine_command(priors: str, synthesis: str, out: Path) -> None:
+    """Join a `train prior` run and a `train decoder` run made side by side on one model: the
+    priors of the first with the synthesis of the second. Both must code images alike."""
+    _training().combine(priors, synthesis, out)
+    click.echo(f"model: {out}")
+
+
+def _report_model(out: Path, checkpoint: Path) -> None:
+    click.echo(f"model: {out} (checkpoint: {checkpoint}, log: {checkpoint.with_suffix('.jsonl')})")
