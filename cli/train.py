@@ -56,14 +56,19 @@ _colour_option = click.option(
 )
 
 
-def _training() -> ModuleType:
-    """``vqcodec.training.train``, imported when a training command runs: it brings torch, which the other
-    commands' start-up does without."""
-    return importlib.import_module("vqcodec.training.train")
+def _training(stage: str) -> ModuleType:
+    """The module ``vqcodec.training.<stage>``, imported when a training command runs: it brings
+    torch, which the other commands' start-up does without. Joins torchrun's process group."""
+    _stage("run").init_distributed()
+    return _stage(stage)
+
+
+def _stage(name: str) -> ModuleType:
+    return importlib.import_module(f"vqcodec.training.{name}")
 
 
 def _settings(kwargs: dict) -> Any:
-    settings = _training().Settings
+    settings = _stage("run").TrainSettings
     return settings(**{k: kwargs.pop(k) for k in list(kwargs) if k in settings.__dataclass_fields__})
 
 
@@ -81,8 +86,7 @@ def train_vqvae_command(
     folder: Path, out: Path, arch: str, init: str | None, replicate_edges: bool, **kwargs: Any
 ) -> None:
     """Stage 1: train a VQ-VAE on the images in DATA (resumes from OUT if it exists)."""
-    _training().init_distributed()
-    _training().train_vqvae(folder, out, arch, _settings(kwargs), init, replicate_edges)
+    _training("vqvae").train_vqvae(folder, out, arch, _settings(kwargs), init, replicate_edges)
     click.echo(f"VQ-VAE checkpoint: {out} (log: {out.with_suffix('.jsonl')})")
 
 
@@ -107,9 +111,8 @@ def train_prior_command(
     vqvae_source: str, folder: Path, out: Path, arch: str | None, init: str | None, rdo: float, **kwargs
 ) -> None:
     """Stage 2: train the priors on the code maps of DATA; writes the codec model OUT."""
-    _training().init_distributed()
     checkpoint = out.with_name(out.name + ".ckpt")
-    _training().train_prior(vqvae_source, folder, checkpoint, out, _settings(kwargs), arch, init, rdo)
+    _training("priors").train_prior(vqvae_source, folder, checkpoint, out, _settings(kwargs), arch, init, rdo)
     _report_model(out, checkpoint)
 
 
@@ -129,11 +132,10 @@ def train_decoder_command(source: str, folder: Path, out: Path, **kwargs) -> Non
     the same, only the reconstruction changes. Writes the tuned model OUT. The --synth-* options
     first grow the synthesis, starting from exactly what it computes (files of MODEL still decode
     to the same maps; the new model has its own identifier)."""
-    _training().init_distributed()
     checkpoint = out.with_name(out.name + ".ckpt")
     sizes = {k: kwargs.pop(k) for k in [k for k in kwargs if k.startswith("synth_")]}
     grow = {k: v for k, v in sizes.items() if v is not None}
-    _training().train_decoder(source, folder, checkpoint, out, _settings(kwargs), grow)
+    _training("synthesis").train_decoder(source, folder, checkpoint, out, _settings(kwargs), grow)
     _report_model(out, checkpoint)
 
 
@@ -144,7 +146,7 @@ def train_decoder_command(source: str, folder: Path, out: Path, **kwargs) -> Non
 def train_combine_command(priors: str, synthesis: str, out: Path) -> None:
     """Join a `train prior` run and a `train decoder` run made side by side on one model: the
     priors of the first with the synthesis of the second. Both must code images alike."""
-    _training().combine(priors, synthesis, out)
+    _stage("synthesis").combine(priors, synthesis, out)
     click.echo(f"model: {out}")
 
 

@@ -24,20 +24,14 @@ from vqcodec.nn.model import CodecModel
 from vqcodec.nn.vqvae import VQVAE2
 from vqcodec.training.checkpoint import read_meta
 from vqcodec.training.data import split
-from vqcodec.training.train import (
-    Settings,
-    codebook_use,
-    combine,
-    load_vqvae,
-    rdo_codec,
-    rdo_maps,
-    train_decoder,
-    train_prior,
-    train_vqvae,
-)
+from vqcodec.training.metrics import codebook_use
+from vqcodec.training.priors import load_vqvae, rdo_codec, rdo_maps, train_prior
+from vqcodec.training.run import TrainSettings
+from vqcodec.training.synthesis import combine, train_decoder
+from vqcodec.training.vqvae import train_vqvae
 from vqcodec.zoo.weights import load_model, save_model
 
-SETTINGS = Settings(steps=4, batch=2, crop=32, val_every=100, checkpoint_every=100)
+SETTINGS = TrainSettings(steps=4, batch=2, crop=32, val_every=100, checkpoint_every=100)
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +55,7 @@ def test_split_is_fixed_and_disjoint(folder):
 
 
 def test_learning_rate_holds_then_decays_to_zero():
-    s = Settings(steps=100, lr=1e-3)
+    s = TrainSettings(steps=100, lr=1e-3)
     lrs = [s.lr_at(step) for step in range(101)]
     assert lrs[:80] == [1e-3] * 80 and lrs[-1] == 0
     assert all(a > b for a, b in itertools.pairwise(lrs[80:]))
@@ -72,7 +66,7 @@ def test_vqvae_resumes_exactly(folder, vqvae_ckpt, tmp_path):
     straight = train_vqvae(folder, tmp_path / "straight.ckpt", "tiny", SETTINGS)
     torch.manual_seed(0)
     resumed = tmp_path / "resumed.ckpt"
-    train_vqvae(folder, resumed, "tiny", Settings(**{**SETTINGS.__dict__, "steps": 2}))
+    train_vqvae(folder, resumed, "tiny", TrainSettings(**{**SETTINGS.__dict__, "steps": 2}))
     torch.manual_seed(123)  # the checkpoint, not the caller, decides what comes next
     train_vqvae(folder, resumed, "tiny", SETTINGS)
     a, b = load_file(str(straight)), load_file(str(resumed))
@@ -90,7 +84,7 @@ def test_logs_have_metrics(vqvae_ckpt):
 
 def test_prior_stage_writes_a_working_codec(folder, vqvae_ckpt, tmp_path):
     model_path = train_prior(vqvae_ckpt, folder, tmp_path / "prior.ckpt", tmp_path / "model.safetensors",
-                             Settings(steps=3, batch=2, crop=2, val_every=100, checkpoint_every=100))  # fmt: skip
+                             TrainSettings(steps=3, batch=2, crop=2, val_every=100, checkpoint_every=100))  # fmt: skip
     val = [json.loads(line) for line in (tmp_path / "prior.jsonl").read_text().splitlines()][-1]
     assert val["top_bits"] > 0 and val["bottom_bits"] > 0
     codec = vqcodec.Codec(load_model(model_path), device="cpu")
@@ -107,9 +101,9 @@ def _parameters_close(trained: torch.nn.Module, source: torch.nn.Module) -> bool
 def test_init_fine_tunes_a_model_file(folder, model_file, tmp_path):
     """--init starts both stages from a finished model's weights (a learning rate near zero keeps them)."""
     source = load_model(model_file)
-    still = Settings(**{**SETTINGS.__dict__, "steps": 1, "lr": 1e-12})
+    still = TrainSettings(**{**SETTINGS.__dict__, "steps": 1, "lr": 1e-12})
     ckpt = train_vqvae(folder, tmp_path / "ft.ckpt", "tiny", still, init=model_file)
-    prior_settings = Settings(**{**still.__dict__, "crop": 2})
+    prior_settings = TrainSettings(**{**still.__dict__, "crop": 2})
     tuned_path = train_prior(ckpt, folder, tmp_path / "t.ckpt", tmp_path / "t.st", prior_settings, init=model_file)
     tuned = load_model(tuned_path)
     for name in ("vqvae", "top_prior", "bottom_prior"):
@@ -122,7 +116,7 @@ def test_prior_stage_retrains_the_priors_of_a_finished_model(folder, model_file,
     """--vqvae MODEL keeps that model's whole VQ-VAE, fine-tuned synthesis included, bit for bit
     (so its code maps too) and trains only the priors."""
     source = load_model(model_file)
-    settings = Settings(steps=2, batch=2, crop=2, val_every=100, checkpoint_every=100)
+    settings = TrainSettings(steps=2, batch=2, crop=2, val_every=100, checkpoint_every=100)
     tuned_path = train_prior(model_file, folder, tmp_path / "p.ckpt", tmp_path / "p.st", settings, init=model_file)
     tuned = load_model(tuned_path)
     assert tuned.config == source.config
@@ -145,7 +139,7 @@ def test_rdo_maps_are_the_maps_the_encoder_writes(folder, model_file, vqvae_ckpt
     assert any((b != nearest.encode(img).codes.bottom).any() for img, (_, b) in zip(images, maps, strict=True))
     with pytest.raises(vqcodec.ModelError, match="finished model"):
         rdo_codec(vqvae_ckpt, 5.0)
-    settings = Settings(steps=2, batch=2, crop=2, val_every=1, checkpoint_every=100)
+    settings = TrainSettings(steps=2, batch=2, crop=2, val_every=1, checkpoint_every=100)
     tuned = train_prior(model_file, folder, tmp_path / "r.ckpt", tmp_path / "r.st", settings, init=model_file, rdo=5.0)
     assert load_model(tuned).config == load_model(model_file).config
 
@@ -157,7 +151,7 @@ def test_init_across_codebook_sizes_keeps_the_other_layers(folder, tmp_path, cap
     source_path = tmp_path / "eight.safetensors"
     save_model(CodecModel(tiny_config(codes=8)), source_path)
     source = load_model(source_path).vqvae
-    still = Settings(**{**SETTINGS.__dict__, "steps": 1, "lr": 1e-12})
+    still = TrainSettings(**{**SETTINGS.__dict__, "steps": 1, "lr": 1e-12})
     tuned, _ = load_vqvae(train_vqvae(folder, tmp_path / "warm.ckpt", "tiny", still, init=source_path))
     assert "quantize_t, quantize_b start fresh" in capsys.readouterr().out
     assert _parameters_close(tuned.enc_b, source.enc_b) and _parameters_close(tuned.dec, source.dec)
@@ -193,7 +187,7 @@ def test_decoder_stage_tunes_the_synthesis_alone(folder, model_file, tmp_path):
 
 def test_decoder_stage_resumes_only_its_own_source(folder, model_file, tmp_path):
     ckpt = tmp_path / "d.ckpt"
-    train_decoder(model_file, folder, ckpt, tmp_path / "d.st", Settings(**{**SETTINGS.__dict__, "steps": 2}))
+    train_decoder(model_file, folder, ckpt, tmp_path / "d.st", TrainSettings(**{**SETTINGS.__dict__, "steps": 2}))
     other = tmp_path / "other.safetensors"
     save_model(make_model(seed=1), other)
     with pytest.raises(vqcodec.ModelError, match="another model"):
@@ -233,7 +227,7 @@ def test_legacy_configs_keep_their_json():
 
 
 def test_decoder_stage_grows_and_trains_in_bf16(folder, model_file, tmp_path):
-    settings = Settings(**{**SETTINGS.__dict__, "bf16": True})
+    settings = TrainSettings(**{**SETTINGS.__dict__, "bf16": True})
     out = train_decoder(model_file, folder, tmp_path / "g.ckpt", tmp_path / "g.st", settings, GROW)
     tuned = load_model(out)
     assert tuned.config.vqvae.synthesis == (24, 2, 12, 1)
@@ -246,7 +240,7 @@ def test_decoder_stage_grows_and_trains_in_bf16(folder, model_file, tmp_path):
 
 
 def test_prior_stage_trains_in_bf16(folder, vqvae_ckpt, tmp_path):
-    settings = Settings(**{**SETTINGS.__dict__, "bf16": True, "crop": 2})
+    settings = TrainSettings(**{**SETTINGS.__dict__, "bf16": True, "crop": 2})
     out = train_prior(vqvae_ckpt, folder, tmp_path / "p.ckpt", tmp_path / "p.st", settings)
     log = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
     assert all(np.isfinite(r["top_bits"]) for r in log if r["split"] == "val")
@@ -258,7 +252,7 @@ def test_prior_stage_trains_in_bf16(folder, vqvae_ckpt, tmp_path):
 def test_combine_joins_priors_and_synthesis_trained_side_by_side(folder, model_file, tmp_path):
     """The combined model has the retrained priors and the tuned synthesis, each bit for bit; a
     synthesis from a model that codes images otherwise is refused."""
-    settings = Settings(steps=2, batch=2, crop=2, val_every=100, checkpoint_every=100)
+    settings = TrainSettings(steps=2, batch=2, crop=2, val_every=100, checkpoint_every=100)
     priors = load_model(train_prior(model_file, folder, tmp_path / "p.ckpt", tmp_path / "p.st", settings))
     synthesis = load_model(train_decoder(model_file, folder, tmp_path / "d.ckpt", tmp_path / "d.st", SETTINGS))
     joined = load_model(combine(tmp_path / "p.st", tmp_path / "d.st", tmp_path / "j.st"))
@@ -327,7 +321,7 @@ def test_replicated_edges_start_from_a_zero_edged_model(folder, model_file, tmp_
     file records the choice (models without it keep their JSON), and resuming the run without it
     is refused."""
     source = load_model(model_file)
-    still = Settings(**{**SETTINGS.__dict__, "steps": 1, "lr": 1e-12})
+    still = TrainSettings(**{**SETTINGS.__dict__, "steps": 1, "lr": 1e-12})
     ckpt = train_vqvae(folder, tmp_path / "edges.ckpt", "tiny", still, init=model_file, replicate_edges=True)
     vq, _ = load_vqvae(ckpt)
     assert vq.config.replicate_edges == 1 and "replicate_edges" not in json.loads(tiny_config().to_json())["vqvae"]

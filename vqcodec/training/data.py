@@ -4,12 +4,13 @@ colour augmentation for the colours photos rarely show."""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..errors import InputError
+from ..errors import InputError, ModelError
 from ..io.image import read_image, to_tensor
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".ppm"}
@@ -140,3 +141,36 @@ class CropSampler:
 def to_batch(images: list[np.ndarray]) -> torch.Tensor:
     """(B, 3, H, W) floats in [-1, 1] from same-sized (H, W, 3) uint8 arrays."""
     return torch.cat([to_tensor(img) for img in images])
+
+
+class MapCropSampler:
+    """Aligned random crops of (top, bottom) maps: size x size top codes, 2size x 2size bottom codes."""
+
+    def __init__(self, maps: list[tuple[np.ndarray, np.ndarray]], size: int, generator: torch.Generator):
+        self.maps = [(t, b) for t, b in maps if min(t.shape) >= size]
+        if not self.maps:
+            raise ModelError(f"no code map is {size} codes on a side; use a smaller --crop")
+        self.size, self.generator = size, generator
+
+    def _randint(self, high: int) -> int:
+        return int(torch.randint(high, (1,), generator=self.generator))
+
+    def sample(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        tops, bottoms = [], []
+        for _ in range(batch):
+            top, bottom = self.maps[self._randint(len(self.maps))]
+            r, c = self._randint(top.shape[0] - self.size + 1), self._randint(top.shape[1] - self.size + 1)
+            tops.append(top[r : r + self.size, c : c + self.size])
+            bottoms.append(bottom[2 * r : 2 * (r + self.size), 2 * c : 2 * (c + self.size)])
+        return torch.from_numpy(np.stack(tops)), torch.from_numpy(np.stack(bottoms))
+
+
+def map_tiles(maps: list[tuple[np.ndarray, np.ndarray]], size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Every whole size x size tile of each map (matching how the codec tiles maps)."""
+    for top, bottom in maps:
+        for r in range(0, top.shape[0] - size + 1, size):
+            for c in range(0, top.shape[1] - size + 1, size):
+                yield (
+                    torch.from_numpy(top[None, r : r + size, c : c + size]),
+                    torch.from_numpy(bottom[None, 2 * r : 2 * (r + size), 2 * c : 2 * (c + size)]),
+                )

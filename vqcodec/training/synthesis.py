@@ -1,0 +1,100 @@
+"""Stage 3: a finished model's synthesis fine-tuned (and optionally grown) on its own frozen codes,
+and joining such a run with a priors run made beside it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ModelError
+from ..nn.grow import grown
+from ..nn.vqvae import VQVAE2
+from ..zoo.catalog import model_file
+from ..zoo.weights import load_model, model_id, save_model
+from . import data
+from .checkpoint import read_meta
+from .metrics import validate_vqvae
+from .run import Run, TrainSettings, ddp, process_device, process_rank, reconstruction_step
+
+
+def train_decoder(
+    source: str | Path,
+    folder: str | Path,
+    out: str | Path,
+    model_out: str | Path,
+    settings: TrainSettings | None = None,
+    grow: dict[str, int] | None = None,
+) -> Path:
+    """Fine-tune the synthesis of a finished model (file or preset) on its own codes; write the
+    tuned model to ``model_out`` (the checkpoint for resuming goes to ``out``). ``grow`` (VQ-VAE
+    config fields ``synth_*``) first grows the synthesis to those sizes, computing what it did
+    (``grow.grown``), so the larger one starts where the trained one is.
+
+    The analysis, the codebooks and the priors stay exactly as they are, so every code map and
+    every file size does too: only the reconstruction improves. That makes a long run cheap (no
+    prior to retrain) and safe (the rates the priors were trained for still hold).
+    """
+    out, model_out = Path(out), Path(model_out)
+    settings = settings or TrainSettings()
+    model = load_model(model_file(source))
+    source_id = model_id(model).hex()
+    grow = grow or {}
+    if out.exists() and (read_meta(out).get("source"), read_meta(out).get("grow", {})) != (source_id, grow):
+        raise ModelError(f"{out} fine-tunes another model than {source}; resume it with its own source and sizes")
+    if grow:
+        model = grown(model, grow)
+    device = process_device()
+    vqvae = model.vqvae.to(device).eval()  # eval: the codebooks take no EMA updates
+    vqvae.requires_grad_(False)
+    for name in VQVAE2.SYNTHESIS:
+        getattr(vqvae, name).requires_grad_(True)
+    run = Run(out, {"vqvae": vqvae}, settings, {"stage": "decoder", "source": source_id, "grow": grow})
+    run.resume()
+    train_files, val_files = data.split(folder)
+    sampler = data.CropSampler(data.load_rgb(train_files), settings.crop, run.generator, settings.colour)
+    val_images = data.load_rgb(val_files)
+    net = ddp(_Synthesis(vqvae))
+
+    def train_step() -> dict[str, float]:
+        x = sampler.sample(settings.batch).to(device)
+        top, bottom = vqvae.encode(x)
+        with settings.autocast(device):
+            recon = net(top, bottom).float()
+        return reconstruction_step(F.mse_loss(recon, x), recon, x)
+
+    run.loop(train_step, lambda: validate_vqvae(vqvae, val_images))
+    if process_rank() == 0:
+        save_model(model, model_out, half=True)
+    return model_out
+
+
+class _Synthesis(nn.Module):
+    """A VQ-VAE's differentiable synthesis from code maps (what stage 3 trains)."""
+
+    def __init__(self, vqvae: VQVAE2):
+        super().__init__()
+        self.vqvae = vqvae
+
+    def forward(self, top: torch.Tensor, bottom: torch.Tensor) -> torch.Tensor:
+        return self.vqvae.synthesise_maps(top, bottom)
+
+
+def combine(priors_source: str | Path, synthesis_source: str | Path, model_out: str | Path) -> Path:
+    """Write to ``model_out`` the model ``priors_source`` with the synthesis of
+    ``synthesis_source``: how a stage-2 and a stage-3 run made side by side on one model join
+    (stage 2 keeps the VQ-VAE as it is, stage 3 the codes). Refused unless both models code
+    images to the same maps, the maps the priors were trained on."""
+    model, synthesis = (load_model(model_file(source)) for source in (priors_source, synthesis_source))
+    theirs = synthesis.vqvae.state_dict()
+    analysis = {name: t for name, t in model.vqvae.state_dict().items() if name.split(".")[0] not in VQVAE2.SYNTHESIS}
+    if model.config.vqvae != synthesis.config.vqvae or any(
+        not torch.equal(t, theirs[name]) for name, t in analysis.items()
+    ):
+        raise ModelError(f"{synthesis_source} codes images differently from {priors_source}: nothing to combine")
+    for name in VQVAE2.SYNTHESIS:
+        getattr(model.vqvae, name).load_state_dict(getattr(synthesis.vqvae, name).state_dict())
+    save_model(model, model_out, half=True)
+    return Path(model_out)
