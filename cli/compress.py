@@ -41,7 +41,7 @@ QUALITY_HELP = "; ".join(f"{span.start}-{span.stop - 1} {point}" for span, point
     "--no-restoration",
     "no_restoration",
     is_flag=True,
-    help="Write no restoration filter: encoding saves one synthesis, pictures lose 0.1-0.5 dB.",
+    help="Write no restoration filter: encoding saves its fit, pictures lose a little.",
 )
 @click.option(
     "-q",

@@ -49,9 +49,8 @@ T = TypeVar("T")
 
 #: RDO's last pass leaves a synthesis at the codes before its choice, which the restoration filter
 #: is fitted to in place of one of the chosen codes (one synthesis less) while the choice changed
-#: fewer than this share of them: 1% to 28% of photos' codes change at the default. Flat colours
-#: may see most of theirs go to one cheaper code, whose colour that fit would not correct (the mean
-#: of (128, 64, 192) off by 3.5 levels, 0.1 when fitted to the chosen codes).
+#: fewer than this share of them. Flat colours may see most of theirs go to one cheaper code,
+#: whose colour that fit would not correct (docs/design.md, "Constants").
 STAND_IN_SHARE = 0.25
 
 
@@ -330,8 +329,7 @@ class Codec:
         the context of the previous choice (at first, the nearest codes). With RDO, also what its
         last pass synthesised (at the codes before its choice; padded to the top stride) where it
         stands in for the chosen codes (``STAND_IN_SHARE``), else None: the restoration filter is
-        fitted to it, which saves a synthesis for 0.005 dB less gain (validation photos at the
-        default: 28.481 dB instead of 28.486)."""
+        fitted to it, which saves a synthesis for a little less gain (docs/design.md)."""
         vqvae, s = self.model.vqvae, self.settings
         if not s.rdo:
             maps = [self._analyse(rgb, lambda x, _: vqvae.encode(x, timer)) for rgb in images]

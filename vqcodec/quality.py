@@ -29,9 +29,8 @@ class OperatingPoint(NamedTuple):
 #: cost more encoding time than the largest points can spare.
 RDO_SCALE_LIMIT = 1.5
 #: Below this scale the points other than the default make their RDO choice twice, the second
-#: around the first: about 3.5% smaller files for 0.03 dB on validation photos, and 40% more
-#: encoding time, which neither the default (1 s for a Kodak image) nor the larger points (3 s)
-#: can spare.
+#: around the first: smaller files for more encoding time, which neither the default nor the
+#: larger points can spare (docs/design.md, "Constants").
 TWO_PASS_SCALE_LIMIT = 1.2
 
 
@@ -44,9 +43,8 @@ def _point(k: int) -> OperatingPoint:
 
 #: The operating points, smallest files first: the default preset on copies of the image
 #: resampled by 2^(k/4), k = -7..4 (0.297x to 2x), each about 1.4 times the rate of the one
-#: before. On validation photos these beat the other presets at their own rates (``low`` by about
-#: 1 dB, ``high`` by 0.2 dB: see docs/design.md), so the ladder is one model at many scales. It stops at
-#: the largest scale a ``Codec`` takes, where a Kodak image decodes in under 3 s on two CPU cores.
+#: before. On validation photos these beat the other presets at their own rates (docs/design.md),
+#: so the ladder is one model at many scales. It stops at the largest scale a ``Codec`` takes.
 LADDER: tuple[OperatingPoint, ...] = tuple(_point(k) for k in range(-7, 5))
 #: The quality of the default operating point (RDO 0.2, not resampled).
 DEFAULT_QUALITY = 50

@@ -806,8 +806,7 @@ class IntegerPrior:
     def stepping(self) -> Iterator[None]:
         """Context for wavefront steps: their small products run on one thread (BLAS's and
         torch's), since threads spinning up for each tiny product are slower, and much slower when
-        the cores are busy (15 s instead of 1 s for a Kodak image on a loaded 2-core machine; the
-        8-bit products, 4.8 s instead of 1.6 s at twice the scale)."""
+        the cores are busy (docs/design.md, "Constants")."""
         if self.xp.torch:
             yield
             return

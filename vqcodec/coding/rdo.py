@@ -33,9 +33,8 @@ CANDIDATES = 8
 def curvature_margin(passes: int) -> float:
     """Weight of the quadratic term: all positions move at once, and neighbours' changes add up in
     the pixels, so the margin keeps them from overshooting together. A later pass re-linearises
-    where the first one went and corrects it, so the first may move more boldly (measured on
-    Kodak: 2 is best alone, 1 lost up to 0.6 dB with `low`; with two passes 1.5 gives `high` 2%
-    smaller files than 2 at the same PSNR, 1 loses 0.4 dB)."""
+    where the first one went and corrects it, so the first may move more boldly (the values
+    tried: docs/design.md, "Constants")."""
     return 2.0 if passes == 1 else 1.5
 
 
@@ -44,8 +43,8 @@ def curvature_margin(passes: int) -> float:
 PROBE_STEP = 1e-2
 #: The gain enters the choice as one ratio per image (``Terms.costs``), so it is measured on the
 #: middle 1/PROBE_SHARE of each window's top rows only, synthesised with PROBE_MARGIN top rows of
-#: context either side: about a third of a synthesis instead of a whole one. On the validation
-#: photos at the default, 0.3856 bpp / 28.506 dB against 0.3854 / 28.504 measured everywhere.
+#: context either side: about a third of a synthesis instead of a whole one, for the same files
+#: within a few hundredths of a percent (docs/design.md, "Constants").
 PROBE_SHARE = 4
 PROBE_MARGIN = 4
 

@@ -27,9 +27,9 @@ GREY = 128.0
 #: Quantization steps of the weights of second differences, of the colour matrix and of the
 #: constant (in 8-bit levels): finer ones gained nothing on validation photos.
 STEPS = (2.0**-8, 2.0**-9, 2.0**-2)
-#: A dB of PSNR is worth about this share of a file's bits (along the ``--quality`` ladder a Kodak
-#: image needs about 50% more bits for a dB at 0.1 bpp and below, 25% at 0.5 bpp and above): the
-#: exchange rate at which the encoder weighs the filter's gain against its bytes...
+#: A dB of PSNR is worth about this share of a file's bits (the slope of the ``--quality`` ladder
+#: on Kodak, docs/design.md): the exchange rate at which the encoder weighs the filter's gain
+#: against its bytes...
 DB_WORTH = (0.5, 0.25)
 #: ... at these rates (bits per pixel) and below or above them; in between, log-linearly.
 DB_WORTH_AT = (0.1, 0.5)
@@ -40,8 +40,7 @@ MAX_PREFIX = 24
 #: Ridge of the fit, in squared levels per fitted pixel: a feature that varies much less than
 #: this over the image (a saturated channel of a flat colour) gets no weight to speak of, where
 #: the bare least-squares fit gave it weights in the thousands that turned the few odd pixels of
-#: flat images into worse ones. Flat colours at the default with 0.001, 0.01, 0.03, 0.1 and 1:
-#: worst pixels 5, 4, 6, 13 and 20 levels off; validation photos alike (28.48 dB).
+#: flat images into worse ones (the values tried: docs/design.md, "Constants").
 RIDGE = 0.01
 
 
@@ -183,7 +182,7 @@ def apply(decoded: np.ndarray, filt: Filter, rows: tuple[int, int] | None = None
 
 
 #: Pixels the fit reads, about: every band of rows up to this many, then one band in two, three...
-#: (fits to half the bands of 154,000-pixel photos gained 0.006-0.02 dB less, to a third 0.03-0.06).
+#: (fits to fewer bands lose gain on small photos: docs/design.md, "Constants").
 FIT_PIXELS = 1 << 18
 
 

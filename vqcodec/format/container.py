@@ -248,7 +248,7 @@ def max_stream_bytes(codes: int, segments: int = 1) -> int:
 
 #: Positions a segment of a map holds at most (unless one region is larger): small enough for a
 #: megapixel photo's maps to have several, to decode side by side; large enough that each
-#: segment's final state (2 bytes on average) and length (4 bytes) cost about 0.15% of its bytes.
+#: segment's final state and length cost little of its bytes (docs/design.md, "Constants").
 SEGMENT_POSITIONS = 8192
 _SEGMENT_LEN = struct.Struct("<I")
 
