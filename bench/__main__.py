@@ -16,6 +16,7 @@ import torch
 
 import vqcodec
 from vqcodec.defaults import DEFAULT_RDO
+from vqcodec.threads import use_threads
 
 from . import report
 from .codecs import PillowCodec, VQCodec, classical_codecs, library_versions, vqcodec_codecs
@@ -120,7 +121,7 @@ def rd(
     folder, out, quick, limit, crop, names, models, presets, vq_decode, ladder, device, rdo, repeats, threads
 ) -> None:
     """Rate-distortion of vqcodec and classical codecs on the images in FOLDER."""
-    torch.set_num_threads(threads)
+    use_threads(threads)
     samples = _samples(folder, quick, limit, crop)
     classical = _pick_classical(names, quick)
     learned = vqcodec_codecs(presets, models, device, vq_decode, rdo, ladder)
@@ -216,7 +217,7 @@ def speed(
 ) -> None:
     """Time per stage of vqcodec's encoder and decoder on the images in FOLDER."""
     if threads:
-        torch.set_num_threads(threads)
+        use_threads(threads)
     load = _loader(preset, model_path, rdo, quality)
 
     def load_codec(device: str) -> vqcodec.Codec:
@@ -264,7 +265,7 @@ def hostile(presets, cases, threads, out) -> None:
     """Decode forged .vqc files (valid checksums, sizes up to the default pixel limit, any tile,
     streams cut anywhere) made from a real file of each preset: slowest case and peak memory."""
     if threads:
-        torch.set_num_threads(threads)
+        use_threads(threads)
     rng = np.random.default_rng(0)
     image = np.clip(np.linspace(0, 255, 256)[None, :, None] + rng.normal(0, 20, (192, 256, 3)), 0, 255)
     rows = {}
@@ -315,7 +316,7 @@ def colours(qualities, out) -> None:
 def region(vqc, size, threads, repeats) -> None:
     """Decoding a region of the .vqc file VQC against decoding it whole: time per stage and peak
     memory of the top-left corner, the centre, and the whole image."""
-    torch.set_num_threads(threads)
+    use_threads(threads)
     data = vqc.read_bytes()
     codec = vqcodec.load_for(data, device="cpu", max_pixels=vqcodec.format.container.MAX_PIXELS, processes=threads)
     header = vqcodec.read_header(data)

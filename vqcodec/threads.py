@@ -1,4 +1,5 @@
-"""torch's CPU thread count, lowered to one for a block of work and restored after it."""
+"""torch's CPU thread count: set for the process, or lowered to one for a block of work and restored
+after it. The one place that sets it."""
 
 from __future__ import annotations
 
@@ -17,3 +18,8 @@ def one_torch_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+def use_threads(threads: int) -> None:
+    """torch's CPU threads for this process (the priors' products and the VQ-VAE's windows)."""
+    torch.set_num_threads(threads)

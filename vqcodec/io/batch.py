@@ -135,9 +135,9 @@ def _max_pixels(options: Options) -> int:
 def use_threads(threads: int) -> None:
     """torch's CPU threads for this process (set where a codec is loaded, so that a file refused
     before that never imports torch)."""
-    import torch  # here: the commands that need no network start without it
+    from ..threads import use_threads as use  # here: torch comes in with it
 
-    torch.set_num_threads(threads)
+    use(threads)
 
 
 def compress_file(src: Path, out: Path, options: Options) -> Outcome:
