@@ -25,7 +25,7 @@ from .entropy import entropy_report
 from .hostile import run_hostile
 from .images import Sample, load_images
 from .metrics import MSSSIM_MIN_SIDE
-from .peers import PEER, compare, load_peer, ratios
+from .peers import LEARNED, compare, load_classical, load_learned, ratios
 from .rd import REFERENCE, average_curve, bd_rates, head_to_head, same_rate, same_size_jpeg, sweep
 from .speed import devices, measure_speed, timed
 
@@ -195,8 +195,9 @@ def entropy(folder, out, quick, limit, crop, model_path, quality, rdo, preset, d
               help="Images coded together (Codec.encode_many); times are per image.")  # fmt: skip
 @click.option("--cuda-graphs/--no-cuda-graphs", default=True, show_default=True,
               help="On CUDA, replay the decoder's wavefront steps from CUDA graphs.")  # fmt: skip
-@click.option("--peers", is_flag=True, help=f"Instead of the stages: CPU time per image against {PEER} "
-              "(random weights; needs compressai), interleaved; use with --threads 1.")  # fmt: skip
+@click.option("--peers", is_flag=True, help="Instead of the stages: CPU time per image against "
+              f"{' and '.join(LEARNED)} (random weights; with compressai installed) and AVIF, WebP and JPEG XL "
+              "(at the size nearest vqcodec's), interleaved; use with --threads 1.")  # fmt: skip
 def speed(
     folder,
     out,
@@ -243,11 +244,13 @@ def speed(
 
 def _speed_against_peer(codec: vqcodec.Codec, samples: Sequence[Sample], repeats: int, out: Path) -> None:
     try:
-        peer = load_peer()
+        peers = load_learned()
     except ImportError as exc:
-        raise click.UsageError(str(exc)) from exc
-    rows = compare(codec, peer, samples, repeats)
-    environment, measured = report.environment(), ratios(rows)
+        click.echo(f"note: {exc}; timing the classical peers only", err=True)
+        peers = []
+    peers += load_classical()
+    rows = compare(codec, peers, samples, repeats)
+    environment, measured = report.environment(), ratios(rows, [p.name for p in peers])
     run = {"command": _command_line(), "environment": environment, "threads": torch.get_num_threads()}
     out.mkdir(parents=True, exist_ok=True)
     report.write_json(out / "peers.json", run | {"rows": rows, "ratios": measured})

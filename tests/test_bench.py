@@ -22,6 +22,7 @@ from bench.__main__ import main, spread
 from bench.codecs import VQCodec, classical_codecs, vqcodec_codecs
 from bench.hostile import forged
 from bench.metrics import MSSSIM_MIN_SIDE, SSIMULACRA2_MIN_SIDE, bd_rate, ms_ssim, psnr, quality_at, ssimulacra2
+from bench.peers import CLASSICAL, learned_peer
 from bench.rd import head_to_head, match_size
 from bench.report import write_json
 from tests.conftest import smooth_image
@@ -328,32 +329,43 @@ class _Peer:
         return {"x_hat": np.zeros(shape)}
 
 
-def test_speed_against_a_peer_gives_ratios_of_cpu_times(tmp_path, image_dir, model_file, monkeypatch):
-    peer = _Peer()
-    monkeypatch.setattr("bench.__main__.load_peer", lambda: peer)
+def test_speed_against_peers_gives_ratios_of_cpu_times(tmp_path, image_dir, model_file, monkeypatch):
+    """Each learned peer sees the image's edges repeated to multiples of 64; each classical one
+    codes at the setting nearest vqcodec's size; every ratio is of the interleaved CPU times."""
+    net = _Peer()
+    monkeypatch.setattr("bench.__main__.load_learned", lambda: [learned_peer("stub", net)])
     out = tmp_path / "out"
     result = invoke("speed", image_dir, "--model", model_file, "--peers", "--repeats", "2", "--out", out)
     assert result.exit_code == 0, result.output
     run = json.loads((out / "peers.json").read_text())
     assert run["environment"]["prior products"] in ("int8", "float32") and run["environment"]["cpu capability"]
     assert [r["image"] for r in run["rows"]] == ["a", "b"]
-    assert set(peer.inputs) == {(1, 3, 64, 64)}  # 40x32 and 48x24, edges repeated to multiples of 64
-    for way in ("encode", "decode"):
-        ours = [r[f"vqcodec {way}"] for r in run["rows"]]
-        theirs = [r[f"peer {way}"] for r in run["rows"]]
-        assert min(ours) >= 0 and min(theirs) >= 0
-        if min(theirs) > 0:
-            assert run["ratios"][way]["total"] == pytest.approx(sum(ours) / sum(theirs), rel=1e-3)
-    assert "vqcodec over the peer" in (out / "peers.md").read_text()
+    assert set(net.inputs) == {(1, 3, 64, 64)}  # 40x32 and 48x24, edges repeated to multiples of 64
+    peers = ["stub", *[c.name for c in classical_codecs() if c.name in CLASSICAL]]
+    assert list(run["ratios"]) == peers and "avif" in peers
+    for row in run["rows"]:
+        avif = next(c for c in classical_codecs() if c.name == "avif")
+        image = Image.open(image_dir / f"{row['image']}.png").convert("RGB")
+        sizes = [len(avif.encode(image, q)) for q in avif.settings]
+        assert row["avif bytes"] == min(sizes, key=lambda n: abs(n - row["vqcodec bytes"]))
+    for peer in peers:
+        for way in ("encode", "decode"):
+            ours = [r[f"vqcodec {way}"] for r in run["rows"]]
+            theirs = [max(r[f"{peer} {way}"], 1e-9) for r in run["rows"]]
+            assert min(ours) >= 0 and run["ratios"][peer][way]["total"] == pytest.approx(
+                sum(ours) / sum(theirs), rel=1e-3
+            )
+    assert "vqcodec against its peers" in (out / "peers.md").read_text()
 
 
-def test_speed_against_a_peer_needs_compressai(tmp_path, image_dir, model_file, monkeypatch):
+def test_speed_against_peers_without_compressai_times_the_classical_ones(tmp_path, image_dir, model_file, monkeypatch):
     def missing():
-        raise ImportError("the speed peer needs CompressAI: pip install compressai")
+        raise ImportError("the learned speed peers need CompressAI: pip install compressai")
 
-    monkeypatch.setattr("bench.__main__.load_peer", missing)
+    monkeypatch.setattr("bench.__main__.load_learned", missing)
     result = invoke("speed", image_dir, "--model", model_file, "--peers", "--out", tmp_path)
-    assert result.exit_code == 2 and "pip install compressai" in result.output
+    assert result.exit_code == 0 and "pip install compressai" in result.output
+    assert "avif" in json.loads((tmp_path / "peers.json").read_text())["ratios"]
 
 
 def test_region_compares_regions_with_the_whole_image():
