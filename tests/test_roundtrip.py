@@ -110,11 +110,14 @@ def test_many_batches_round_trip(codec, rng, monkeypatch):
     assert_round_trip(vqcodec.Codec(make_model(seed=9), device="cpu", tile=2), smooth_image(rng, 70, 50))
 
 
-def test_segments_decode_one_after_another_and_side_by_side(rng, monkeypatch):
+@pytest.mark.parametrize("tile", [2, 3])
+def test_segments_decode_one_after_another_and_side_by_side(rng, monkeypatch, tile):
     """Maps of several segments (format version 5) decode to the same codes in one process and
-    in two or three (the segments side by side), alone and batched with other files."""
+    in two or three (each process its run of bottom segments and the top segments they read:
+    four bottom segments to a top one with tile 2, misaligned runs with tile 3), alone and
+    batched with other files."""
     monkeypatch.setattr(container, "SEGMENT_POSITIONS", 48)
-    codec = vqcodec.Codec(make_model(seed=3), device="cpu", tile=2)
+    codec = vqcodec.Codec(make_model(seed=3), device="cpu", tile=tile)
     images = [smooth_image(rng, 70, 90), smooth_image(rng, 30, 20)]
     files = codec.compress_many(images)
     header = container.read_header(files[0])

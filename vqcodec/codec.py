@@ -433,22 +433,17 @@ class Codec:
         wanted: list[tuple[set[int], set[int]]] | None = None,
     ) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """The top and the bottom map of each file (with ``wanted``, only those (top, bottom)
-        segments of each file's maps); with ``processes``, a map's segments in that many
-        processes side by side (on the CPU)."""
-        top_prior, bottom_prior = self.decoding_priors
-        workers = self.processes if self.device.type == "cpu" else 1
-
-        def decode(prior: IntegerPrior, data: list[bytes], maps: list[MapLayout], side: int) -> list[np.ndarray]:
-            chosen = None if wanted is None else [w[side] for w in wanted]
-            return mapcoder.decode(prior, data, maps, timer, chosen, workers, self.cuda_graphs)
-
-        top_maps = [MapLayout(h.top_shape, h.tile, segmented=h.segmented) for h in headers]
-        tops = decode(top_prior, [s.top for s in streams], top_maps, 0)
-        bottom_maps = [
-            MapLayout(h.bottom_shape, 2 * h.tile, top, segmented=h.segmented)
-            for h, top in zip(headers, tops, strict=True)
-        ]
-        return tops, decode(bottom_prior, [s.bottom for s in streams], bottom_maps, 1)
+        segments of each file's maps); with ``processes``, shared out over that many processes
+        side by side (on the CPU)."""
+        pairs = [
+            (MapLayout(h.top_shape, h.tile, segmented=h.segmented),
+             MapLayout(h.bottom_shape, 2 * h.tile, segmented=h.segmented))
+            for h in headers
+        ]  # fmt: skip
+        return mapcoder.decode_pairs(
+            self.decoding_priors, [(s.top, s.bottom) for s in streams], pairs, timer, wanted,
+            self.processes if self.device.type == "cpu" else 1, self.cuda_graphs,
+        )  # fmt: skip
 
     def _analyse(
         self, rgb: np.ndarray, analyse: Callable[[torch.Tensor, tiles.Region], Sequence[torch.Tensor]]

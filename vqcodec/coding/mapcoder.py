@@ -10,6 +10,7 @@ the same probabilities.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
@@ -174,49 +175,85 @@ def _probability_rows(
 # -- decoding -------------------------------------------------------------------------------
 
 
-def decode(
-    prior: IntegerPrior,
-    streams: Sequence[bytes],
-    maps: list[MapLayout],
+def decode_pairs(
+    priors: tuple[IntegerPrior, IntegerPrior],
+    streams: Sequence[tuple[bytes, bytes]],
+    pairs: Sequence[tuple[MapLayout, MapLayout]],
     timer: Timer,
-    wanted: list[set[int]] | None = None,
+    wanted: list[tuple[set[int], set[int]]] | None = None,
     processes: int = 1,
     cuda_graphs: bool = True,
-) -> list[np.ndarray]:
-    """Decode maps batch by batch of regions, wavefront by wavefront within a batch; with
-    ``processes`` > 1, the segments of segmented maps side by side in forked processes (where
-    ``forked.AVAILABLE``). ``wanted``: only these segments of each segmented map (the rest of its
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Decode the (top, bottom) map pairs of several files from their (top, bottom) streams, batch
+    by batch of regions, wavefront by wavefront within a batch; each bottom map conditioned on its
+    top map (the layouts' ``cond`` is not used). With ``processes`` > 1 (where
+    ``forked.AVAILABLE``), segmented maps are shared out by their bottom segments: each process
+    decodes the top segments its bottom segments read and then those, with no wait between the
+    maps. ``wanted``: only these (top, bottom) segments of each segmented pair (the rest of their
     codes stay 0). ``cuda_graphs``: see ``steps.wavefront_steps``."""
-    codes = [np.zeros(m.shape, dtype=np.int64) for m in maps]
-    segments = [
-        container.split_segments(stream, container.segment_count(m.shape, m.tile)) if m.segmented else [stream]
-        for stream, m in zip(streams, maps, strict=True)
-    ]
-    whole = {i: entropy.Decoder(stream) for i, (stream, m) in enumerate(zip(streams, maps, strict=True))
-             if not m.segmented}  # fmt: skip
-    shares = _shares(maps, segments, processes if forked.AVAILABLE else 1, wanted)
+    tops, bottoms = [t for t, _ in pairs], [b for _, b in pairs]
+    top_segments = _segments([t for t, _ in streams], tops)
+    bottom_segments = _segments([b for _, b in streams], bottoms)
+    plans = _pair_shares(pairs, top_segments, bottom_segments, processes if forked.AVAILABLE else 1, wanted)
+    top_prior, bottom_prior = priors
 
-    def decode_share(share: Iterator[_Unit]) -> list[tuple[int, tiles.Region, np.ndarray]]:
-        decoders: dict[int, entropy.Decoder] = {}
-        blocks = []
-        for batch, owner, state in _batches(prior, maps, timer, share):
-            for u in {unit.index: unit for unit, _, _ in batch}.values():
-                decoders[u.index] = whole[u.map] if u.map in whole else entropy.Decoder(segments[u.map][u.segment])
-            blocks += _decode_batch(prior, batch, owner, state, decoders, timer, cuda_graphs)
-        return blocks
+    def decode_share(plan: tuple[dict[int, set[int]], dict[int, set[int]]]) -> tuple[list, list]:
+        top_blocks = _decode_units(top_prior, tops, top_segments, _units(tops, plan[0]), timer, cuda_graphs)
+        local = _assembled(tops, top_blocks)
+        conditioned = [dataclasses.replace(m, cond=top) for m, top in zip(bottoms, local, strict=True)]
+        units = _units(conditioned, plan[1])
+        return top_blocks, _decode_units(bottom_prior, conditioned, bottom_segments, units, timer, cuda_graphs)
 
-    with prior.stepping():
-        children = [forked.Forked(decode_share, share) for share in shares[1:]]
+    with top_prior.stepping(), bottom_prior.stepping():
+        children = [forked.Forked(decode_share, plan) for plan in plans[1:]]
         try:
-            blocks = decode_share(shares[0])
-            for child in children:
-                blocks += child.result()
+            results = [decode_share(plans[0])] + [child.result() for child in children]
         finally:
             for child in children:
                 child.close()
+    return (
+        _assembled(tops, [block for top_blocks, _ in results for block in top_blocks]),
+        _assembled(bottoms, [block for _, bottom_blocks in results for block in bottom_blocks]),
+    )
+
+
+def _segments(streams: Sequence[bytes], maps: Sequence[MapLayout]) -> list[list[bytes]]:
+    """Each map's stream cut into its segments (an unsegmented stream whole)."""
+    return [
+        container.split_segments(stream, container.segment_count(m.shape, m.tile)) if m.segmented else [stream]
+        for stream, m in zip(streams, maps, strict=True)
+    ]
+
+
+def _assembled(maps: Sequence[MapLayout], blocks: list[tuple[int, tiles.Region, np.ndarray]]) -> list[np.ndarray]:
+    """The maps with the decoded ``blocks`` in place (0 where none was decoded)."""
+    codes = [np.zeros(m.shape, dtype=np.int64) for m in maps]
     for i, region, block in blocks:
         region.take(codes[i])[...] = block
     return codes
+
+
+def _decode_units(
+    prior: IntegerPrior,
+    maps: list[MapLayout],
+    segments: list[list[bytes]],
+    units: Iterator[_Unit],
+    timer: Timer,
+    cuda_graphs: bool,
+) -> list[tuple[int, tiles.Region, np.ndarray]]:
+    """(map index, region, codes) of every region of ``units``, each segment from its own range
+    decoder, an unsegmented map from one decoder over its whole stream."""
+    decoders: dict[int, entropy.Decoder] = {}
+    whole: dict[int, entropy.Decoder] = {}
+    blocks = []
+    for batch, owner, state in _batches(prior, maps, timer, units):
+        for u in {unit.index: unit for unit, _, _ in batch}.values():
+            if maps[u.map].segmented:
+                decoders[u.index] = entropy.Decoder(segments[u.map][u.segment])
+            else:
+                decoders[u.index] = whole.setdefault(u.map, entropy.Decoder(segments[u.map][0]))
+        blocks += _decode_batch(prior, batch, owner, state, decoders, timer, cuda_graphs)
+    return blocks
 
 
 def _decode_batch(
@@ -271,24 +308,40 @@ def _units(maps: list[MapLayout], segments: dict[int, Collection[int]] | None = 
                 yield _Unit(next(index), i, k, group)
 
 
-def _shares(
-    maps: list[MapLayout], segments: list[list[bytes]], workers: int, wanted: list[set[int]] | None = None
-) -> list[Iterator[_Unit]]:
-    """The units of ``maps`` (of their ``wanted`` segments) cut into at most ``workers`` shares
-    that decode side by side: runs of each segmented map's segments (an unsegmented map's one
-    stream goes whole to the first)."""
-    picks = [
-        sorted(range(len(s)) if wanted is None else wanted[i]) if m.segmented else []
-        for i, (m, s) in enumerate(zip(maps, segments, strict=True))
-    ]
-    workers = max(1, min(workers, max(map(len, picks), default=0)))
-    shares = []
-    for w in range(workers):
-        chosen = {i: set(p[len(p) * w // workers : len(p) * (w + 1) // workers]) for i, p in enumerate(picks) if p}
-        if w == 0:
-            chosen |= {i: set() for i, m in enumerate(maps) if not m.segmented}
-        shares.append(_units(maps, chosen))
-    return shares
+def _pair_shares(
+    pairs: Sequence[tuple[MapLayout, MapLayout]],
+    top_segments: list[list[bytes]],
+    bottom_segments: list[list[bytes]],
+    workers: int,
+    wanted: list[tuple[set[int], set[int]]] | None,
+) -> list[tuple[dict[int, set[int]], dict[int, set[int]]]]:
+    """What each of at most ``workers`` processes decodes: (top segments, bottom segments) of each
+    map pair. A segmented pair's (``wanted``) bottom segments are cut into runs, one per process,
+    and each process takes the top segments that its run reads (a top segment two runs read is
+    decoded by both; the wanted ones no run reads go to the first); unsegmented pairs go whole to
+    the first process."""
+    plans: list[tuple[dict[int, set[int]], dict[int, set[int]]]] = [({}, {}) for _ in range(max(1, workers))]
+    for i, (top, bottom) in enumerate(pairs):
+        if not top.segmented:
+            plans[0][0][i], plans[0][1][i] = set(), set()
+            continue
+        want_top = set(range(len(top_segments[i]))) if wanted is None else set(wanted[i][0])
+        want_bottom = sorted(range(len(bottom_segments[i])) if wanted is None else wanted[i][1])
+        for w, (top_picks, bottom_picks) in enumerate(plans):
+            run = want_bottom[len(want_bottom) * w // len(plans) : len(want_bottom) * (w + 1) // len(plans)]
+            bottom_picks[i], top_picks[i] = set(run), _top_segments_read(run, top, bottom)
+        plans[0][0][i] |= want_top - set().union(*(top_picks[i] for top_picks, _ in plans))
+    return [plans[0]] + [plan for plan in plans[1:] if any(plan[0].values()) or any(plan[1].values())]
+
+
+def _top_segments_read(bottom_segments: Sequence[int], top: MapLayout, bottom: MapLayout) -> set[int]:
+    """The top segments that hold the top codes of these bottom segments' regions (the bottom map's
+    regions are the top map's, twice the size, in the same order)."""
+    per_bottom, per_top = container.regions_per_segment(bottom.tile), container.regions_per_segment(top.tile)
+    count = -(-top.shape[0] // top.tile) * -(-top.shape[1] // top.tile)
+    return {
+        region // per_top for k in bottom_segments for region in range(k * per_bottom, min((k + 1) * per_bottom, count))
+    }
 
 
 def _batches(
