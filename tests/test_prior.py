@@ -11,8 +11,7 @@ import pytest
 import torch
 
 from tests.conftest import make_model
-from vqcodec.coding import qprior
-from vqcodec.coding.qprior import IntegerPrior
+from vqcodec.coding.qprior import IntegerPrior, arithmetic, backend, ops
 from vqcodec.coding.steps import PaddedSteps
 from vqcodec.nn.config import PriorConfig
 from vqcodec.nn.prior import PixelSNAIL, WindowAttention, attention_offsets, calibrate, causal_offsets
@@ -56,18 +55,18 @@ def test_wavefront_decoding_reproduces_one_pass_exactly(which, h, w):
 @pytest.mark.parametrize("which", ["top_prior", "bottom_prior"])
 @pytest.mark.parametrize(
     "chunk,int8_reduction,int8",
-    [(qprior.CHUNK, qprior.INT8_REDUCTION, True), (16, 1 << 20, True), (16, 16, True), (16, 16, False)],
+    [(arithmetic.CHUNK, arithmetic.INT8_REDUCTION, True), (16, 1 << 20, True), (16, 16, True), (16, 16, False)],
 )
 def test_numpy_and_torch_backends_agree(which, chunk, int8_reduction, int8, monkeypatch):
     """The CPU path (numpy) and the GPU path (torch, here on the CPU) give identical integers:
     with 8-bit products, also where float32 products would split into several chunks summed in
     float64, where 8-bit products could overflow and float32 ones are kept, and with none (float32
     caches and products, as on a GPU)."""
-    monkeypatch.setattr(qprior, "CHUNK", chunk)
-    monkeypatch.setattr(qprior, "INT8_REDUCTION", int8_reduction)
-    if int8 and not qprior._exact_int8_products(*qprior._probe_matrices()):
+    monkeypatch.setattr(arithmetic, "CHUNK", chunk)
+    monkeypatch.setattr(arithmetic, "INT8_REDUCTION", int8_reduction)
+    if int8 and not backend._exact_int8_products(*backend._probe_matrices()):
         pytest.skip("this torch has no 8-bit products on the CPU")
-    monkeypatch.setattr(qprior, "cpu_products", lambda: "int8" if int8 else "float32")
+    monkeypatch.setattr(backend, "cpu_products", lambda: "int8" if int8 else "float32")
     model = make_model(seed=11)
     codes, top = random_maps(IntegerPrior(getattr(model, which)), 6, 8, seed=3)
     on_numpy = one_pass(IntegerPrior(getattr(model, which)), codes, top)
@@ -77,15 +76,15 @@ def test_numpy_and_torch_backends_agree(which, chunk, int8_reduction, int8, monk
 
 def test_int8_products_only_where_torch_has_them_on_the_cpu(monkeypatch):
     """A torch without CPU int8 products (older releases: CUDA only) gets float32 ones."""
-    assert qprior.cpu_products.__wrapped__() in ("int8", "float32")
+    assert backend.cpu_products.__wrapped__() in ("int8", "float32")
 
     def cuda_only(a, b):
         raise RuntimeError("_int_mm: not implemented for 'CPU'")
 
     monkeypatch.setattr(torch, "_int_mm", cuda_only)
-    assert qprior.cpu_products.__wrapped__() == "float32"
+    assert backend.cpu_products.__wrapped__() == "float32"
     monkeypatch.delattr(torch, "_int_mm")
-    assert qprior.cpu_products.__wrapped__() == "float32"
+    assert backend.cpu_products.__wrapped__() == "float32"
 
 
 def test_int8_products_only_where_they_are_exact(monkeypatch):
@@ -98,14 +97,14 @@ def test_int8_products_only_where_they_are_exact(monkeypatch):
         return (shifted.sum(2).clamp(-(1 << 15), (1 << 15) - 1).sum(1) - 128 * b.int().sum(0)).int()
 
     monkeypatch.setattr(torch, "_int_mm", saturating)
-    assert not qprior._exact_int8_products(*qprior._probe_matrices())
-    assert qprior.cpu_products.__wrapped__() == "float32"
+    assert not backend._exact_int8_products(*backend._probe_matrices())
+    assert backend.cpu_products.__wrapped__() == "float32"
 
 
 def test_int8_products_only_where_they_are_faster(monkeypatch):
     """Where torch's 8-bit product is slow (a plain loop on CPUs without 8-bit dot products), the
     prior takes float32 ones: here one made a hundred times slower than the probe's float32 product."""
-    if not qprior._exact_int8_products(*qprior._probe_matrices()):
+    if not backend._exact_int8_products(*backend._probe_matrices()):
         pytest.skip("this torch has no exact 8-bit products on the CPU")
     int_mm = torch._int_mm
 
@@ -114,14 +113,14 @@ def test_int8_products_only_where_they_are_faster(monkeypatch):
         return int_mm(a, b)
 
     monkeypatch.setattr(torch, "_int_mm", slow)
-    assert qprior.cpu_products.__wrapped__() == "float32"
+    assert backend.cpu_products.__wrapped__() == "float32"
 
 
 @pytest.mark.parametrize("which", ["top_prior", "bottom_prior"])
 def test_encoders_whole_map_pass_matches_wavefronts(which, monkeypatch):
     """The encoder's pass (every position, in slices of ROW_CHUNK rows, on torch) gives the
     decoder's integers (wavefront by wavefront, on numpy), also where slices split a map."""
-    monkeypatch.setattr(qprior, "ROW_CHUNK", 7)
+    monkeypatch.setattr(arithmetic, "ROW_CHUNK", 7)
     model = make_model(seed=4)
     prior = IntegerPrior(getattr(model, which), use_torch=True)
     codes, top = random_maps(prior, 6, 10, seed=8)
@@ -156,7 +155,7 @@ def test_attention_tables_end_in_zero():
     """Taps outside a region land on an exp table's last entry, which must weigh nothing."""
     model = make_model(seed=6)
     for p in (model.top_prior, model.bottom_prior):
-        tables = [op.exp for op in IntegerPrior(p).ops if isinstance(op, qprior.Attention)]
+        tables = [op.exp for op in IntegerPrior(p).ops if isinstance(op, ops.Attention)]
         assert tables and all(t[-1] == 0 for t in tables)
 
 
@@ -232,7 +231,7 @@ def test_regions_in_a_batch_are_independent(which):
 def test_padded_steps_reproduce_one_pass(which, extra, monkeypatch):
     """The steps a CUDA graph replays (run eagerly here): every step on a fixed number of rows,
     padding on the scratch row, each step's codes written by the next, over several regions."""
-    monkeypatch.setattr(qprior, "ROW_CHUNK", 3)  # steps split into chunks, as large ones are
+    monkeypatch.setattr(arithmetic, "ROW_CHUNK", 3)  # steps split into chunks, as large ones are
     model = make_model(seed=9)
     prior = IntegerPrior(getattr(model, which), use_torch=True)
     maps = [random_maps(prior, h, w, seed=h) for h, w in ((4, 6), (2, 2), (6, 10))]
