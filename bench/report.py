@@ -320,7 +320,8 @@ def speed_markdown(rows: Sequence[dict], command: str, environment: dict) -> str
         "Best of N runs after a warm-up encode; enc total = `Codec.encode_many`, dec total ="
         " `Codec.decompress_many`, per image of a batch (size: its first image's; on one thread the stages add"
         " up to about the total, the rest being padding, container and CRCs; on more, analysis, quantization"
-        " and synthesis sum the threads that run an image's windows side by side). Memory: the peak"
+        " and synthesis sum the threads that run an image's windows side by side, and the decoder's prior and"
+        " entropy coding the processes that decode its maps side by side). Memory: the peak"
         " while encoding (warm-up included) or decoding a batch, and its rise over the start; CPU = the"
         " process's resident set (Linux VmHWM, reset per phase), CUDA = torch's allocations.",
         table(header, body),

@@ -16,7 +16,7 @@ from vqcodec.coding import mapcoder
 from vqcodec.coding.qprior import arithmetic
 from vqcodec.coding.steps import PaddedSteps
 from vqcodec.format import container
-from vqcodec.timing import StageTimer
+from vqcodec.timing import ENTROPY_CODING, PRIOR, StageTimer
 
 
 def assert_round_trip(codec: vqcodec.Codec, image) -> Image.Image:
@@ -131,6 +131,20 @@ def test_segments_decode_one_after_another_and_side_by_side(rng, monkeypatch, ti
         assert_round_trip(codec, images[0])
         for out, data in zip(codec.decompress_many(files), files, strict=True):
             np.testing.assert_array_equal(np.asarray(out), np.asarray(codec.decompress(data)))
+
+
+def test_stage_times_of_decoding_processes_reach_the_callers_timer(rng, monkeypatch):
+    """A ``StageTimer`` given to the decoder gets the stage seconds of its forked processes too."""
+    monkeypatch.setattr(container, "SEGMENT_POSITIONS", 48)
+    codec = vqcodec.Codec(make_model(seed=3), device="cpu", tile=2, processes=2)
+    data = codec.compress(smooth_image(rng, 70, 90))
+    merged = []
+    merge = StageTimer.merge
+    monkeypatch.setattr(StageTimer, "merge", lambda self, seconds: merged.append(seconds) or merge(self, seconds))
+    timer = StageTimer()
+    codec.decompress(data, timer)
+    assert len(merged) == 1 and merged[0][PRIOR] > 0 and merged[0][ENTROPY_CODING] > 0
+    assert timer.seconds[PRIOR] >= merged[0][PRIOR]
 
 
 def test_errors_in_decoding_processes_reach_the_caller(rng, monkeypatch):

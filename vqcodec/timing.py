@@ -33,7 +33,8 @@ def no_timer(stage: str) -> AbstractContextManager:
 
 class StageTimer:
     """Wall-clock seconds per stage, summed over calls (and over the threads that run windows of
-    an image side by side); waits for the GPU at each boundary."""
+    an image side by side, and the processes that decode maps side by side: ``merge``); waits
+    for the GPU at each boundary."""
 
     def __init__(self, device: torch.device | str = "cpu"):
         self.device = torch.device(device)
@@ -55,3 +56,21 @@ class StageTimer:
             elapsed = time.perf_counter() - start
             with self._lock:
                 self.seconds[stage] = self.seconds.get(stage, 0.0) + elapsed
+
+    def merge(self, seconds: dict[str, float]) -> None:
+        """Add seconds measured elsewhere (by another process's ``StageTimer``)."""
+        with self._lock:
+            for stage, elapsed in seconds.items():
+                self.seconds[stage] = self.seconds.get(stage, 0.0) + elapsed
+
+
+def merge(timer: Timer, seconds: dict[str, float]) -> None:
+    """Add another process's ``StageTimer.seconds`` to ``timer`` where it is a ``StageTimer``."""
+    if isinstance(timer, StageTimer):
+        timer.merge(seconds)
+
+
+def child_timer(timer: Timer) -> Timer:
+    """What a forked process times with for ``timer``: its own ``StageTimer`` where ``timer`` is
+    one (its seconds go back to the parent for ``merge``), else ``timer`` itself."""
+    return StageTimer(timer.device) if isinstance(timer, StageTimer) else timer

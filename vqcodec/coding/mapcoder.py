@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..format import container
-from ..timing import ENTROPY_CODING, PRIOR, Timer
+from ..timing import ENTROPY_CODING, PRIOR, Timer, child_timer, merge
 from . import entropy, forked, tiles
 from .qprior import IntegerPrior, MapState
 from .steps import wavefront_steps
@@ -197,17 +197,24 @@ def decode_pairs(
     plans = _pair_shares(pairs, top_segments, bottom_segments, processes if forked.AVAILABLE else 1, wanted)
     top_prior, bottom_prior = priors
 
-    def decode_share(plan: tuple[dict[int, set[int]], dict[int, set[int]]]) -> tuple[list, list]:
+    def decode_share(
+        plan: tuple[dict[int, set[int]], dict[int, set[int]]], timer: Timer = timer
+    ) -> tuple[list, list, dict[str, float]]:
         top_blocks = _decode_units(top_prior, tops, top_segments, _units(tops, plan[0]), timer, cuda_graphs)
         local = _assembled(tops, top_blocks)
         conditioned = [dataclasses.replace(m, cond=top) for m, top in zip(bottoms, local, strict=True)]
         units = _units(conditioned, plan[1])
-        return top_blocks, _decode_units(bottom_prior, conditioned, bottom_segments, units, timer, cuda_graphs)
+        bottom_blocks = _decode_units(bottom_prior, conditioned, bottom_segments, units, timer, cuda_graphs)
+        return top_blocks, bottom_blocks, getattr(timer, "seconds", {})
 
     with top_prior.stepping(), bottom_prior.stepping():
-        children = [forked.Forked(decode_share, plan) for plan in plans[1:]]
+        children = [forked.Forked(decode_share, plan, child_timer(timer)) for plan in plans[1:]]
         try:
-            results = [decode_share(plans[0])] + [child.result() for child in children]
+            results = [decode_share(plans[0])[:2]]
+            for child in children:
+                top_blocks, bottom_blocks, seconds = child.result()
+                merge(timer, seconds)
+                results.append((top_blocks, bottom_blocks))
         finally:
             for child in children:
                 child.close()
