@@ -73,6 +73,8 @@ def test_quality_and_target_size_on_the_command_line(tmp_path):
     assert compress("t.vqc", "--target-size", str(budget)).returncode == 0
     assert sizes[1] <= (tmp_path / "t.vqc").stat().st_size <= budget
     assert compress("x.vqc", "-q", "10", "--target-size", "1000").returncode == 2
+    assert compress("h.vqc", "-q", "10", "--preset", "high").returncode == 0  # the point's settings, that model
+    assert (tmp_path / "h.vqc").read_bytes() == vqcodec.load("high", device="cpu", quality=10).compress(image)
     assert compress("y.vqc", "-q", "10", "--rdo", "0.5").returncode == 2
     assert compress("s.vqc", "-q", "10", "--scale", "1.5").returncode == 2
     refused = compress("p.vqc", "-q", "10", "--rdo-passes", "3")
