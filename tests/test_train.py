@@ -262,6 +262,11 @@ def test_combine_joins_priors_and_synthesis_trained_side_by_side(folder, model_f
         source = synthesis if part == "vqvae" and layer in VQVAE2.SYNTHESIS else priors
         assert torch.equal(t, source.state_dict()[name]), name
     assert not torch.equal(joined.vqvae.dec.net[0].weight, priors.vqvae.dec.net[0].weight)
+    grown_synthesis = train_decoder(model_file, folder, tmp_path / "g.ckpt", tmp_path / "g.st", SETTINGS, GROW)
+    joined = load_model(combine(tmp_path / "p.st", grown_synthesis, tmp_path / "jg.st"))
+    assert joined.config.vqvae == load_model(grown_synthesis).config.vqvae  # a grown synthesis joins too
+    kept = {n: t for n, t in joined.state_dict().items() if n.split(".")[0] in ("top_prior", "bottom_prior")}
+    assert kept and all(torch.equal(t, priors.state_dict()[n]) for n, t in kept.items())
     other = tmp_path / "other.safetensors"
     save_model(make_model(seed=1), other)
     with pytest.raises(vqcodec.ModelError, match="codes images differently"):

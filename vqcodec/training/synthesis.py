@@ -3,6 +3,7 @@ and joining such a run with a priors run made beside it."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -10,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ModelError
+from ..nn.config import VQVAEConfig
 from ..nn.grow import grown
 from ..nn.vqvae import VQVAE2
 from ..zoo.catalog import model_file
@@ -84,17 +86,27 @@ class _Synthesis(nn.Module):
 
 def combine(priors_source: str | Path, synthesis_source: str | Path, model_out: str | Path) -> Path:
     """Write to ``model_out`` the model ``priors_source`` with the synthesis of
-    ``synthesis_source``: how a stage-2 and a stage-3 run made side by side on one model join
-    (stage 2 keeps the VQ-VAE as it is, stage 3 the codes). Refused unless both models code
-    images to the same maps, the maps the priors were trained on."""
+    ``synthesis_source``, which may be a grown one: how a stage-2 and a stage-3 run made side by
+    side on one model join (stage 2 keeps the VQ-VAE as it is, stage 3 the codes). Refused unless
+    both models code images to the same maps, the maps the priors were trained on, with priors of
+    one architecture."""
     model, synthesis = (load_model(model_file(source)) for source in (priors_source, synthesis_source))
     theirs = synthesis.vqvae.state_dict()
     analysis = {name: t for name, t in model.vqvae.state_dict().items() if name.split(".")[0] not in VQVAE2.SYNTHESIS}
-    if model.config.vqvae != synthesis.config.vqvae or any(
-        not torch.equal(t, theirs[name]) for name, t in analysis.items()
+    if (
+        _analysis_config(model.config.vqvae) != _analysis_config(synthesis.config.vqvae)
+        or model.config.top_prior != synthesis.config.top_prior
+        or model.config.bottom_prior != synthesis.config.bottom_prior
+        or any(name not in theirs or not torch.equal(t, theirs[name]) for name, t in analysis.items())
     ):
         raise ModelError(f"{synthesis_source} codes images differently from {priors_source}: nothing to combine")
-    for name in VQVAE2.SYNTHESIS:
-        getattr(model.vqvae, name).load_state_dict(getattr(synthesis.vqvae, name).state_dict())
-    save_model(model, model_out, half=True)
+    synthesis.top_prior.load_state_dict(model.top_prior.state_dict())
+    synthesis.bottom_prior.load_state_dict(model.bottom_prior.state_dict())
+    save_model(synthesis, model_out, half=True)
     return Path(model_out)
+
+
+def _analysis_config(config: VQVAEConfig) -> VQVAEConfig:
+    """``config`` with the synthesis' own sizes cleared: what decides the codes."""
+    sizes = [f.name for f in dataclasses.fields(config) if f.name.startswith("synth_")]
+    return dataclasses.replace(config, **dict.fromkeys(sizes))
