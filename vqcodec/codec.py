@@ -40,7 +40,7 @@ from .io.image import (
 from .nn.model import CodecModel
 from .quality import operating_point
 from .settings import Settings
-from .threads import one_torch_thread
+from .threads import one_torch_thread, use_threads
 from .timing import QUANTIZATION, RESTORATION, SYNTHESIS, Timer, no_timer
 from .zoo import catalog
 from .zoo.weights import load_model, model_id
@@ -558,7 +558,7 @@ class Codec:
         grad = torch.is_grad_enabled()
 
         def run(outer: tiles.Region) -> T:
-            torch.set_num_threads(1)  # a new thread starts with the default count and grad mode
+            use_threads(1)  # a new thread starts with the default count and grad mode
             with torch.set_grad_enabled(grad):
                 return work(outer)
 
