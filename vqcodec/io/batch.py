@@ -110,6 +110,7 @@ def codec_for(options: Options, data: bytes | None = None) -> Any:
     """This process' codec for ``options``' model (for a ``.vqc`` file with no model named: the
     shipped model that made it), loaded once; it serves every operating point."""
     from .. import codec as codecs  # here: a worker process imports torch once it has work
+    from ..threads import use_threads
 
     use_threads(options.threads)
     if data is not None and options.preset is None and options.model_path is None:
@@ -130,14 +131,6 @@ def codec_for(options: Options, data: bytes | None = None) -> Any:
 
 def _max_pixels(options: Options) -> int:
     return options.max_pixels or DEFAULT_MAX_PIXELS
-
-
-def use_threads(threads: int) -> None:
-    """torch's CPU threads for this process (set where a codec is loaded, so that a file refused
-    before that never imports torch)."""
-    from ..threads import use_threads as use  # here: torch comes in with it
-
-    use(threads)
 
 
 def compress_file(src: Path, out: Path, options: Options) -> Outcome:
