@@ -345,7 +345,7 @@ def _top_segments_read(bottom_segments: Sequence[int], top: MapLayout, bottom: M
     """The top segments that hold the top codes of these bottom segments' regions (the bottom map's
     regions are the top map's, twice the size, in the same order)."""
     per_bottom, per_top = container.regions_per_segment(bottom.tile), container.regions_per_segment(top.tile)
-    count = -(-top.shape[0] // top.tile) * -(-top.shape[1] // top.tile)
+    count = container.region_count(top.shape, top.tile)
     return {
         region // per_top for k in bottom_segments for region in range(k * per_bottom, min((k + 1) * per_bottom, count))
     }

@@ -258,10 +258,14 @@ def regions_per_segment(side: int) -> int:
     return max(1, SEGMENT_POSITIONS // (side * side))
 
 
+def region_count(shape: tuple[int, int], side: int) -> int:
+    """Regions of a map of ``shape`` (height, width) cut into ``side`` x ``side`` (smaller at the edges)."""
+    return -(-shape[0] // side) * -(-shape[1] // side)
+
+
 def segment_count(shape: tuple[int, int], side: int) -> int:
     """Segments of a map of ``shape`` (height, width) cut into regions of ``side`` x ``side``."""
-    regions = -(-shape[0] // side) * -(-shape[1] // side)
-    return -(-regions // regions_per_segment(side))
+    return -(-region_count(shape, side) // regions_per_segment(side))
 
 
 def join_segments(segments: list[bytes]) -> bytes:

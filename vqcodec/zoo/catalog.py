@@ -2,11 +2,10 @@
 (replaced ones included) by the identifier that each ``.vqc`` file carries, so a file made with
 any shipped model decodes without naming it. Reads a small index; imports no torch.
 
-``models/index.json`` maps each identifier (hex) to its file, relative to the ``models/`` folder of
-its package (vqcodec's unless it names another), a name
-(the preset's, or for a replaced model the preset and the release it came with) and optionally
-the encoder settings the model codes with by default (``vqcodec.settings.Settings`` fields), so
-that a model loaded by path gets them too.
+``models/index.json`` maps each identifier (hex) to its file, relative to the ``models/`` folder
+of its package (vqcodec's unless it names another), a name (the preset's, or for a replaced model
+the preset and the release it came with) and optionally the encoder settings the model codes with
+by default (``vqcodec.settings.Settings`` fields), so that a model loaded by path gets them too.
 
 Replaced models live in an optional package (``"package"``: ``vqcodec_retired``, from
 ``retired-models/`` in the repository), which bounds what vqcodec installs while every file a
