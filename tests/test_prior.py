@@ -118,8 +118,9 @@ def test_int8_products_only_where_they_are_faster(monkeypatch):
 
 @pytest.mark.parametrize("which", ["top_prior", "bottom_prior"])
 def test_encoders_whole_map_pass_matches_wavefronts(which, monkeypatch):
-    """The encoder's pass (every position, in slices of ROW_CHUNK rows, on torch) gives the
-    decoder's integers (wavefront by wavefront, on numpy), also where slices split a map."""
+    """The encoder's pass (every position, in slices of ROW_CHUNK rows, on torch, each layer's
+    cache handed on once no later layer reads it) gives the decoder's integers (wavefront by
+    wavefront, on numpy), also where slices split a map."""
     monkeypatch.setattr(arithmetic, "ROW_CHUNK", 7)
     model = make_model(seed=4)
     prior = IntegerPrior(getattr(model, which), use_torch=True)
@@ -127,6 +128,7 @@ def test_encoders_whole_map_pass_matches_wavefronts(which, monkeypatch):
     state = prior.start([codes.shape], None if top is None else [top])
     prior.set_codes(state, slice(0, state.n), codes.reshape(-1)[state.order])
     prior.prepare(state)
+    assert len(state.caches) < len(prior.ops)  # the pass gave up caches along the way
     every = state.rows_of(np.arange(codes.size))
     np.testing.assert_array_equal(
         prior.tables(state, every), by_wavefront(IntegerPrior(getattr(model, which)), codes, top)

@@ -86,6 +86,10 @@ class Backend:
         #: float32 where the CPU has 8-bit dot products, and a quarter of the memory traffic; a GPU
         #: keeps float32, fast enough there).
         self.int8 = device.type == "cpu" and cpu_products() == "int8"
+        #: Window attention reads one tap of every row at a time (torch on the CPU): the reads of
+        #: all taps at once are many times the size of the CPU's caches (a third of the time for a
+        #: one-pass encoder's rows; a GPU gathers them all at once, in one kernel).
+        self.tap_by_tap = self.torch and device.type == "cpu"
 
     def array(self, t: torch.Tensor | np.ndarray) -> ArrayLike:
         """``t`` in this backend's array type, on its device."""
@@ -100,10 +104,21 @@ class Backend:
         return np.asarray(x, dtype=np.int64)
 
     def zeros(self, rows: int, cols: int) -> ArrayLike:
-        """A cache of 8-bit activations (int8 with ``int8``, else float32)."""
+        """A cache of 8-bit activations (int8 with ``int8``, else float32), all zero."""
         if self.torch:
             return torch.zeros(rows, cols, device=self.device, dtype=torch.int8 if self.int8 else torch.float32)
         return np.zeros((rows, cols), np.int8 if self.int8 else np.float32)
+
+    def cache(self, rows: int, cols: int) -> ArrayLike:
+        """A cache like ``zeros`` whose last two rows are zero and whose others are set only when
+        written: every row a position reads has been written before (the priors are causal).
+        torch on the CPU fills a fresh cache with zeros in a pass of its own (a sixth of a
+        one-pass encoder's prior); numpy's and the GPU's zeros cost next to nothing."""
+        if not self.torch or self.device.type != "cpu":
+            return self.zeros(rows, cols)
+        cache = torch.empty(rows, cols, dtype=torch.int8 if self.int8 else torch.float32)
+        cache[-2:] = 0
+        return cache
 
     def f32(self, x: ArrayLike) -> ArrayLike:
         return x.float() if self.torch else x.astype(np.float32, copy=False)
@@ -152,24 +167,50 @@ class Backend:
         else:
             x[idx] = values
 
+    def add_product(self, acc: ArrayLike, x: ArrayLike, w: ArrayLike) -> None:
+        """``acc += x @ w`` in place, in float32."""
+        if self.torch:
+            acc.addmm_(x, w)
+        else:
+            acc += x @ w
+
     def int8_product(self, x: ArrayLike, w: ArrayLike) -> ArrayLike:
         """The exact int32 product of integer-valued ``x`` (S, K) in [-127, 127] and int8 ``w`` (K, N)."""
         if self.torch:
             return torch._int_mm(x.to(torch.int8), w)
         return torch._int_mm(torch.from_numpy(x.astype(np.int8, copy=False)), torch.from_numpy(w)).numpy()
 
-    def head_dots(self, k: ArrayLike, q: ArrayLike) -> ArrayLike:
-        """(S, h, T) products of keys (S, T, h, d) with queries (S, h, d), head by head. Sums of
-        integers below 2^24, so any order gives the same result: each library gets its fastest."""
+    def head_dots(self, keys: ArrayLike, idx: ArrayLike, q: ArrayLike) -> ArrayLike:
+        """(S, h, T) products of queries (S, h, d) with the keys at each row's T taps (rows ``idx``
+        (S, T) of the cache ``keys``), head by head. Sums of integers below 2^24, so any order
+        gives the same result: each library gets its fastest."""
+        s, t = idx.shape
+        h = q.shape[1]
+        if self.tap_by_tap:
+            scores = torch.empty(t, s, h)
+            for j, rows in enumerate(idx.t().contiguous()):
+                torch.sum(self.f32(keys.index_select(0, rows)).view(s, h, -1).mul_(q), -1, out=scores[j])
+            return scores.permute(1, 2, 0)
+        k = self.f32(self.rows(keys, idx)).reshape(s, t, h, -1)
         if self.torch:
             return (k * q.unsqueeze(1)).sum(-1).transpose(1, 2)
         return (k.swapaxes(1, 2) @ q[..., None])[..., 0]
 
-    def head_sums(self, w: ArrayLike, v: ArrayLike) -> ArrayLike:
-        """(S, h, d) sums of values (S, T, h, d) weighted by (S, h, T), head by head (exact as above;
-        torch runs fastest with every head's weights on every head's values, keeping the diagonal)."""
+    def head_sums(self, w: ArrayLike, values: ArrayLike, idx: ArrayLike) -> ArrayLike:
+        """(S, h, d) sums of the values at each row's T taps (rows ``idx`` (S, T) of the cache
+        ``values``) weighted by (S, h, T), head by head (exact as above; torch on a GPU runs
+        fastest with every head's weights on every head's values, keeping the diagonal)."""
+        s, t = idx.shape
+        h = w.shape[1]
+        if self.tap_by_tap:
+            by_tap = w.permute(2, 0, 1).unsqueeze(-1).contiguous()  # (T, S, h, 1)
+            out = torch.zeros(s, h, values.shape[1] // h)
+            for j, rows in enumerate(idx.t().contiguous()):
+                out.addcmul_(self.f32(values.index_select(0, rows)).view(s, h, -1), by_tap[j])
+            return out
+        v = self.f32(self.rows(values, idx)).reshape(s, t, h, -1)
         if self.torch:
-            s, t, h, d = v.shape
+            d = v.shape[-1]
             return torch.diagonal((w @ v.reshape(s, t, h * d)).reshape(s, h, h, d), dim1=1, dim2=2).transpose(1, 2)
         return (w[:, :, None, :] @ v.swapaxes(1, 2))[:, :, 0, :]
 

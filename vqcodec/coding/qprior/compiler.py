@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from functools import lru_cache
 
 import numpy as np
@@ -15,15 +14,11 @@ from . import arithmetic
 from .arithmetic import (
     ATTN_BITS,
     QMAX,
-    Rows,
     elu_table,
     exp_table,
     sigmoid_table,
 )
-from .ops import Add, Attention, Glu, Lut, QConv
-from .state import MapState
-
-Op = Callable[[MapState, Rows], None]
+from .ops import Add, Attention, Glu, Lut, Op, QConv
 
 
 class Builder:

@@ -4,6 +4,7 @@ residual sums, gates and window attention."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 from ...nn.prior import Offsets
 from . import arithmetic
@@ -14,6 +15,18 @@ from .arithmetic import (
     Rows,
 )
 from .state import MapState
+
+
+class Op(Protocol):
+    """One step of a compiled prior: writes ``out`` at some rows from ``sources`` there and at
+    their neighbours."""
+
+    out: str
+
+    @property
+    def sources(self) -> tuple[str, ...]: ...
+
+    def __call__(self, state: MapState, rows: Rows) -> None: ...
 
 
 @dataclass
@@ -34,6 +47,10 @@ class QConv:
     scale: ArrayLike  # (C_out,) float64
     offset: ArrayLike  # (C_out,) float64
     limit: int = QMAX
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.segments)
 
     def compute(self, state: MapState, rows: Rows) -> ArrayLike:
         """The (S, C_out) outputs at ``rows``, without caching them."""
@@ -65,13 +82,21 @@ class QConv:
                     acc += part
             # As the float path gives it: float32 for one product (below 2^24), float64 otherwise.
             return xp.f32(acc) if len(self.weights) == 1 else xp.f64(acc)
+        # Where all blocks together reduce at most CHUNK rows, their float32 sums are exact too
+        # (and one pass cheaper than float64 ones): the same integers either way.
+        in_float32 = sum(w.shape[0] for w in self.weights) <= arithmetic.CHUNK
         acc, weights = None, iter(self.weights)
         for name, offsets in self.segments:
-            x = state.gather(name, offsets, rows)
+            x = xp.f32(state.gather(name, offsets, rows))
             for a in range(0, x.shape[1], arithmetic.CHUNK):
-                part = xp.f32(x[:, a : a + arithmetic.CHUNK]) @ next(weights)
-                acc = part if acc is None else xp.f64(acc) + part
-        return acc
+                part, w = x[:, a : a + arithmetic.CHUNK], next(weights)
+                if acc is None:
+                    acc = part @ w
+                elif in_float32:
+                    xp.add_product(acc, part, w)
+                else:
+                    acc = xp.f64(acc) + part @ w
+        return xp.f64(acc) if in_float32 and len(self.weights) > 1 else acc
 
     def __call__(self, state: MapState, rows: Rows) -> None:
         state.write(self.out, rows, self.compute(state, rows))
@@ -84,6 +109,10 @@ class Lut:
     out: str
     src: str
     table: ArrayLike
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        return (self.src,)
 
     def __call__(self, state: MapState, rows: Rows) -> None:
         state.write(self.out, rows, state.xp.take(self.table, state.read(self.src, rows), QMAX))
@@ -98,6 +127,10 @@ class Add:
     b: str
     scale_a: float
     scale_b: float
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        return (self.a, self.b)
 
     def __call__(self, state: MapState, rows: Rows) -> None:
         xp = state.xp
@@ -116,6 +149,10 @@ class Glu:
     src: str
     sigmoid: ArrayLike
     scale: float
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        return (self.src,)
 
     def __call__(self, state: MapState, rows: Rows) -> None:
         xp = state.xp
@@ -139,14 +176,16 @@ class Attention:
     exp: ArrayLike
     scale: float
 
+    @property
+    def sources(self) -> tuple[str, ...]:
+        return (self.query, self.key, self.value)
+
     def __call__(self, state: MapState, rows: Rows) -> None:
         xp, h = state.xp, self.heads
         idx = state.neighbours(self.offsets, rows)
         s, t = idx.shape
         q = xp.f32(state.read(self.query, rows)).reshape(s, h, -1)
-        k = xp.f32(state.read(self.key, idx)).reshape(s, t, h, -1)
-        v = xp.f32(state.read(self.value, idx)).reshape(s, t, h, -1)
-        scores = xp.head_dots(k, q)  # exact: d * 127^2 < 2^24
+        scores = xp.head_dots(state.caches[self.key], idx, q)  # exact: d * 127^2 < 2^24
         # Taps outside the region score OUTSIDE, so far below the best tap that they fall off the
         # exp table's end, whose last entry is 0. With no tap inside, all weigh alike, but all
         # read the zero row: the output is 0 either way, and the sum of weights is never 0.
@@ -154,7 +193,7 @@ class Attention:
         dist = xp.clip_max(xp.reduce(scores, "max") - scores, len(self.exp) - 1)
         # Integer weights below 2^bits with T * 2^bits * 127 < 2^24 keep the float32 sums exact.
         weights = xp.take(self.exp, dist)  # (S, h, T)
-        out = xp.f64(xp.head_sums(weights, v))
+        out = xp.f64(xp.head_sums(weights, state.caches[self.value], idx))
         out /= xp.f64(xp.reduce(weights, "sum"))
         out *= self.scale
         state.write(self.out, rows, xp.rint(out.reshape(s, -1), QMAX))

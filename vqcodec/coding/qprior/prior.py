@@ -26,8 +26,21 @@ from .arithmetic import (
     exp_table,
 )
 from .backend import Backend
-from .compiler import Builder, Op, background_rows, embedding_table, scale_of
+from .compiler import Builder, background_rows, embedding_table, scale_of
+from .ops import Op
 from .state import MapState, local_coords
+
+
+def _last_reads(ops: list[Op], keep: set[str]) -> list[list[str]]:
+    """For each of ``ops`` run in order, the outputs of ops that no later op reads and ``keep``
+    does not name: their caches are free once it has run."""
+    made = {op.out for op in ops}
+    last = {name: i for i, op in enumerate(ops) for name in op.sources}
+    done: list[list[str]] = [[] for _ in ops]
+    for name, i in last.items():
+        if name in made and name not in keep:
+            done[i].append(name)
+    return done
 
 
 class IntegerPrior:
@@ -64,6 +77,9 @@ class IntegerPrior:
         head = prior.head
         b.conv([(head.tap_weights(), b.elu(x), ((0, 0),))], head.bias, 1.0 / LOGIT_STEPS, "logits", LOGIT_LIMIT)
         *self.ops, self.head = b.ops
+        #: For each op of a one-pass ``prepare``, the sources no later op reads, nor the head.
+        self._done_after = _last_reads(self.ops, keep=set(self.head.sources))
+        self._cond_done_after = _last_reads(self.cond_ops, keep={self.cond_out}) if self.cond_ops else []
         for op in [*self.cond_ops, *self.ops, self.head]:
             for key, value in vars(op).items():
                 if isinstance(value, torch.Tensor):
@@ -111,8 +127,9 @@ class IntegerPrior:
         flat = np.concatenate([c.reshape(-1) for c in cond_codes]).astype(np.int64)
         top.write("cond_emb", every, self.xp.rows(self.cond_embed, self.xp.array(flat)))
         with self.xp.exact():
-            for op in self.cond_ops:
+            for op, done in zip(self.cond_ops, self._cond_done_after, strict=True):
                 op(top, every)
+                top.recycle(done)
         r, c = local_coords(state.shapes)
         region = np.repeat(np.arange(len(state.shapes)), [h * w for h, w in state.shapes])
         widths = np.array([w for _, w in top_shapes])
@@ -137,15 +154,18 @@ class IntegerPrior:
     def prepare(self, state: MapState, rows: Rows | None = None) -> None:
         """Run every layer but the head at ``rows``, whose context must be set; by default at
         every position (an encoder, which knows every code: contiguous rows read and write the
-        caches as slices instead of gathers and scatters)."""
+        caches as slices instead of gathers and scatters), once per state: that pass gives up
+        each layer's cache once no later layer reads it, leaving what the head reads."""
         xp = self.xp
         # Each op runs over a chunk of rows at a time, which bounds its temporaries; an op's rows
         # depend only on earlier ops, so the split does not change any result.
         chunks = self._row_chunks(rows if rows is not None else slice(0, state.n))
         with xp.exact():
-            for op in self.ops:
+            for op, done in zip(self.ops, self._done_after, strict=True):
                 for chunk in chunks:
                     op(state, chunk)
+                if rows is None:
+                    state.recycle(done)
 
     def tables(self, state: MapState, rows: Rows) -> np.ndarray:
         """The probability rows of ``prepare``d positions. An encoder asks for them a slice of rows

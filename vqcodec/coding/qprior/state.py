@@ -75,6 +75,7 @@ class MapState:
         self._row[self.order] = np.arange(self.n)
         self._row[self.n :] = (self.n, self.scratch)
         self.caches: dict[str, ArrayLike] = {}
+        self._spare: list[ArrayLike] = []  # caches given back by ``recycle``
         self._tables: dict[Offsets, ArrayLike] = {}
         self._rows: Rows | None = None
         self._step: dict[Offsets, ArrayLike] = {}
@@ -108,8 +109,21 @@ class MapState:
 
     def write(self, name: str, rows: Rows, values: ArrayLike) -> None:
         if name not in self.caches:
-            self.caches[name] = self.xp.zeros(self.n + 2, values.shape[1])
+            self.caches[name] = self._new_cache(values.shape[1])
         self.xp.put_rows(self.caches[name], rows, values)
+
+    def recycle(self, names: list[str]) -> None:
+        """Give up the caches of ``names``, which nothing reads any more: later sources take them
+        over instead of fresh arrays (a fresh one costs its pages' first touch)."""
+        self._spare += [self.caches.pop(name) for name in names]
+
+    def _new_cache(self, cols: int) -> ArrayLike:
+        for i, spare in enumerate(self._spare):
+            if spare.shape[1] == cols:
+                del self._spare[i]
+                spare[self.n :] = 0  # rows N and N + 1, which a new source must find zero
+                return spare
+        return self.xp.cache(self.n + 2, cols)
 
     def read(self, name: str, rows: Rows) -> ArrayLike:
         """The values of ``name`` at ``rows`` (indices of any shape, or a slice)."""
