@@ -89,6 +89,7 @@ class IntegerPrior:
         self.embed = self.xp.array(embed)
         self.cond_embed = self.xp.array(cond_embed) if cond_embed is not None else None
         self.probs = self.xp.array(exp_table(1.0 / LOGIT_STEPS, PROB_BITS, 1))
+        self._last_condition: tuple[tuple, ArrayLike] | None = None
 
     @staticmethod
     def _cond_net(b: Builder, prior: PixelSNAIL) -> str:
@@ -110,12 +111,23 @@ class IntegerPrior:
         every = slice(0, state.n)
         bg = np.concatenate([background_rows(h, w) for h, w in shapes])
         state.write("bg", every, xp.array(bg[state.order]))
-        state.write("emb", every, xp.zeros(state.n, self.embed.shape[1]))
+        state.caches["emb"] = xp.zeros(state.n + 2, self.embed.shape[1])
         if self.cond_ops:
             if cond_codes is None:
                 raise ValueError("this prior is conditional: give it the top code map")
-            state.write("cond", every, self._condition(state, cond_codes))
+            state.write("cond", every, self._remembered_condition(state, cond_codes))
         return state
+
+    def _remembered_condition(self, state: MapState, cond_codes: list[np.ndarray]) -> ArrayLike:
+        """``_condition``, or the last one computed where it had the same regions and top codes:
+        an encoder's RDO pass and its final pass condition the bottom map on the same top map."""
+        key = (tuple(state.shapes), b"".join(np.ascontiguousarray(c, np.int64).tobytes() for c in cond_codes))
+        last = self._last_condition  # one read: another thread may replace it meanwhile
+        if last is not None and last[0] == key:
+            return last[1]
+        features = self._condition(state, cond_codes)
+        self._last_condition = (key, features)
+        return features
 
     def _condition(self, state: MapState, cond_codes: list[np.ndarray]) -> ArrayLike:
         """Conditioning features of every position of ``state`` from its regions' top codes."""
