@@ -1,0 +1,258 @@
+"""A/B tool for a high-rate design: a scalar-quantised enhancement layer over a frozen model.
+
+The base model codes its nearest codes as today; the enhancement codes what its synthesis
+misses. Its analysis is a 4x4 block transform of the residual (initialised as the orthonormal
+DCT, so it works from the first step, then learnt), each coefficient scaled by a learnt gain and
+rounded to an integer around a predicted mean. A Gaussian per coefficient, whose mean and scale
+come from the base code maps alone (a context network: one pass, no wavefronts, so decoding
+costs one network and not a prior replay), prices the integers. The synthesis adds the inverse
+transform to the base reconstruction, then an optional post-filter. Loss: the enhancement's bits
+per pixel + ``lam`` x 255^2 x MSE (CompressAI's convention).
+
+Validation (every ``--val-every`` steps, on the fixed validation photos of ``--data``): the
+enhancement's bits per pixel from the rounded integers (what an entropy coder writes, to within
+a fraction of a percent) and the aggregate PSNR of the enhanced and of the base reconstruction.
+The base's own bits come from the codec (``--rdo 0`` files); see docs/models/medium.md.
+
+    python training/experiments/enhancement_layer.py --data TRAIN --out RUN.safetensors \
+        --lam 0.013 --postfilter 32 --context codes --steps 3000
+
+Resumes from ``--out`` (a training checkpoint) when it exists; ``--init`` starts from another
+run's checkpoint, taking the layers whose shapes match.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from torch import nn
+
+from vqcodec.io.image import pad_to, to_tensor
+from vqcodec.nn.vqvae import VQVAE2, ResBlock
+from vqcodec.training import data
+from vqcodec.training.run import Run, TrainSettings
+from vqcodec.zoo.catalog import model_file
+from vqcodec.zoo.weights import load_model
+
+BLOCK = 4
+COEFFICIENTS = 3 * BLOCK * BLOCK
+#: Per colour channel, the DCT coefficients (vertical, horizontal frequency) the channel-
+#: conditional context sees before the others: the mean and the two lowest frequencies.
+FIRST = [c * BLOCK * BLOCK + k for c in range(3) for k in (0, 1, BLOCK)]
+SCALE_BOUND = 0.11
+
+
+def dct_basis() -> torch.Tensor:
+    """(48, 3, 4, 4) orthonormal 2-D DCT-II basis, each colour channel on its own."""
+    n = BLOCK
+    c = torch.tensor(
+        [[math.sqrt((1 if k == 0 else 2) / n) * math.cos(math.pi * (2 * i + 1) * k / (2 * n)) for i in range(n)]
+         for k in range(n)]
+    )  # fmt: skip
+    basis = torch.einsum("ai,bj->abij", c, c).reshape(n * n, n, n)
+    w = torch.zeros(COEFFICIENTS, 3, n, n)
+    for ch in range(3):
+        w[ch * n * n : (ch + 1) * n * n, ch] = basis
+    return w
+
+
+class FeatureContext(nn.Module):
+    """Gaussian parameters from the base synthesis' float input (an upper bound to aim at: the
+    decoder could not reproduce these floats exactly on every machine)."""
+
+    def __init__(self, vqvae: VQVAE2, channels: int):
+        super().__init__()
+        self.vqvae = vqvae
+        e = 2 * vqvae.config.embed_dim
+        self.net = nn.Sequential(
+            nn.Conv2d(e, channels, 3, 1, 1),
+            ResBlock(channels, channels // 2),
+            ResBlock(channels, channels // 2),
+            nn.ReLU(),
+            nn.Conv2d(channels, 2 * COEFFICIENTS, 3, 1, 1),
+        )
+
+    def forward(self, top: torch.Tensor, bottom: torch.Tensor) -> torch.Tensor:
+        v = self.vqvae
+        with torch.no_grad():
+            features = torch.cat([v.upsample_t(v.quantize_t.lookup(top)), v.quantize_b.lookup(bottom)], 1)
+        return self.net(features)
+
+
+class CodeContext(nn.Module):
+    """Gaussian parameters from the base code maps alone: embeddings of both maps (started from
+    the base codebooks; the top one repeated 2x) and a residual stack with ELUs, what the integer
+    prior's operations compute exactly on any machine."""
+
+    def __init__(self, vqvae: VQVAE2, channels: int, blocks: int = 2):
+        super().__init__()
+        self.top = nn.Embedding.from_pretrained(vqvae.quantize_t.embed.clone(), freeze=False)
+        self.bottom = nn.Embedding.from_pretrained(vqvae.quantize_b.embed.clone(), freeze=False)
+        self.first = nn.Conv2d(2 * vqvae.config.embed_dim, channels, 3, 1, 1)
+        self.convs = nn.ModuleList(nn.Conv2d(channels, channels, 3, 1, 1) for _ in range(2 * blocks))
+        self.out = nn.Conv2d(channels, 2 * COEFFICIENTS, 3, 1, 1)
+
+    def forward(self, top: torch.Tensor, bottom: torch.Tensor) -> torch.Tensor:
+        t = F.interpolate(self.top(top).permute(0, 3, 1, 2), scale_factor=2, mode="nearest")
+        h = self.first(torch.cat([t, self.bottom(bottom).permute(0, 3, 1, 2)], 1))
+        for first, second in zip(self.convs[::2], self.convs[1::2], strict=True):
+            h = h + second(F.elu(first(F.elu(h))))
+        return self.out(F.elu(h))
+
+
+class Enhancement(nn.Module):
+    def __init__(self, vqvae: VQVAE2, context: str, gain: float, postfilter: int, channel_context: int):
+        super().__init__()
+        self.analysis = nn.Conv2d(3, COEFFICIENTS, BLOCK, BLOCK, bias=False)
+        self.synthesis = nn.ConvTranspose2d(COEFFICIENTS, 3, BLOCK, BLOCK, bias=False)
+        with torch.no_grad():
+            self.analysis.weight.copy_(dct_basis())
+            self.synthesis.weight.copy_(dct_basis())
+        self.log_gain = nn.Parameter(torch.full((1, COEFFICIENTS, 1, 1), math.log(gain)))
+        self.context = (CodeContext if context == "codes" else FeatureContext)(vqvae, 96)
+        self.refine = None
+        if channel_context:  # the other coefficients' parameters also see the first ones
+            c = channel_context
+            self.refine = nn.Sequential(
+                nn.Conv2d(2 * COEFFICIENTS + len(FIRST), c, 3, 1, 1),
+                ResBlock(c, c // 2),
+                nn.ReLU(),
+                nn.Conv2d(c, 2 * COEFFICIENTS, 3, 1, 1),
+            )
+            _zero_last(self.refine)
+        self.postfilter = None
+        if postfilter:
+            c = postfilter
+            self.postfilter = nn.Sequential(
+                nn.Conv2d(6, c, 3, 1, 1, padding_mode="replicate"),
+                nn.ReLU(),
+                nn.Conv2d(c, c, 3, 1, 1, padding_mode="replicate"),
+                nn.ReLU(),
+                nn.Conv2d(c, 3, 3, 1, 1, padding_mode="replicate"),
+            )
+            _zero_last(self.postfilter)
+        later = torch.ones(1, COEFFICIENTS, 1, 1)
+        later[:, FIRST] = 0
+        self.register_buffer("later", later, persistent=False)
+
+    def forward(
+        self, x: torch.Tensor, base: torch.Tensor, top: torch.Tensor, bottom: torch.Tensor, noisy: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(enhanced reconstruction, total bits): with ``noisy``, the training proxy (uniform
+        noise for rounding), else the rounded integers."""
+        gain = self.log_gain.exp()
+        y = self.analysis(x - base) * gain
+        params = self.context(top, bottom)
+        noise = torch.empty_like(y).uniform_(-0.5, 0.5)
+        if self.refine is not None:
+            mu = params[:, :COEFFICIENTS]
+            first = (y + noise if noisy else torch.round(y - mu) + mu)[:, FIRST]
+            params = params + self.refine(torch.cat([params, first / 8], 1)) * self.later.repeat(1, 2, 1, 1)
+        mu, log_scale = params.chunk(2, 1)
+        scale = log_scale.exp().clamp_min(SCALE_BOUND)
+        q = torch.round(y - mu)
+        y_hat = y + noise if noisy else q + mu
+        r = y - mu + noise if noisy else q
+        normal = torch.distributions.Normal(0.0, 1.0)
+        likelihood = (normal.cdf((r + 0.5) / scale) - normal.cdf((r - 0.5) / scale)).clamp_min(1e-9)
+        residual = self.synthesis(y_hat / gain)
+        out = base + residual
+        if self.postfilter is not None:
+            out = out + self.postfilter(torch.cat([out, residual], 1))
+        return out, -likelihood.log2().sum()
+
+
+def _zero_last(net: nn.Sequential) -> None:
+    """Zero the last layer, so that a new part starts as no change at all."""
+    nn.init.zeros_(net[-1].weight)
+    nn.init.zeros_(net[-1].bias)
+
+
+@torch.no_grad()
+def base_pass(vqvae: VQVAE2, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The base model's nearest code maps and its reconstruction."""
+    top, bottom = vqvae.encode(x)
+    return top, bottom, vqvae.decode(top, bottom)
+
+
+@torch.no_grad()
+def validate(net: Enhancement, vqvae: VQVAE2, images: list[np.ndarray]) -> dict[str, float]:
+    net.eval()
+    bits = pixels = 0.0
+    errors = {"enhanced": 0.0, "base": 0.0}
+    for rgb in images:
+        h, w = rgb.shape[:2]
+        x = to_tensor(pad_to(rgb, vqvae.config.top_stride))
+        top, bottom, base = base_pass(vqvae, x)
+        out, b = net(x, base, top, bottom, noisy=False)
+        ref = torch.from_numpy(rgb.copy()).permute(2, 0, 1).double()
+        for name, t in (("enhanced", out), ("base", base)):
+            levels = ((t[0, :, :h, :w].double().clamp(-1, 1) + 1) * 127.5).round()
+            errors[name] += float(((levels - ref) ** 2).sum())
+        bits += float(b)
+        pixels += h * w
+    net.train()
+    psnr = {name: 10 * math.log10(255**2 / (e / (3 * pixels))) for name, e in errors.items()}
+    return {"enhancement_bpp": bits / pixels, "psnr": psnr["enhanced"], "base_psnr": psnr["base"]}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", required=True, help="training photos (one in ten held out by name)")
+    p.add_argument("--out", required=True, type=Path, help="training checkpoint (resumed when it exists)")
+    p.add_argument("--base", default="medium", help="frozen base model: preset or model file")
+    p.add_argument("--init", type=Path, help="start from another run's checkpoint (matching layers)")
+    p.add_argument("--lam", type=float, default=0.013)
+    p.add_argument("--gain", type=float, default=8.0, help="initial coefficient gain (1/step on [-1, 1])")
+    p.add_argument("--context", choices=("codes", "features"), default="codes")
+    p.add_argument("--postfilter", type=int, default=0, help="post-filter width (0: none)")
+    p.add_argument("--channel-context", type=int, default=0, help="width of the channel-conditional refinement")
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--crop", type=int, default=128)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--val-every", type=int, default=500)
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    torch.manual_seed(args.seed)
+
+    vqvae = load_model(model_file(args.base)).vqvae.eval().requires_grad_(False)
+    net = Enhancement(vqvae, args.context, args.gain, args.postfilter, args.channel_context)
+    settings = TrainSettings(
+        steps=args.steps, batch=args.batch, crop=args.crop, lr=args.lr, seed=args.seed,
+        val_every=args.val_every, checkpoint_every=args.val_every,
+    )  # fmt: skip
+    meta = {"stage": "enhancement", "base": args.base, "lam": args.lam, "context": args.context}
+    run = Run(args.out, {"enhancement": net}, settings, meta)
+    run.resume()
+    if run.step == 0 and args.init:
+        prefix = "enhancement."
+        theirs = {k[len(prefix) :]: v for k, v in load_file(str(args.init)).items() if k.startswith(prefix)}
+        own = net.state_dict()
+        net.load_state_dict({k: v for k, v in theirs.items() if k in own and own[k].shape == v.shape}, strict=False)
+    train_files, val_files = data.split(args.data)
+    sampler = data.CropSampler(data.load_rgb(train_files), settings.crop, run.generator)
+    val_images = data.load_rgb(val_files)
+
+    def train_step() -> dict[str, float]:
+        x = sampler.sample(settings.batch)
+        top, bottom, base = base_pass(vqvae, x)
+        out, bits = net(x, base, top, bottom, noisy=True)
+        bpp = bits / (x.shape[0] * x.shape[2] * x.shape[3])
+        mse = F.mse_loss(out, x) / 4  # on [0, 1]
+        loss = bpp + args.lam * 255**2 * mse
+        loss.backward()
+        return {"loss": loss.item(), "bpp": bpp.item(), "psnr": -10 * math.log10(mse.item())}
+
+    run.loop(train_step, lambda: validate(net, vqvae, val_images))
+
+
+if __name__ == "__main__":
+    main()
