@@ -15,7 +15,7 @@ a fraction of a percent) and the aggregate PSNR of the enhanced and of the base 
 The base's own bits come from the codec (``--rdo 0`` files); see docs/models/medium.md.
 
     python training/experiments/enhancement_layer.py --data TRAIN --out RUN.safetensors \
-        --lam 0.013 --postfilter 32 --context codes --steps 3000
+        --lam 0.013 --postfilter 32 --steps 8000
 
 Resumes from ``--out`` (a training checkpoint) when it exists; ``--init`` starts from another
 run's checkpoint, taking the layers whose shapes match.
@@ -63,8 +63,9 @@ def dct_basis() -> torch.Tensor:
 
 
 class FeatureContext(nn.Module):
-    """Gaussian parameters from the base synthesis' float input (an upper bound to aim at: the
-    decoder could not reproduce these floats exactly on every machine)."""
+    """Gaussian parameters from the base synthesis' input: the code vectors, the top ones through
+    the base's learnt 2x upsampling, a linear function of the codes (integer-exact once its
+    weights and the code vectors are 8-bit, as the priors' are), then a residual stack."""
 
     def __init__(self, vqvae: VQVAE2, channels: int):
         super().__init__()
@@ -86,9 +87,9 @@ class FeatureContext(nn.Module):
 
 
 class CodeContext(nn.Module):
-    """Gaussian parameters from the base code maps alone: embeddings of both maps (started from
-    the base codebooks; the top one repeated 2x) and a residual stack with ELUs, what the integer
-    prior's operations compute exactly on any machine."""
+    """Gaussian parameters from the base code maps through embeddings of their own (started from
+    the base codebooks; the top one repeated 2x) and a residual stack with ELUs: the operations
+    the integer prior already has."""
 
     def __init__(self, vqvae: VQVAE2, channels: int, blocks: int = 2):
         super().__init__()
@@ -107,9 +108,24 @@ class CodeContext(nn.Module):
 
 
 class Enhancement(nn.Module):
-    def __init__(self, vqvae: VQVAE2, context: str, gain: float, postfilter: int, channel_context: int):
+    def __init__(
+        self, vqvae: VQVAE2, context: str, gain: float, postfilter: int, channel_context: int, analysis: int = 0
+    ):
         super().__init__()
         self.analysis = nn.Conv2d(3, COEFFICIENTS, BLOCK, BLOCK, bias=False)
+        self.nonlinear = None
+        if analysis:  # the encoder's own correction of the coefficients: the decoder never runs it
+            c = analysis
+            self.nonlinear = nn.Sequential(
+                nn.Conv2d(6, c, 4, 2, 1),
+                nn.ReLU(),
+                nn.Conv2d(c, c, 4, 2, 1),
+                nn.ReLU(),
+                nn.Conv2d(c, c, 3, 1, 1),
+                nn.ReLU(),
+                nn.Conv2d(c, COEFFICIENTS, 3, 1, 1),
+            )
+            _zero_last(self.nonlinear)
         self.synthesis = nn.ConvTranspose2d(COEFFICIENTS, 3, BLOCK, BLOCK, bias=False)
         with torch.no_grad():
             self.analysis.weight.copy_(dct_basis())
@@ -147,7 +163,10 @@ class Enhancement(nn.Module):
         """(enhanced reconstruction, total bits): with ``noisy``, the training proxy (uniform
         noise for rounding), else the rounded integers."""
         gain = self.log_gain.exp()
-        y = self.analysis(x - base) * gain
+        t = self.analysis(x - base)
+        if self.nonlinear is not None:
+            t = t + self.nonlinear(torch.cat([x - base, base], 1))
+        y = t * gain
         params = self.context(top, bottom)
         noise = torch.empty_like(y).uniform_(-0.5, 0.5)
         if self.refine is not None:
@@ -210,9 +229,10 @@ def main() -> None:
     p.add_argument("--init", type=Path, help="start from another run's checkpoint (matching layers)")
     p.add_argument("--lam", type=float, default=0.013)
     p.add_argument("--gain", type=float, default=8.0, help="initial coefficient gain (1/step on [-1, 1])")
-    p.add_argument("--context", choices=("codes", "features"), default="codes")
+    p.add_argument("--context", choices=("features", "codes"), default="features")
     p.add_argument("--postfilter", type=int, default=0, help="post-filter width (0: none)")
     p.add_argument("--channel-context", type=int, default=0, help="width of the channel-conditional refinement")
+    p.add_argument("--analysis", type=int, default=0, help="width of a nonlinear correction of the analysis (0: none)")
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--crop", type=int, default=128)
@@ -224,7 +244,7 @@ def main() -> None:
     torch.manual_seed(args.seed)
 
     vqvae = load_model(model_file(args.base)).vqvae.eval().requires_grad_(False)
-    net = Enhancement(vqvae, args.context, args.gain, args.postfilter, args.channel_context)
+    net = Enhancement(vqvae, args.context, args.gain, args.postfilter, args.channel_context, args.analysis)
     settings = TrainSettings(
         steps=args.steps, batch=args.batch, crop=args.crop, lr=args.lr, seed=args.seed,
         val_every=args.val_every, checkpoint_every=args.val_every,
