@@ -221,6 +221,27 @@ def validate(net: Enhancement, vqvae: VQVAE2, images: list[np.ndarray]) -> dict[
     return {"enhancement_bpp": bits / pixels, "psnr": psnr["enhanced"], "base_psnr": psnr["base"]}
 
 
+@torch.no_grad()
+def evaluate(net: Enhancement, vqvae: VQVAE2, base_name: str, folder: str) -> dict[str, float]:
+    """Every image of ``folder``, as the bench reports a codec: mean bits per pixel (the base's
+    ``--rdo 0`` file + the enhancement's bits) and mean per-image PSNR."""
+    import vqcodec
+
+    codec = vqcodec.load(preset=base_name, device="cpu", rdo=0)
+    net.eval()
+    bpp, psnr = [], []
+    for rgb in data.load_rgb(data.image_files(folder)):
+        h, w = rgb.shape[:2]
+        x = to_tensor(pad_to(rgb, vqvae.config.top_stride))
+        top, bottom, base = base_pass(vqvae, x)
+        out, bits = net(x, base, top, bottom, noisy=False)
+        levels = ((out[0, :, :h, :w].double().clamp(-1, 1) + 1) * 127.5).round()
+        mse = float(((levels - torch.from_numpy(rgb.copy()).permute(2, 0, 1).double()) ** 2).mean())
+        bpp.append((8 * len(codec.compress(rgb)) + float(bits)) / (h * w))
+        psnr.append(10 * math.log10(255**2 / mse))
+    return {"bpp": float(np.mean(bpp)), "psnr": float(np.mean(psnr))}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", required=True, help="training photos (one in ten held out by name)")
@@ -239,6 +260,7 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--val-every", type=int, default=500)
+    p.add_argument("--evaluate", metavar="FOLDER", help="only evaluate --init on every image of FOLDER")
     args = p.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
@@ -257,6 +279,9 @@ def main() -> None:
         theirs = {k[len(prefix) :]: v for k, v in load_file(str(args.init)).items() if k.startswith(prefix)}
         own = net.state_dict()
         net.load_state_dict({k: v for k, v in theirs.items() if k in own and own[k].shape == v.shape}, strict=False)
+    if args.evaluate:
+        print(evaluate(net, vqvae, args.base, args.evaluate))
+        return
     train_files, val_files = data.split(args.data)
     sampler = data.CropSampler(data.load_rgb(train_files), settings.crop, run.generator)
     val_images = data.load_rgb(val_files)
