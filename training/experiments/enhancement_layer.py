@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import math
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -63,13 +64,13 @@ def dct_basis() -> torch.Tensor:
 
 
 class FeatureContext(nn.Module):
-    """Gaussian parameters from the base synthesis' input: the code vectors, the top ones through
-    the base's learnt 2x upsampling, a linear function of the codes (integer-exact once its
-    weights and the code vectors are 8-bit, as the priors' are), then a residual stack."""
+    """Gaussian parameters from the base synthesis' input (``VQVAE2.synthesis_input``): the code
+    vectors, the top ones through the base's learnt 2x upsampling, a linear function of the codes
+    (integer-exact once its weights and the code vectors are 8-bit, as the priors' are), then a
+    residual stack."""
 
     def __init__(self, vqvae: VQVAE2, channels: int):
         super().__init__()
-        self.vqvae = vqvae
         e = 2 * vqvae.config.embed_dim
         self.net = nn.Sequential(
             nn.Conv2d(e, channels, 3, 1, 1),
@@ -79,11 +80,8 @@ class FeatureContext(nn.Module):
             nn.Conv2d(channels, 2 * COEFFICIENTS, 3, 1, 1),
         )
 
-    def forward(self, top: torch.Tensor, bottom: torch.Tensor) -> torch.Tensor:
-        v = self.vqvae
-        with torch.no_grad():
-            features = torch.cat([v.upsample_t(v.quantize_t.lookup(top)), v.quantize_b.lookup(bottom)], 1)
-        return self.net(features)
+    def forward(self, base: BasePass) -> torch.Tensor:
+        return self.net(base.features)
 
 
 class CodeContext(nn.Module):
@@ -99,9 +97,9 @@ class CodeContext(nn.Module):
         self.convs = nn.ModuleList(nn.Conv2d(channels, channels, 3, 1, 1) for _ in range(2 * blocks))
         self.out = nn.Conv2d(channels, 2 * COEFFICIENTS, 3, 1, 1)
 
-    def forward(self, top: torch.Tensor, bottom: torch.Tensor) -> torch.Tensor:
-        t = F.interpolate(self.top(top).permute(0, 3, 1, 2), scale_factor=2, mode="nearest")
-        h = self.first(torch.cat([t, self.bottom(bottom).permute(0, 3, 1, 2)], 1))
+    def forward(self, base: BasePass) -> torch.Tensor:
+        t = F.interpolate(self.top(base.top).permute(0, 3, 1, 2), scale_factor=2, mode="nearest")
+        h = self.first(torch.cat([t, self.bottom(base.bottom).permute(0, 3, 1, 2)], 1))
         for first, second in zip(self.convs[::2], self.convs[1::2], strict=True):
             h = h + second(F.elu(first(F.elu(h))))
         return self.out(F.elu(h))
@@ -157,17 +155,15 @@ class Enhancement(nn.Module):
         later[:, FIRST] = 0
         self.register_buffer("later", later, persistent=False)
 
-    def forward(
-        self, x: torch.Tensor, base: torch.Tensor, top: torch.Tensor, bottom: torch.Tensor, noisy: bool
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, base: BasePass, noisy: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """(enhanced reconstruction, total bits): with ``noisy``, the training proxy (uniform
         noise for rounding), else the rounded integers."""
         gain = self.log_gain.exp()
-        t = self.analysis(x - base)
+        t = self.analysis(x - base.recon)
         if self.nonlinear is not None:
-            t = t + self.nonlinear(torch.cat([x - base, base], 1))
+            t = t + self.nonlinear(torch.cat([x - base.recon, base.recon], 1))
         y = t * gain
-        params = self.context(top, bottom)
+        params = self.context(base)
         noise = torch.empty_like(y).uniform_(-0.5, 0.5)
         if self.refine is not None:
             mu = params[:, :COEFFICIENTS]
@@ -181,7 +177,7 @@ class Enhancement(nn.Module):
         normal = torch.distributions.Normal(0.0, 1.0)
         likelihood = (normal.cdf((r + 0.5) / scale) - normal.cdf((r - 0.5) / scale)).clamp_min(1e-9)
         residual = self.synthesis(y_hat / gain)
-        out = base + residual
+        out = base.recon + residual
         if self.postfilter is not None:
             out = out + self.postfilter(torch.cat([out, residual], 1))
         return out, -likelihood.log2().sum()
@@ -193,53 +189,75 @@ def _zero_last(net: nn.Sequential) -> None:
     nn.init.zeros_(net[-1].bias)
 
 
+class BasePass(NamedTuple):
+    """What the frozen base gives the enhancement: its nearest code maps, its synthesis' input
+    and its reconstruction."""
+
+    top: torch.Tensor
+    bottom: torch.Tensor
+    features: torch.Tensor
+    recon: torch.Tensor
+
+
 @torch.no_grad()
-def base_pass(vqvae: VQVAE2, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The base model's nearest code maps and its reconstruction."""
+def base_pass(vqvae: VQVAE2, x: torch.Tensor) -> BasePass:
     top, bottom = vqvae.encode(x)
-    return top, bottom, vqvae.decode(top, bottom)
+    features = vqvae.synthesis_input(vqvae.quantize_t.lookup(top), vqvae.quantize_b.lookup(bottom))
+    return BasePass(top, bottom, features, vqvae.dec(features))
 
 
 @torch.no_grad()
+def enhance(net: Enhancement, vqvae: VQVAE2, rgb: np.ndarray) -> tuple[dict[str, float], float]:
+    """One image through base and enhancement (rounded integers): the summed squared error of
+    each reconstruction in 8-bit levels, and the enhancement's bits."""
+    h, w = rgb.shape[:2]
+    x = to_tensor(pad_to(rgb, vqvae.config.top_stride))
+    base = base_pass(vqvae, x)
+    out, bits = net(x, base, noisy=False)
+    ref = torch.from_numpy(rgb.copy()).permute(2, 0, 1).double()
+    errors = {}
+    for name, t in (("enhanced", out), ("base", base.recon)):
+        levels = ((t[0, :, :h, :w].double().clamp(-1, 1) + 1) * 127.5).round()
+        errors[name] = float(((levels - ref) ** 2).sum())
+    return errors, float(bits)
+
+
+def psnr(squared_error: float, values: float) -> float:
+    return 10 * math.log10(255**2 / (squared_error / values))
+
+
 def validate(net: Enhancement, vqvae: VQVAE2, images: list[np.ndarray]) -> dict[str, float]:
+    """The enhancement's bits per pixel and the aggregate PSNR of both reconstructions."""
     net.eval()
     bits = pixels = 0.0
     errors = {"enhanced": 0.0, "base": 0.0}
     for rgb in images:
-        h, w = rgb.shape[:2]
-        x = to_tensor(pad_to(rgb, vqvae.config.top_stride))
-        top, bottom, base = base_pass(vqvae, x)
-        out, b = net(x, base, top, bottom, noisy=False)
-        ref = torch.from_numpy(rgb.copy()).permute(2, 0, 1).double()
-        for name, t in (("enhanced", out), ("base", base)):
-            levels = ((t[0, :, :h, :w].double().clamp(-1, 1) + 1) * 127.5).round()
-            errors[name] += float(((levels - ref) ** 2).sum())
-        bits += float(b)
-        pixels += h * w
+        e, b = enhance(net, vqvae, rgb)
+        errors = {name: errors[name] + e[name] for name in errors}
+        bits += b
+        pixels += rgb.shape[0] * rgb.shape[1]
     net.train()
-    psnr = {name: 10 * math.log10(255**2 / (e / (3 * pixels))) for name, e in errors.items()}
-    return {"enhancement_bpp": bits / pixels, "psnr": psnr["enhanced"], "base_psnr": psnr["base"]}
+    return {
+        "enhancement_bpp": bits / pixels,
+        "psnr": psnr(errors["enhanced"], 3 * pixels),
+        "base_psnr": psnr(errors["base"], 3 * pixels),
+    }
 
 
-@torch.no_grad()
 def evaluate(net: Enhancement, vqvae: VQVAE2, base_name: str, folder: str) -> dict[str, float]:
     """Every image of ``folder``, as the bench reports a codec: mean bits per pixel (the base's
     ``--rdo 0`` file + the enhancement's bits) and mean per-image PSNR."""
     import vqcodec
 
-    codec = vqcodec.load(preset=base_name, device="cpu", rdo=0)
+    codec = vqcodec.load(path=model_file(base_name), device="cpu", rdo=0)
     net.eval()
-    bpp, psnr = [], []
+    bpp, psnrs = [], []
     for rgb in data.load_rgb(data.image_files(folder)):
-        h, w = rgb.shape[:2]
-        x = to_tensor(pad_to(rgb, vqvae.config.top_stride))
-        top, bottom, base = base_pass(vqvae, x)
-        out, bits = net(x, base, top, bottom, noisy=False)
-        levels = ((out[0, :, :h, :w].double().clamp(-1, 1) + 1) * 127.5).round()
-        mse = float(((levels - torch.from_numpy(rgb.copy()).permute(2, 0, 1).double()) ** 2).mean())
-        bpp.append((8 * len(codec.compress(rgb)) + float(bits)) / (h * w))
-        psnr.append(10 * math.log10(255**2 / mse))
-    return {"bpp": float(np.mean(bpp)), "psnr": float(np.mean(psnr))}
+        errors, bits = enhance(net, vqvae, rgb)
+        pixels = rgb.shape[0] * rgb.shape[1]
+        bpp.append((8 * len(codec.compress(rgb)) + bits) / pixels)
+        psnrs.append(psnr(errors["enhanced"], 3 * pixels))
+    return {"bpp": float(np.mean(bpp)), "psnr": float(np.mean(psnrs))}
 
 
 def main() -> None:
@@ -288,8 +306,7 @@ def main() -> None:
 
     def train_step() -> dict[str, float]:
         x = sampler.sample(settings.batch)
-        top, bottom, base = base_pass(vqvae, x)
-        out, bits = net(x, base, top, bottom, noisy=True)
+        out, bits = net(x, base_pass(vqvae, x), noisy=True)
         bpp = bits / (x.shape[0] * x.shape[2] * x.shape[3])
         mse = F.mse_loss(out, x) / 4  # on [0, 1]
         loss = bpp + args.lam * 255**2 * mse

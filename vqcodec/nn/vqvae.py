@@ -190,9 +190,14 @@ class VQVAE2(nn.Module):
             bottom = self.quantize_b.candidates(z_b, k)
         return top, bottom
 
+    def synthesis_input(self, q_t: torch.Tensor, q_b: torch.Tensor) -> torch.Tensor:
+        """What the synthesis network reads: the top code vectors upsampled to the bottom map's
+        resolution, joined with the bottom ones."""
+        return torch.cat([self.upsample_t(q_t), q_b], 1)
+
     def synthesise(self, q_t: torch.Tensor, q_b: torch.Tensor) -> torch.Tensor:
         """Images from code vectors (not indices): differentiable, for training and for RDO."""
-        return self.dec(torch.cat([self.upsample_t(q_t), q_b], 1))
+        return self.dec(self.synthesis_input(q_t, q_b))
 
     def synthesise_maps(self, top: torch.Tensor, bottom: torch.Tensor) -> torch.Tensor:
         """Images from code maps (indices), differentiable: what stage 3 trains."""
