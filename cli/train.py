@@ -19,7 +19,8 @@ from .options import finite
 @main.group()
 def train() -> None:
     """Train models: `train vqvae` first, then `train prior` on its code maps; `train decoder`
-    fine-tunes a finished model's synthesis, `train combine` joins it to retrained priors."""
+    fine-tunes a finished model's synthesis, `train combine` joins it to retrained priors;
+    `train enhancement` adds a layer for higher rates."""
 
 
 def _settings_options(crop_default: int, crop_help: str):
@@ -136,6 +137,28 @@ def train_decoder_command(source: str, folder: Path, out: Path, **kwargs) -> Non
     sizes = {k: kwargs.pop(k) for k in [k for k in kwargs if k.startswith("synth_")]}
     grow = {k: v for k, v in sizes.items() if v is not None}
     _training("synthesis").train_decoder(source, folder, checkpoint, out, _settings(kwargs), grow)
+    _report_model(out, checkpoint)
+
+
+@train.command(name="enhancement")
+@click.option("--model", "source", required=True, metavar="PRESET|PATH", help="The finished model to enhance.")
+@click.option("--data", "folder", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Enhanced model file.")
+@click.option(
+    "--lam",
+    type=click.FloatRange(min=0, min_open=True),
+    required=True,
+    callback=finite,
+    help="Rate: loss = bits per pixel + LAM x 255^2 x MSE (larger: more bits, higher quality).",
+)
+@click.option("--layer", type=click.IntRange(1), help="Continue this layer of MODEL (1-based) instead of adding one.")
+@_settings_options(128, "Crop side in pixels.")
+def train_enhancement_command(source: str, folder: Path, out: Path, lam: float, layer: int | None, **kwargs) -> None:
+    """Stage 4: train an enhancement layer over MODEL, which stays frozen (its files still
+    decode): coefficients of what its synthesis misses, for rates above its own. Writes MODEL with
+    the layer to OUT (the new model has its own identifier). Add layers from the lowest rate up."""
+    checkpoint = out.with_name(out.name + ".ckpt")
+    _training("enhancement").train_enhancement(source, folder, checkpoint, out, lam, _settings(kwargs), layer)
     _report_model(out, checkpoint)
 
 

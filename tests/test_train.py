@@ -341,3 +341,24 @@ def test_replicated_edges_start_from_a_zero_edged_model(folder, model_file, tmp_
     assert not torch.allclose(replicated, zeros)
     with pytest.raises(vqcodec.ModelError, match="VQ-VAE"):
         train_vqvae(folder, tmp_path / "edges.ckpt", "tiny", still)
+
+
+def test_enhancement_stage_adds_and_continues_layers_over_a_frozen_model(folder, model_file, tmp_path):
+    from vqcodec.training.enhancement import train_enhancement
+
+    first = train_enhancement(model_file, folder, tmp_path / "e1.ckpt", tmp_path / "e1.safetensors", 0.01, SETTINGS)
+    second = train_enhancement(first, folder, tmp_path / "e2.ckpt", tmp_path / "e2.safetensors", 0.05, SETTINGS)
+    again = train_enhancement(second, folder, tmp_path / "e3.ckpt", tmp_path / "e3.safetensors", 0.05, SETTINGS, 2)
+    base, one, two = (load_model(p) for p in (model_file, first, again))
+    assert (len(one.enhancements), len(two.enhancements)) == (1, 2)
+    assert all(torch.equal(t, two.state_dict()[name]) for name, t in base.state_dict().items())
+    assert all(torch.equal(t, two.enhancements[0].state_dict()[n]) for n, t in one.enhancements[0].state_dict().items())
+    val = [json.loads(line) for line in (tmp_path / "e1.jsonl").read_text().splitlines()][-1]
+    assert val["split"] == "val" and val["enhancement_bpp"] > 0 and val["psnr"] > 0
+    codec, plain = vqcodec.load(path=again, device="cpu"), vqcodec.load(path=model_file, device="cpu")
+    image = smooth_image(np.random.default_rng(5), 40, 48)
+    ours, theirs = (c.decode_codes(c.compress(image, rdo=0)) for c in (codec, plain))
+    assert np.array_equal(ours.top, theirs.top) and np.array_equal(ours.bottom, theirs.bottom)
+    assert codec.decode_codes(codec.compress(image, enhancement=2, rdo=0)).enhancement.layer == 2
+    with pytest.raises(vqcodec.ModelError, match="no layer 3"):
+        train_enhancement(again, folder, tmp_path / "e4.ckpt", tmp_path / "e4.safetensors", 0.05, SETTINGS, 3)

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .coding import mapcoder, partial, restoration, tiles
+from .coding import enhancement, mapcoder, partial, restoration, tiles
+from .coding.enhancement import IntegerContext
 from .coding.mapcoder import MapLayout, MapStats
 from .coding.qprior import IntegerPrior
 from .coding.rdo import CANDIDATES, Terms, choose, curvature_margin, window_terms
@@ -41,7 +42,7 @@ from .nn.model import CodecModel
 from .quality import operating_point
 from .settings import Settings
 from .threads import one_torch_thread, use_threads
-from .timing import QUANTIZATION, RESTORATION, SYNTHESIS, Timer, no_timer
+from .timing import ENHANCEMENT, QUANTIZATION, RESTORATION, SYNTHESIS, Timer, no_timer
 from .zoo import catalog
 from .zoo.weights import load_model, model_id
 
@@ -85,11 +86,23 @@ def vqc_bytes(data: VqcLike) -> bytes:
 
 
 @dataclass(frozen=True)
+class Coefficients:
+    """An enhancement layer's dequantised coefficients (H/s, W/s, 48) of one image: the model's
+    ``layer`` (1-based) at quantisation ``step`` (``nn.enhancement.step_factor``)."""
+
+    layer: int
+    step: int
+    values: np.ndarray
+
+
+@dataclass(frozen=True)
 class CodeMaps:
-    """The top (H/2s, W/2s) and bottom (H/s, W/s) code index maps of one image."""
+    """The top (H/2s, W/2s) and bottom (H/s, W/s) code index maps of one image, and the
+    coefficients of an enhancement layer where it has one."""
 
     top: np.ndarray
     bottom: np.ndarray
+    enhancement: Coefficients | None = None
 
 
 @dataclass(frozen=True)
@@ -214,6 +227,8 @@ class Codec:
         self._substitutes = tuple(
             _nearest_other(q.embed, q.embed.shape[0] - 1) for q in (vqvae.quantize_t, vqvae.quantize_b)
         )
+        #: The integer context of each enhancement layer (``coding.enhancement``).
+        self.contexts = [IntegerContext(layer, self.device) for layer in self.model.enhancements]
 
     def with_settings(self, settings: Settings | None = None, *, quality: int | None = None, **overrides: Any) -> Codec:
         """This codec writing with ``settings`` (by default its own), at the operating point of
@@ -242,6 +257,8 @@ class Codec:
         if quality is not None or overrides:
             return self.with_settings(quality=quality, **overrides).encode_many(images, timer)
         s = self.settings
+        if s.enhancement > len(self.contexts):
+            raise UsageError(f"enhancement layer {s.enhancement}: the model ({self.name}) has {len(self.contexts)}")
         pics = [read_image(image, self.max_pixels) for image in images]
         sizes = [scaled_size(*pic.size, s.scale, self.max_pixels) for pic in pics]
         coded = self._code_maps([resample(p.rgb, *size) for p, size in zip(pics, sizes, strict=True)], timer)
@@ -252,15 +269,44 @@ class Codec:
         top_substitute, bottom_substitute = self._substitutes
         top_coded = mapcoder.encode(top_prior, tops, top_maps, top_substitute, timer)
         bottom_coded = mapcoder.encode(bottom_prior, bottoms, bottom_maps, bottom_substitute, timer)
-        filters = [
-            self._fit_restoration(pic, size, CodeMaps(top, bottom), synthesis, len(t[0]) + len(b[0]), timer)
-            for pic, size, top, bottom, synthesis, t, b in zip(
-                pics, sizes, tops, bottoms, syntheses, top_coded, bottom_coded, strict=True
-            )
-        ]
-        return [
-            self._pack(*args) for args in zip(pics, sizes, tops, bottoms, top_coded, bottom_coded, filters, strict=True)
-        ]
+        if s.enhancement:
+            enhanced = [
+                self._enhance(p.rgb, top, bottom, timer) for p, top, bottom in zip(pics, tops, bottoms, strict=True)
+            ]
+            filters = [None] * len(pics)
+        else:
+            enhanced = [(CodeMaps(top, bottom), b"") for top, bottom in zip(tops, bottoms, strict=True)]
+            filters = [
+                self._fit_restoration(pic, size, codes, synthesis, len(t[0]) + len(b[0]), timer)
+                for pic, size, (codes, _), synthesis, t, b in zip(
+                    pics, sizes, enhanced, syntheses, top_coded, bottom_coded, strict=True
+                )
+            ]
+        return [self._pack(*args) for args in zip(pics, sizes, enhanced, top_coded, bottom_coded, filters, strict=True)]
+
+    def _enhance(self, rgb: np.ndarray, top: np.ndarray, bottom: np.ndarray, timer: Timer) -> tuple[CodeMaps, bytes]:
+        """The code maps with the coefficients of the settings' enhancement layer, and its record:
+        the residual of each synthesis window's image, rounded around the integer context's means."""
+        s = self.settings
+        layer = self.model.enhancements[s.enhancement - 1]
+        with timer(ENHANCEMENT):
+            mean, index = self.contexts[s.enhancement - 1](top, bottom, s.enhancement_step)
+
+        def analyse(x: torch.Tensor, outer: tiles.Region) -> list[torch.Tensor]:
+            window = (outer.take(top), outer.scaled(2).take(bottom))
+            t, b = (torch.as_tensor(m, device=self.device).unsqueeze(0) for m in window)
+            with timer(SYNTHESIS):
+                base = self.model.vqvae.decode(t, b)
+            with timer(ENHANCEMENT):
+                return [layer.coefficients(x, base, s.enhancement_step).permute(0, 2, 3, 1)]
+
+        (y,) = self._analyse(rgb, analyse)
+        with timer(ENHANCEMENT):
+            q = enhancement.quantise(y, mean)
+            stream = enhancement.encode(q, index, self.contexts[s.enhancement - 1].tables)
+        values = enhancement.dequantise(q, mean)
+        record = container.enhancement_record(s.enhancement, s.enhancement_step, enhancement.crc(q), stream)
+        return CodeMaps(top, bottom, Coefficients(s.enhancement, s.enhancement_step, values)), record
 
     def _fit_restoration(
         self,
@@ -295,19 +341,21 @@ class Codec:
         self,
         pic: Picture,
         coded_size: tuple[int, int],
-        top: np.ndarray,
-        bottom: np.ndarray,
+        enhanced: tuple[CodeMaps, bytes],
         top_coded: tuple[bytes, MapStats],
         bottom_coded: tuple[bytes, MapStats],
         restored: Filter | None,
     ) -> Encoded:
         width, height = pic.size
+        codes, record = enhanced
+        top, bottom = codes.top, codes.bottom
         streams = Streams(
             top_coded[0],
             bottom_coded[0],
             container.compress_alpha(pic.alpha) if pic.alpha is not None else b"",
             b"" if self.settings.strip_metadata else container.encode_metadata(pic.metadata),
             restoration.to_bytes(restored) if restored is not None else b"",
+            record,
         )
         header = Header(
             channels=pic.channels, tile=self.settings.tile, model_id=self.model_id, width=width, height=height,
@@ -319,7 +367,7 @@ class Codec:
             | (container.FLAG_SEGMENTS if mapcoder.needs_segments(top.shape, bottom.shape, self.settings.tile) else 0),
         )  # fmt: skip
         data = container.pack(header, streams)
-        return Encoded(data, CodeMaps(top, bottom), top_coded[1], bottom_coded[1], width, height, coded_size, restored)
+        return Encoded(data, codes, top_coded[1], bottom_coded[1], width, height, coded_size, restored)
 
     def _code_maps(
         self, images: list[np.ndarray], timer: Timer
@@ -422,8 +470,27 @@ class Codec:
                     "(different hardware or software); no image was written"
                 )
             meta = container.decode_metadata(stream.metadata)
-            decoded.append((CodeMaps(top, bottom), header, alpha, meta, restored))
+            coefficients = self._coefficients(stream.enhancement, top, bottom, timer) if stream.enhancement else None
+            decoded.append((CodeMaps(top, bottom, coefficients), header, alpha, meta, restored))
         return decoded
+
+    def _coefficients(self, record: bytes, top: np.ndarray, bottom: np.ndarray, timer: Timer) -> Coefficients:
+        """The enhancement coefficients of a file's record, checked against its CRC."""
+        layer, step, crc, stream = container.read_enhancement(record)
+        if layer > len(self.contexts):
+            raise FormatError(
+                f"this file uses enhancement layer {layer}, but the loaded model ({self.name}) has {len(self.contexts)}"
+            )
+        context = self.contexts[layer - 1]
+        with timer(ENHANCEMENT):
+            mean, index = context(top, bottom, step)
+            q = enhancement.decode(stream, index, context.tables)
+        if enhancement.crc(q) != crc:
+            raise DecodeMismatchError(
+                "decoded enhancement fails its checksum: the file is damaged or forged, or, if it is "
+                "known to be intact, this decoder's probabilities differ from the encoder's; no image was written"
+            )
+        return Coefficients(layer, step, enhancement.dequantise(q, mean))
 
     def _decode_map_pairs(
         self,
@@ -533,7 +600,13 @@ class Codec:
             top = torch.as_tensor(outer.take(codes.top), device=self.device).unsqueeze(0)
             bottom = torch.as_tensor(outer.scaled(2).take(codes.bottom), device=self.device).unsqueeze(0)
             with timer(SYNTHESIS):
-                return to_rgb(self.model.vqvae.decode(top, bottom))
+                image = self.model.vqvae.decode(top, bottom)
+            e = codes.enhancement
+            if e is not None:
+                y = torch.as_tensor(outer.scaled(2).take(e.values), device=self.device).permute(2, 0, 1).unsqueeze(0)
+                with timer(ENHANCEMENT):
+                    image = self.model.enhancements[e.layer - 1].synthesise(image, y, e.step)
+            return to_rgb(image)
 
         out = np.zeros((codes.top.shape[0] * s, codes.top.shape[1] * s, 3), dtype=np.uint8)
         for inner, outer, pixels in self._each_window(codes.top.shape, window, windows):
@@ -576,7 +649,7 @@ class Codec:
         """The image stored in ``.vqc`` bytes (mode L, LA, RGB or RGBA, as compressed); with
         ``region`` (x, y, width, height), that rectangle of it, exactly as in the whole image,
         decoding only the segments of the maps and the synthesis windows it needs (files whose
-        maps are not in segments decode their maps whole)."""
+        maps are not in segments, or with an enhancement layer, decode their maps whole)."""
         if region is None:
             return self.decompress_many([data], timer)[0]
         return self._decompress_region(vqc_bytes(data), region, timer)
@@ -592,9 +665,15 @@ class Codec:
         xs = partial.source_span(x - r, x + w + r, header.width, coded[0])
         ys = partial.source_span(y - r, y + h + r, header.height, coded[1])
         windows = partial.windows(xs, ys, header.top_shape, self.top_stride, WINDOW, WINDOW_MARGIN)
-        wanted = partial.segments([o for _, o in windows], header.top_shape, header.tile)
-        (top,), (bottom,) = self._decode_map_pairs([header], [streams], timer, [wanted])
-        codes = CodeMaps(top, bottom)
+        # An enhancement layer's coefficients are coded in one stream, by scale, from the whole maps.
+        wanted = (
+            None
+            if header.has_enhancement
+            else [partial.segments([o for _, o in windows], header.top_shape, header.tile)]
+        )
+        (top,), (bottom,) = self._decode_map_pairs([header], [streams], timer, wanted)
+        coefficients = self._coefficients(streams.enhancement, top, bottom, timer) if header.has_enhancement else None
+        codes = CodeMaps(top, bottom, coefficients)
         pixels = self._pixels(codes, header.width, header.height, timer, coded, restored, windows, (y, y + h))
         alpha = container.decompress_alpha(streams.alpha, (header.height, header.width)) if header.has_alpha else None
         crop = np.s_[y : y + h, x : x + w]

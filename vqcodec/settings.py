@@ -29,7 +29,12 @@ class Settings:
     and the time), below 1 for lower ones. ``tile``: side of the regions the priors code
     independently (smaller: faster decoding, a little larger files). ``restore``: fit a
     restoration filter to each image and write it where it is worth its bytes (``coding.
-    restoration``). ``strip_metadata``: leave the image's ICC profile and EXIF data out."""
+    restoration``). ``strip_metadata``: leave the image's ICC profile and EXIF data out.
+    ``enhancement``: code the model's enhancement layer of that number (1-based; 0: none) on
+    top of the code maps, for rates above theirs, at quantisation step 2^(``enhancement_step``
+    / 8) of the layer's own (``-MAX_ENHANCEMENT_STEP..MAX_ENHANCEMENT_STEP``; larger: smaller
+    files); the image is then coded at its own size (``scale`` 1) and needs no restoration
+    filter."""
 
     rdo: float = DEFAULT_RDO
     rdo_passes: int = 1
@@ -37,6 +42,8 @@ class Settings:
     tile: int = DEFAULT_TILE
     restore: bool = True
     strip_metadata: bool = False
+    enhancement: int = 0
+    enhancement_step: int = 0
 
     def __post_init__(self) -> None:
         if not isinstance(self.rdo, numbers.Real) or not 0 <= self.rdo < math.inf:
@@ -47,6 +54,13 @@ class Settings:
             raise UsageError(f"scale must be in {MIN_SCALE:g}..{MAX_SCALE:g}, got {self.scale!r}")
         if not _whole(self.tile) or not 1 <= self.tile <= MAX_TILE:
             raise UsageError(f"tile must be in 1..{MAX_TILE}, got {self.tile!r}")
+        if not _whole(self.enhancement) or not 0 <= self.enhancement <= MAX_ENHANCEMENT_LAYER:
+            raise UsageError(f"enhancement must be a layer in 0..{MAX_ENHANCEMENT_LAYER}, got {self.enhancement!r}")
+        m = MAX_ENHANCEMENT_STEP
+        if not _whole(self.enhancement_step) or not -m <= self.enhancement_step <= m:
+            raise UsageError(f"enhancement_step must be in {-m}..{m}, got {self.enhancement_step!r}")
+        if self.enhancement and self.scale != 1:
+            raise UsageError("an enhancement layer codes the image at its own size: scale must be 1")
 
     def replace(self, **changes: Any) -> Settings:
         """These settings with ``changes`` (names of fields; anything else is an error)."""
@@ -58,7 +72,19 @@ class Settings:
     def __str__(self) -> str:
         passes = f" ({self.rdo_passes} passes)" if self.rdo_passes != 1 else ""
         scale = f" at {self.scale:g}x" if self.scale != 1 else ""
-        return f"rdo {self.rdo:g}{passes}{scale}"
+        return f"rdo {self.rdo:g}{passes}{scale}{enhancement_text(self.enhancement, self.enhancement_step)}"
+
+
+def enhancement_text(layer: int, step: int) -> str:
+    """How a setting or operating point names its enhancement layer ("" for none)."""
+    if not layer:
+        return ""
+    return f" + enhancement {layer}" + (f" (step {step:+d})" if step else "")
+
+
+#: The largest enhancement layer number and step (``Settings``).
+MAX_ENHANCEMENT_LAYER = 16
+MAX_ENHANCEMENT_STEP = 32
 
 
 #: The names of the settings.

@@ -16,12 +16,13 @@ import torch
 Timer = Callable[[str], AbstractContextManager]
 
 #: The stages the codec reports, in pipeline order.
-ANALYSIS, QUANTIZATION, PRIOR, ENTROPY_CODING, SYNTHESIS, RESTORATION = (
+ANALYSIS, QUANTIZATION, PRIOR, ENTROPY_CODING, SYNTHESIS, ENHANCEMENT, RESTORATION = (
     "analysis",
     "quantization",
     "prior",
     "entropy coding",
     "synthesis",
+    "enhancement",
     "restoration",
 )
 

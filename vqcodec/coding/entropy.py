@@ -58,6 +58,12 @@ class Encoder:
             self.symbols += len(symbols)
             self.ideal_bits += ideal_bits(symbols, probs)
 
+    def encode_iid(self, symbols: np.ndarray, model: constriction.stream.model.Categorical) -> None:
+        """Append ``symbols`` (N,) all under one concrete constriction ``model``."""
+        if len(symbols):
+            self._encoder.encode(np.ascontiguousarray(symbols, dtype=np.int32), model)
+            self.symbols += len(symbols)
+
     def data(self) -> bytes:
         return self._encoder.get_compressed().astype("<u4").tobytes()
 
@@ -86,3 +92,11 @@ class Decoder:
             if self._bits_past_end > MAX_BITS_PAST_END:
                 raise FormatError("entropy-coded stream ends before its code map: the file is truncated or forged")
         return symbols
+
+    def decode_iid(self, model: constriction.stream.model.Categorical, count: int) -> np.ndarray:
+        """``count`` symbols all under one concrete constriction ``model`` (a stream that runs out
+        reads as zeros: its caller checks what it decodes)."""
+        try:
+            return self._decoder.decode(model, count).astype(np.int64)
+        except Exception as exc:  # constriction reports malformed data with assorted exception types
+            raise FormatError(f"entropy-coded stream is damaged: {exc}") from exc

@@ -1,5 +1,6 @@
 """Reads and writes the ``.vqc`` file format: a fixed 68-byte header, the map streams (whole, or
-in segments from version 5), the alpha plane, a restoration filter and metadata. The
+in segments from version 5), the alpha plane, a restoration filter, an enhancement layer's
+coefficients (from version 6) and metadata. The
 specification, with the header's field table, is ``docs/format.md``; ``HEADER`` is that table."""
 
 from __future__ import annotations
@@ -20,12 +21,14 @@ FLAG_METADATA = 1
 FLAG_RESAMPLED = 2
 FLAG_FILTER = 4
 FLAG_SEGMENTS = 8
+FLAG_ENHANCEMENT = 16
 VERSION_FLAGS = {
     1: 0,
     2: FLAG_METADATA,
     3: FLAG_METADATA | FLAG_RESAMPLED,
     4: FLAG_METADATA | FLAG_RESAMPLED | FLAG_FILTER,
     5: FLAG_METADATA | FLAG_RESAMPLED | FLAG_FILTER | FLAG_SEGMENTS,
+    6: FLAG_METADATA | FLAG_RESAMPLED | FLAG_FILTER | FLAG_SEGMENTS | FLAG_ENHANCEMENT,
 }
 VERSIONS = tuple(VERSION_FLAGS)
 #: Largest metadata (ICC profile and EXIF together, uncompressed) a file may carry.
@@ -42,6 +45,14 @@ _STREAM_TAIL_BITS = 128
 #: stride at least 4, so a top map has at most about half the image's width and height in codes.
 _TOP_CODES_PER_PIXEL_SIDE = 2
 _FILTER_LEN = struct.Struct("<H")
+_ENHANCEMENT_LEN = struct.Struct("<I")
+#: An enhancement record's head: the layer (1-based), the step (``nn.enhancement.step_factor``)
+#: and the CRC-32 of the coefficients it codes (int32, raster order, coefficients last).
+ENHANCEMENT_HEAD = struct.Struct("<BbI")
+#: Most bits a coefficient can take: a table's rarest entry (2^-20 of it, ``nn.enhancement``),
+#: an escaped magnitude and sign, with a margin.
+_MAX_BITS_PER_COEFFICIENT = 40
+_ENHANCEMENT_COEFFICIENTS = 48
 _METADATA_LEN = struct.Struct("<I")
 METADATA_TAGS = {1: "icc_profile", 2: "exif"}
 HEADER = struct.Struct("<4sBBBB16sIIHHHHHHIIIIII")
@@ -101,6 +112,10 @@ class Header:
         return bool(self.flags & FLAG_SEGMENTS)
 
     @property
+    def has_enhancement(self) -> bool:
+        return bool(self.flags & FLAG_ENHANCEMENT)
+
+    @property
     def has_alpha(self) -> bool:
         return self.channels in (2, 4)
 
@@ -119,6 +134,7 @@ class Streams:
     alpha: bytes = b""
     metadata: bytes = b""  # encode_metadata's bytes, b"" for none
     filter: bytes = b""  # the restoration filter's record, b"" for none
+    enhancement: bytes = b""  # the enhancement record (ENHANCEMENT_HEAD, then its stream), b"" for none
 
 
 def content_crc(top: np.ndarray, bottom: np.ndarray, alpha: np.ndarray | None) -> int:
@@ -137,12 +153,15 @@ def pack(header: Header, streams: Streams) -> bytes:
         if len(streams.filter) > MAX_FILTER:
             raise FormatError(f"restoration filter of {len(streams.filter)} bytes is over {MAX_FILTER}")
         payload += _FILTER_LEN.pack(len(streams.filter)) + streams.filter
+    if streams.enhancement:
+        payload += _ENHANCEMENT_LEN.pack(len(streams.enhancement)) + streams.enhancement
     if streams.metadata:
         payload += _METADATA_LEN.pack(len(streams.metadata)) + streams.metadata
     flags = (
         (header.flags & (FLAG_RESAMPLED | FLAG_SEGMENTS))
         | (FLAG_METADATA if streams.metadata else 0)
         | (FLAG_FILTER if streams.filter else 0)
+        | (FLAG_ENHANCEMENT if streams.enhancement else 0)
     )
     fields = (
         MAGIC,
@@ -220,6 +239,8 @@ def _validate(h: Header, version: int) -> None:
         raise FormatError(f"invalid image size {h.width}x{h.height}")
     if h.top_len % 4 or h.bottom_len % 4:
         raise FormatError("invalid stream length (not a multiple of 4 bytes)")
+    if h.has_enhancement and h.resampled:
+        raise FormatError("damaged .vqc file: an enhancement layer on a resampled copy")
     if h.has_alpha != (h.alpha_len > 0):
         raise FormatError("alpha stream does not match the channel count")
     if min(h.top_shape + h.bottom_shape) < 1:
@@ -313,6 +334,7 @@ def read_file(stream: BinaryIO) -> bytes:
     end = HEADER_SIZE + header.payload_len
     for present, field, part, longest in (
         (header.has_filter, _FILTER_LEN, "filter", MAX_FILTER),
+        (header.has_enhancement, _ENHANCEMENT_LEN, "enhancement", max_enhancement_bytes(header)),
         (header.has_metadata, _METADATA_LEN, "metadata", MAX_METADATA_STREAM),
     ):
         if present:
@@ -349,6 +371,10 @@ def unpack(data: bytes) -> tuple[Header, Streams]:
     filter_at = expected
     if header.has_filter:
         expected += _FILTER_LEN.size + _checked_length(data, expected, _FILTER_LEN, "filter", MAX_FILTER)
+    enhancement_at = expected
+    if header.has_enhancement:
+        longest = max_enhancement_bytes(header)
+        expected += _ENHANCEMENT_LEN.size + _checked_length(data, expected, _ENHANCEMENT_LEN, "enhancement", longest)
     metadata_at = expected
     if header.has_metadata:
         expected += _METADATA_LEN.size + _checked_length(data, expected, _METADATA_LEN, "metadata", MAX_METADATA_STREAM)
@@ -361,14 +387,37 @@ def unpack(data: bytes) -> tuple[Header, Streams]:
         raise FormatError("damaged .vqc file: payload checksum mismatch")
     a, b = header.top_len, header.top_len + header.bottom_len
     c = b + header.alpha_len
-    f, m = filter_at - HEADER_SIZE, metadata_at - HEADER_SIZE
+    f, e, m = filter_at - HEADER_SIZE, enhancement_at - HEADER_SIZE, metadata_at - HEADER_SIZE
     return header, Streams(
         payload[:a],
         payload[a:b],
         payload[b:c],
         payload[m + _METADATA_LEN.size :] if header.has_metadata else b"",
-        payload[f + _FILTER_LEN.size : m] if header.has_filter else b"",
+        payload[f + _FILTER_LEN.size : e] if header.has_filter else b"",
+        payload[e + _ENHANCEMENT_LEN.size : m] if header.has_enhancement else b"",
     )
+
+
+def max_enhancement_bytes(header: Header) -> int:
+    """The longest enhancement record a file of ``header``'s code maps can have."""
+    coefficients = _ENHANCEMENT_COEFFICIENTS * header.bottom_shape[0] * header.bottom_shape[1]
+    return ENHANCEMENT_HEAD.size + max_stream_bytes(coefficients * _MAX_BITS_PER_COEFFICIENT // MAX_BITS_PER_CODE)
+
+
+def enhancement_record(layer: int, step: int, crc: int, stream: bytes) -> bytes:
+    """An enhancement record: which layer at which step, the CRC-32 of its coefficients, the stream."""
+    return ENHANCEMENT_HEAD.pack(layer, step, crc) + stream
+
+
+def read_enhancement(record: bytes) -> tuple[int, int, int, bytes]:
+    """(layer, step, coefficients' CRC-32, stream) of an enhancement record."""
+    if len(record) < ENHANCEMENT_HEAD.size:
+        raise FormatError("damaged .vqc file: the enhancement record is shorter than its head")
+    layer, step, crc = ENHANCEMENT_HEAD.unpack_from(record)
+    stream = record[ENHANCEMENT_HEAD.size :]
+    if layer < 1 or len(stream) % 4:
+        raise FormatError("damaged .vqc file: invalid enhancement record")
+    return layer, step, crc, stream
 
 
 def encode_metadata(items: dict[str, bytes]) -> bytes:

@@ -113,17 +113,39 @@ class PriorConfig:
 
 
 @dataclass(frozen=True)
+class EnhancementConfig:
+    """Sizes of the enhancement layers (``nn.enhancement``): ``layers`` of them, one per rate,
+    smallest first, each with a context network of ``channels`` and ``res_blocks`` and a
+    post-filter of ``postfilter`` channels."""
+
+    layers: int = 1
+    channels: int = 96
+    res_blocks: int = 2
+    postfilter: int = 32
+
+    def validate(self) -> None:
+        """Every size within bounds (a model file is untrusted: nothing is built before this)."""
+        _check_bounds(self, _ENHANCEMENT_BOUNDS)
+
+
+@dataclass(frozen=True)
 class ModelConfig:
-    """A whole codec model: the VQ-VAE and its two priors."""
+    """A whole codec model: the VQ-VAE, its two priors and, optionally, enhancement layers (None:
+    none; left out of the canonical JSON, so models without them keep their identifiers)."""
 
     vqvae: VQVAEConfig = field(default_factory=VQVAEConfig)
     top_prior: PriorConfig = field(default_factory=PriorConfig)
     bottom_prior: PriorConfig = field(default_factory=lambda: PriorConfig(cond_codes=512))
+    enhancement: EnhancementConfig | None = None
 
     def validate(self) -> None:
         self.vqvae.validate()
         self.top_prior.validate()
         self.bottom_prior.validate()
+        if self.enhancement is not None:
+            self.enhancement.validate()
+            if self.vqvae.bottom_stride != 4:
+                raise ModelError("enhancement layers need a bottom stride of 4 (one 4x4 block per bottom code)")
         self._check_cost()
         if self.top_prior.codes != self.vqvae.top_codes or self.top_prior.cond_codes:
             raise ModelError("the top prior must be unconditional over the top codebook")
@@ -157,6 +179,7 @@ class ModelConfig:
                 vqvae=_build(VQVAEConfig, raw["vqvae"]),
                 top_prior=_build(PriorConfig, raw["top_prior"]),
                 bottom_prior=_build(PriorConfig, raw["bottom_prior"]),
+                enhancement=_build(EnhancementConfig, raw["enhancement"]) if "enhancement" in raw else None,
             )
         except RecursionError as exc:
             raise ModelError("invalid model config: nested too deeply") from exc
@@ -205,6 +228,12 @@ _PRIOR_BOUNDS: dict[str, tuple[float, float]] = {
     "dropout": (0.0, 1.0),
     "cond_codes": (0, 65536),
     "cond_res_blocks": _DEPTH,
+}
+_ENHANCEMENT_BOUNDS: dict[str, tuple[float, float]] = {
+    "layers": (1, 16),
+    "channels": _WIDTH,
+    "res_blocks": _DEPTH,
+    "postfilter": _WIDTH,
 }
 _OPEN_ABOVE = {"dropout", "ema_decay"}
 

@@ -22,8 +22,9 @@ from ..nn.config import ModelConfig
 FORMAT = "vqcodec-model-1"
 #: Largest safetensors header read (a model's is a few tens of kilobytes).
 MAX_HEADER_BYTES = 1 << 20
-#: The dtypes a model file may store (``weights.save_model`` writes F16 or F32), and their sizes.
-_DTYPES = {"F16": 2, "F32": 4, "BOOL": 1}
+#: The dtypes a model file may store (``weights.save_model`` writes F16 or F32, and I32 for the
+#: enhancement layers' frequency tables), and their sizes.
+_DTYPES = {"F16": 2, "F32": 4, "BOOL": 1, "I32": 4}
 #: Range an activation range of the priors may take: the integer prior's scales derive from it.
 ACT_RANGE_BOUNDS = (2.0**-20, 2.0**20)
 

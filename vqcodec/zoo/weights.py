@@ -45,6 +45,10 @@ def _expected_tensors(config: ModelConfig) -> dict[str, torch.Tensor]:
         return CodecModel(config).state_dict()
 
 
+#: Tensors of these dtypes (file and torch names) must be stored as such; the others are floats.
+_KINDS = {"BOOL": "bool", "torch.bool": "bool", "I32": "int32", "torch.int32": "int32"}
+
+
 def _check_against(path: Path, entries: dict[str, dict], expected: dict[str, torch.Tensor]) -> None:
     if set(entries) != set(expected):
         missing, extra = set(expected) - set(entries), set(entries) - set(expected)
@@ -54,7 +58,7 @@ def _check_against(path: Path, entries: dict[str, dict], expected: dict[str, tor
         if tuple(entry["shape"]) != tuple(want.shape):
             shape = tuple(entry["shape"])
             raise ModelError(f"{path}: tensor {name} has shape {shape}, config says {tuple(want.shape)}")
-        if (entry["dtype"] == "BOOL") != (want.dtype == torch.bool):
+        if _KINDS.get(entry["dtype"], "float") != _KINDS.get(str(want.dtype), "float"):
             raise ModelError(f"{path}: tensor {name} is {entry['dtype']}, config says {want.dtype}")
 
 

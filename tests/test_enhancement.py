@@ -1,0 +1,167 @@
+"""Enhancement layers: exact coefficient coding, an integer context that follows the float one,
+files that decode to what the encoder reconstructed, and hostile records refused."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+import vqcodec
+from tests.conftest import make_model, smooth_image
+from vqcodec.coding import enhancement
+from vqcodec.coding.entropy import uncodable
+from vqcodec.errors import DecodeMismatchError, FormatError, ModelError, UsageError
+from vqcodec.format import container
+from vqcodec.nn.config import EnhancementConfig
+from vqcodec.nn.enhancement import FIRST_SCALE, LOG_SCALE_STEP, MEAN_STEPS, SCALES, SYMBOLS, TAIL
+from vqcodec.nn.model import CodecModel
+from vqcodec.nn.prior import observing
+from vqcodec.zoo.weights import load_model, save_model
+
+
+def enhanced_model(layers: int = 2) -> CodecModel:
+    """``make_model`` with random enhancement layers, their post-filters and ranges set."""
+    base = make_model()
+    config = dataclasses.replace(
+        base.config, enhancement=EnhancementConfig(layers=layers, channels=16, res_blocks=1, postfilter=8)
+    )
+    torch.manual_seed(1)
+    model = CodecModel(config)
+    model.load_state_dict(base.state_dict(), strict=False)
+    k = config.vqvae.top_codes
+    with torch.no_grad():
+        for layer in model.enhancements:
+            layer.postfilter[-1].weight.normal_(0, 0.01)
+            with observing(layer.context):
+                layer.context(torch.randint(0, k, (2, 6, 7)), torch.randint(0, k, (2, 12, 14)))
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def codec() -> vqcodec.Codec:
+    return vqcodec.Codec(enhanced_model(), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def image() -> np.ndarray:
+    return smooth_image(np.random.default_rng(3), 45, 70)
+
+
+def test_coefficients_round_trip_exactly_with_escapes(rng):
+    index = rng.integers(0, SCALES, (9, 11, 48))
+    q = rng.integers(-4, 5, index.shape)
+    q[0, 0, :4] = [TAIL + 1, -TAIL - 1, 5000, -70000]  # escaped, the last beyond what is coded
+    q = enhancement.quantise(q.astype(np.float64), np.zeros_like(q))
+    tables = enhancement.checked_tables(enhanced_model(1).enhancements[0].tables)
+    data = enhancement.encode(q, index, tables)
+    assert np.array_equal(enhancement.decode(data, index, tables), q)
+    assert q[0, 0, 3] == -(TAIL + (1 << enhancement.ESCAPE_BITS) - 1)
+
+
+def test_every_table_can_code_its_escape():
+    tables = enhancement.checked_tables(enhanced_model(1).enhancements[0].tables)
+    assert tables.shape == (SCALES, SYMBOLS)
+    assert not uncodable(np.full(SCALES, enhancement.ESCAPE), tables).any()
+
+
+def test_integer_context_follows_the_float_one():
+    layer = enhanced_model(1).enhancements[0]
+    top, bottom = torch.randint(0, 16, (1, 6, 7)), torch.randint(0, 16, (1, 12, 14))
+    mean, index = enhancement.IntegerContext(layer)(top[0].numpy(), bottom[0].numpy())
+    with torch.no_grad():
+        float_mean, log_scale = (t[0].permute(1, 2, 0).numpy() for t in layer.context(top, bottom))
+    spread = np.abs(float_mean).max()
+    assert np.abs(mean / MEAN_STEPS - float_mean).max() < 0.05 * spread + 1 / MEAN_STEPS
+    float_index = np.clip(np.round(log_scale / LOG_SCALE_STEP) - FIRST_SCALE, 0, SCALES - 1)
+    assert np.abs(index - float_index).max() <= 2 and np.mean(index == float_index) > 0.8
+
+
+def test_a_step_moves_scales_by_whole_indices_and_scales_the_means():
+    context = enhancement.IntegerContext(enhanced_model(1).enhancements[0])
+    top, bottom = np.random.default_rng(0).integers(0, 16, (6, 7)), np.random.default_rng(1).integers(0, 16, (12, 14))
+    mean, index = context(top, bottom)
+    finer_mean, finer_index = context(top, bottom, -8)
+    assert np.array_equal(finer_index, np.clip(index + 8, 0, SCALES - 1))
+    assert np.abs(finer_mean - 2 * mean).max() <= 1
+
+
+def test_enhanced_files_decode_to_what_the_encoder_reconstructed(codec, image):
+    plain = codec.encode(image, rdo=0, restore=False)
+    sizes, errors = [], []
+    for layer, step in ((1, 8), (1, 0), (2, -8)):
+        encoded = codec.encode(image, rdo=0, enhancement=layer, enhancement_step=step)
+        decoded = np.asarray(codec.decompress(encoded.data))
+        assert np.array_equal(decoded, codec.reconstruct(encoded.codes, 70, 45))
+        assert np.array_equal(codec.decode_codes(encoded.data).enhancement.values, encoded.codes.enhancement.values)
+        assert container.read_header(encoded.data).version == 6
+        sizes.append(len(encoded.data))
+        errors.append(np.mean((decoded.astype(float) - image) ** 2))
+    assert len(plain.data) < sizes[0] < sizes[1] < sizes[2]
+    assert (
+        errors[2]
+        < errors[1]
+        < errors[0]
+        < np.mean((np.asarray(codec.decompress(plain.data), dtype=float) - image) ** 2)
+    )
+
+
+def test_a_region_of_an_enhanced_file_is_that_part_of_the_image(codec, image):
+    data = codec.compress(image, rdo=0, enhancement=1)
+    whole = np.asarray(codec.decompress(data))
+    assert np.array_equal(np.asarray(codec.decompress(data, region=(9, 4, 30, 27))), whole[4:31, 9:39])
+
+
+def test_enhancement_settings_are_checked(codec, image):
+    with pytest.raises(UsageError, match="scale must be 1"):
+        codec.encode(image, enhancement=1, scale=1.5)
+    with pytest.raises(UsageError, match="has 2"):
+        codec.encode(image, enhancement=3)
+    with pytest.raises(UsageError, match="enhancement_step"):
+        codec.encode(image, enhancement=1, enhancement_step=40)
+    with pytest.raises(UsageError, match="enhancement layer 1"):
+        vqcodec.Codec(make_model(), device="cpu").encode(image, enhancement=1)
+
+
+def _forged(data: bytes, record: bytes) -> bytes:
+    """``data`` with another enhancement record, its checksums made right."""
+    header, streams = container.unpack(data)
+    return container.pack(header, dataclasses.replace(streams, enhancement=record))
+
+
+def test_hostile_enhancement_records_are_refused(codec, image):
+    data = codec.compress(image, rdo=0, enhancement=1)
+    layer, step, crc, stream = container.read_enhancement(container.unpack(data)[1].enhancement)
+    with pytest.raises(FormatError, match="enhancement layer 3"):
+        codec.decompress(_forged(data, container.enhancement_record(3, step, crc, stream)))
+    with pytest.raises(DecodeMismatchError, match="enhancement"):
+        codec.decompress(_forged(data, container.enhancement_record(layer, step, crc ^ 1, stream)))
+    flipped = bytes([stream[0] ^ 0x55]) + stream[1:]
+    with pytest.raises((DecodeMismatchError, FormatError)):
+        codec.decompress(_forged(data, container.enhancement_record(layer, step, crc, flipped)))
+    with pytest.raises(FormatError, match="enhancement record"):
+        codec.decompress(_forged(data, b"\x01\x00"))
+
+
+def test_enhancement_on_a_resampled_copy_is_refused(codec, image):
+    header, streams = container.unpack(codec.compress(image, rdo=0, enhancement=1))
+    forged = container.pack(dataclasses.replace(header, flags=header.flags | container.FLAG_RESAMPLED), streams)
+    with pytest.raises(FormatError, match="resampled"):
+        container.read_header(forged)
+
+
+def test_model_files_keep_their_layers_and_refuse_bad_tables(tmp_path, image):
+    model = enhanced_model(1)
+    path = tmp_path / "enhanced.safetensors"
+    save_model(model, path)
+    loaded = vqcodec.load(path=path, device="cpu")
+    assert loaded.compress(image, rdo=0, enhancement=1) == vqcodec.Codec(model, device="cpu").compress(
+        image, rdo=0, enhancement=1
+    )
+    with torch.no_grad():
+        model.enhancements[0].tables[3, 5] = 0
+    save_model(model, path)
+    with pytest.raises(ModelError, match="tables"):
+        vqcodec.Codec(load_model(path), device="cpu")

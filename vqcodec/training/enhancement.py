@@ -1,0 +1,150 @@
+"""Stage 4: an enhancement layer (``nn.enhancement``) trained over a finished model, which stays
+frozen: its code maps, priors and files are untouched, and the layer adds a rate above them.
+
+Loss: the layer's bits per pixel + ``lam`` x 255^2 x MSE (CompressAI's convention), with uniform
+noise standing in for rounding. Validation: the layer's bits per pixel from its rounded integers
+and the PSNR of the enhanced and of the plain reconstruction of the validation photos. The model
+written at the end has its activation ranges calibrated on the validation photos, ready to code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import ModelError
+from ..io.image import pad_to, to_tensor
+from ..nn.config import EnhancementConfig
+from ..nn.enhancement import Enhancement
+from ..nn.model import CodecModel
+from ..nn.prior import observing
+from ..nn.vqvae import VQVAE2
+from ..zoo.catalog import model_file
+from ..zoo.weights import load_model, model_id, save_model
+from . import data
+from .checkpoint import read_meta
+from .metrics import psnr
+from .run import Run, TrainSettings
+
+
+def train_enhancement(
+    source: str | Path,
+    folder: str | Path,
+    out: str | Path,
+    model_out: str | Path,
+    lam: float,
+    settings: TrainSettings | None = None,
+    layer: int | None = None,
+) -> Path:
+    """Train an enhancement layer of rate ``lam`` over the finished model ``source`` (file or
+    preset) on the photos of ``folder``; write ``source`` with it to ``model_out`` (the checkpoint
+    for resuming goes to ``out``). ``layer`` (1-based) continues one of the model's layers;
+    without it a new layer is added after the others, started from the last one if there is one
+    (so add layers from the lowest rate up)."""
+    out, model_out = Path(out), Path(model_out)
+    settings = settings or TrainSettings()
+    model = load_model(model_file(source))
+    source_id = model_id(model).hex()
+    if out.exists() and (read_meta(out).get("source"), read_meta(out).get("layer")) != (source_id, layer):
+        raise ModelError(f"{out} trains a layer of another model than {source}; resume it with its own source")
+    model, index = _with_layer(model, layer)
+    net = model.enhancements[index]
+    vqvae = model.vqvae.eval().requires_grad_(False)
+    meta = {"stage": "enhancement", "source": source_id, "layer": layer, "lam": lam}
+    run = Run(out, {"enhancement": net}, settings, meta)
+    run.resume()
+    train_files, val_files = data.split(folder)
+    sampler = data.CropSampler(data.load_rgb(train_files), settings.crop, run.generator)
+    val_images = data.load_rgb(val_files)
+
+    def train_step() -> dict[str, float]:
+        x = sampler.sample(settings.batch)
+        out, bits = net(x, *base_pass(vqvae, x), noisy=True)
+        bpp = bits / (x.shape[0] * x.shape[2] * x.shape[3])
+        mse = F.mse_loss(out, x) / 4  # on [0, 1]
+        loss = bpp + lam * 255**2 * mse
+        loss.backward()
+        return {"loss": loss.item(), "bpp": bpp.item(), "psnr": -10 * math.log10(mse.item())}
+
+    run.loop(train_step, lambda: validate(net, vqvae, val_images))
+    calibrate(net, vqvae, val_images)
+    # Half precision where the frozen model is stored so (the shipped ones), so it stays exactly itself.
+    frozen = [t for name, t in model.state_dict().items() if not name.startswith("enhancements.")]
+    save_model(
+        model, model_out, half=all(torch.equal(t, t.half().to(t.dtype)) for t in frozen if t.is_floating_point())
+    )
+    return model_out
+
+
+def _with_layer(model: CodecModel, layer: int | None) -> tuple[CodecModel, int]:
+    """``model`` with the layer to train (a new one, unless ``layer`` names one), and its index."""
+    layers = len(model.enhancements)
+    if layer is not None:
+        if not 1 <= layer <= layers:
+            raise ModelError(f"the model has {layers} enhancement layers: there is no layer {layer}")
+        return model, layer - 1
+    config = model.config.enhancement or EnhancementConfig(layers=0)
+    grown = CodecModel(dataclasses.replace(model.config, enhancement=dataclasses.replace(config, layers=layers + 1)))
+    grown.load_state_dict(model.state_dict(), strict=False)
+    new = grown.enhancements[layers]
+    if layers:
+        new.load_state_dict(model.enhancements[layers - 1].state_dict())
+    else:  # the context's embeddings start as the model's codebooks
+        with torch.no_grad():
+            new.context.top.weight.copy_(model.vqvae.quantize_t.embed)
+            new.context.bottom.weight.copy_(model.vqvae.quantize_b.embed)
+    return grown.eval(), layers
+
+
+@torch.no_grad()
+def base_pass(vqvae: VQVAE2, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The frozen model's reconstruction of ``x`` from its nearest codes, and those code maps."""
+    top, bottom = vqvae.encode(x)
+    return vqvae.decode(top, bottom), top, bottom
+
+
+@torch.no_grad()
+def _each_image(vqvae: VQVAE2, images: list[np.ndarray]) -> Iterator[tuple[np.ndarray, torch.Tensor, tuple]]:
+    """(image, padded tensor, base pass) of each image."""
+    for rgb in images:
+        x = to_tensor(pad_to(rgb, vqvae.config.top_stride))
+        yield rgb, x, base_pass(vqvae, x)
+
+
+@torch.no_grad()
+def validate(net: Enhancement, vqvae: VQVAE2, images: list[np.ndarray]) -> dict[str, float]:
+    """The layer's bits per pixel (rounded integers) and the aggregate PSNR of the enhanced and
+    of the plain reconstructions."""
+    net.eval()
+    bits = pixels = 0.0
+    errors = {"enhanced": 0.0, "base": 0.0}
+    for rgb, x, (recon, top, bottom) in _each_image(vqvae, images):
+        out, b = net(x, recon, top, bottom, noisy=False)
+        h, w = rgb.shape[:2]
+        ref = torch.from_numpy(rgb.copy()).permute(2, 0, 1).double()
+        for name, t in (("enhanced", out), ("base", recon)):
+            levels = ((t[0, :, :h, :w].double().clamp(-1, 1) + 1) * 127.5).round()
+            errors[name] += float(((levels - ref) ** 2).sum())
+        bits += float(b)
+        pixels += h * w
+    net.train()
+    return {
+        "enhancement_bpp": bits / pixels,
+        "psnr": psnr(errors["enhanced"] / (3 * pixels)),
+        "base_psnr": psnr(errors["base"] / (3 * pixels)),
+    }
+
+
+@torch.no_grad()
+def calibrate(net: Enhancement, vqvae: VQVAE2, images: list[np.ndarray]) -> None:
+    """Set the context's activation ranges (where its integer version rounds) from ``images``."""
+    net.eval()
+    with observing(net.context):
+        for _, _, (_, top, bottom) in _each_image(vqvae, images):
+            net.context(top, bottom)
