@@ -10,6 +10,7 @@ import click
 from vqcodec import quality as vqcodec_quality
 from vqcodec.defaults import MAX_SCALE, MIN_SCALE
 from vqcodec.io import batch
+from vqcodec.settings import MAX_ENHANCEMENT_LAYER, MAX_ENHANCEMENT_STEP
 
 from .main import main
 from .options import batch_options, finite, force_option, model_options, rdo_option
@@ -36,6 +37,24 @@ QUALITY_HELP = "; ".join(f"{span.start}-{span.stop - 1} {point}" for span, point
     "files and better pictures than the preset gives; below 1, smaller files.",
     metavar="X",
 )
+@click.option(
+    "--enhancement",
+    type=click.IntRange(0, MAX_ENHANCEMENT_LAYER),
+    default=0,
+    show_default=True,
+    metavar="N",
+    help="Code the model's enhancement layer N on top of its code maps, for higher rates and better "
+    "pictures than the codes alone give (0: none; the image is coded at its own size).",
+)
+@click.option(
+    "--enhancement-step",
+    type=click.IntRange(-MAX_ENHANCEMENT_STEP, MAX_ENHANCEMENT_STEP),
+    default=0,
+    show_default=True,
+    metavar="K",
+    help="Quantise the enhancement layer's coefficients 2^(K/8) times as coarsely as it was trained "
+    "for: above 0, smaller files; below 0, larger.",
+)
 @click.option("--strip", is_flag=True, help="Leave the ICC colour profile and EXIF data out of the file.")
 @click.option(
     "--no-restoration",
@@ -47,8 +66,8 @@ QUALITY_HELP = "; ".join(f"{span.start}-{span.stop - 1} {point}" for span, point
     "-q",
     "--quality",
     type=click.IntRange(0, 100),
-    help="0..100, higher: larger files, better "
-    f"pictures; picks --rdo, --rdo-passes and --scale (chosen for the default preset): {QUALITY_HELP} "
+    help="0..100, higher: larger files, better pictures; picks --rdo, --rdo-passes, --scale and "
+    f"--enhancement(-step) (chosen for the default preset): {QUALITY_HELP} "
     f"[default: the model's settings; the default preset's are quality {vqcodec_quality.DEFAULT_QUALITY}].",
 )
 @click.option(
@@ -66,6 +85,8 @@ def compress(
     rdo: float,
     rdo_passes: int | None,
     scale: float,
+    enhancement: int,
+    enhancement_step: int,
     strip: bool,
     no_restoration: bool,
     quality: int | None,
@@ -80,7 +101,13 @@ def compress(
     context = click.get_current_context()
     given = {
         name: value
-        for name, value in (("rdo", rdo), ("rdo_passes", rdo_passes), ("scale", scale))
+        for name, value in (
+            ("rdo", rdo),
+            ("rdo_passes", rdo_passes),
+            ("scale", scale),
+            ("enhancement", enhancement),
+            ("enhancement_step", enhancement_step),
+        )
         if context.get_parameter_source(name) != click.core.ParameterSource.DEFAULT
     }
     if given and (quality is not None or target_size or target_bpp):

@@ -165,3 +165,18 @@ def test_model_files_keep_their_layers_and_refuse_bad_tables(tmp_path, image):
     save_model(model, path)
     with pytest.raises(ModelError, match="tables"):
         vqcodec.Codec(load_model(path), device="cpu")
+
+
+def test_quality_codes_the_upper_rungs_with_the_layers_where_the_model_has_them(image):
+    from vqcodec import quality
+
+    model = enhanced_model(quality.ENHANCEMENT_LAYERS)
+    codec = vqcodec.Codec(model, device="cpu")
+    sizes = []
+    for span, point in quality.qualities():
+        if point.enhancement:
+            encoded = codec.encode(image, quality=span.start)
+            assert codec.decode_codes(encoded.data).enhancement.layer == point.enhancement
+            sizes.append(len(encoded.data))
+    assert len(sizes) == len(quality.RUNGS)
+    assert vqcodec.Codec(make_model(), device="cpu", quality=100).settings.scale == 2

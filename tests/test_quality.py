@@ -14,22 +14,32 @@ from vqcodec import quality
 from vqcodec.defaults import DEFAULT_RDO
 
 
-def test_the_scale_walks_the_ladder_in_order():
-    points = [quality.operating_point(q) for q in range(101)]
-    indices = [quality.LADDER.index(p) for p in points]
-    assert indices == sorted(indices) and set(indices) == set(range(len(quality.LADDER)))
-    assert quality.operating_point(quality.DEFAULT_QUALITY) == (DEFAULT_RDO, 1.0, 1)
-    spans = quality.qualities()
+@pytest.mark.parametrize("layers", [0, quality.ENHANCEMENT_LAYERS])
+def test_quality_walks_the_ladder_in_order(layers):
+    ladder = quality.ladder(layers)
+    points = [quality.operating_point(q, layers) for q in range(101)]
+    indices = [ladder.index(p) for p in points]
+    assert indices == sorted(indices) and set(indices) == set(range(len(ladder)))
+    assert quality.operating_point(quality.DEFAULT_QUALITY, layers) == quality.OperatingPoint(DEFAULT_RDO)
+    spans = quality.qualities(layers)
     assert sum(len(span) for span, _ in spans) == 101
     for side in (
         [s for s in spans if s[0].start < quality.DEFAULT_QUALITY],
         [s for s in spans if s[0].start >= quality.DEFAULT_QUALITY],
     ):
         assert max(len(span) for span, _ in side) - min(len(span) for span, _ in side) <= 1
-    scales = [point.scale for point in quality.LADDER]
-    assert scales == sorted(scales) and len(set(scales)) == len(scales)
+    # Smaller files first: larger scales, then enhancement layers, each from its coarsest step.
+    order = [(p.enhancement, p.scale, -p.enhancement_step) for p in ladder]
+    assert order == sorted(order) and len(set(order)) == len(order)
+    assert all(p.enhancement <= layers and (p.scale == 1 or not p.enhancement) for p in ladder)
     with pytest.raises(vqcodec.UsageError):
-        quality.operating_point(101)
+        quality.operating_point(101, layers)
+
+
+def test_models_without_the_layers_keep_the_resampled_ladder():
+    assert quality.ladder(quality.ENHANCEMENT_LAYERS - 1) == quality.RESAMPLED_LADDER
+    assert quality.LADDER[: quality.DEFAULT_POINT + 1] == quality.RESAMPLED_LADDER[: quality.DEFAULT_POINT + 1]
+    assert {p.enhancement for p in quality.LADDER} == set(range(quality.ENHANCEMENT_LAYERS + 1))
 
 
 def test_largest_within_searches_the_ladder():

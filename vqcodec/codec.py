@@ -211,7 +211,7 @@ class Codec:
         self.name = name
         self.model_id = model_id(self.model)
         base = settings if settings is not None else Settings(**catalog.settings_of(self.model_id))
-        self.settings = _settings_for(base, quality, overrides)
+        self.settings = _settings_for(base, quality, overrides, len(model.enhancements))
         # The encoder's single pass over whole maps runs fastest on torch (its BLAS and indexing
         # use every core); the decoder's many small wavefront steps run fastest on numpy. Both
         # give the same integers, which every CPU round trip checks through the content CRC.
@@ -234,7 +234,7 @@ class Codec:
         """This codec writing with ``settings`` (by default its own), at the operating point of
         ``quality`` if given, with ``overrides``: the loaded model and priors are shared."""
         view = copy.copy(self)
-        view.settings = _settings_for(settings or self.settings, quality, overrides)
+        view.settings = _settings_for(settings or self.settings, quality, overrides, len(self.model.enhancements))
         return view
 
     # -- encoding ---------------------------------------------------------------------------
@@ -695,10 +695,11 @@ class Codec:
         ]
 
 
-def _settings_for(base: Settings, quality: int | None, overrides: dict[str, Any]) -> Settings:
-    """``base`` at the operating point of ``quality`` (if given), with ``overrides``."""
+def _settings_for(base: Settings, quality: int | None, overrides: dict[str, Any], layers: int) -> Settings:
+    """``base`` at the operating point of ``quality`` (if given) for a model with ``layers``
+    enhancement layers, with ``overrides``."""
     if quality is not None:
-        base = base.replace(**operating_point(quality)._asdict())
+        base = base.replace(**operating_point(quality, layers)._asdict())
     return base.replace(**overrides)
 
 

@@ -260,6 +260,22 @@ def evaluate(net: Enhancement, vqvae: VQVAE2, base_name: str, folder: str) -> di
     return {"bpp": float(np.mean(bpp)), "psnr": float(np.mean(psnrs))}
 
 
+def export(net: Enhancement, base_name: str, folder: str, out: Path) -> None:
+    """Write the base model with ``net`` added as its next enhancement layer (``vqcodec.nn.
+    enhancement``, whose code context has this tool's names), calibrated for the integer context."""
+    from vqcodec.training.enhancement import calibrate, save_enhanced, with_layer
+
+    if not isinstance(net.context, CodeContext) or net.refine is not None or net.nonlinear is not None:
+        raise SystemExit("only a layer with --context codes and neither --channel-context nor --analysis exports")
+    model, index = with_layer(load_model(model_file(base_name)), None)
+    layer = model.enhancements[index]
+    missing = layer.load_state_dict(net.state_dict(), strict=False).missing_keys
+    assert all(k == "tables" or k.endswith("absmax") for k in missing), missing
+    calibrate(layer, model.vqvae, data.load_rgb(data.split(folder)[1]))
+    save_enhanced(model, out)
+    print(f"model: {out}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", required=True, help="training photos (one in ten held out by name)")
@@ -279,6 +295,10 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--val-every", type=int, default=500)
     p.add_argument("--evaluate", metavar="FOLDER", help="only evaluate --init on every image of FOLDER")
+    p.add_argument(
+        "--export", type=Path, metavar="MODEL", help="only write --base with --init's layer (--context codes) added, "
+        "calibrated on the validation photos of --data, as a model file for the codec"
+    )  # fmt: skip
     args = p.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
@@ -299,6 +319,9 @@ def main() -> None:
         net.load_state_dict({k: v for k, v in theirs.items() if k in own and own[k].shape == v.shape}, strict=False)
     if args.evaluate:
         print(evaluate(net, vqvae, args.base, args.evaluate))
+        return
+    if args.export:
+        export(net, args.base, args.data, args.export)
         return
     train_files, val_files = data.split(args.data)
     sampler = data.CropSampler(data.load_rgb(train_files), settings.crop, run.generator)

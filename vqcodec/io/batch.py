@@ -152,7 +152,7 @@ def compress_file(src: Path, out: Path, options: Options) -> Outcome:
 
 def encode_image(image: Any, options: Options) -> tuple[Any, Any]:
     """The codec and the encoding of ``image``: with ``options``' model, or with a target size
-    the largest operating point of ``quality.LADDER`` that fits."""
+    the largest operating point of its model's ladder (``quality.ladder``) that fits."""
     codec = codec_for(options)
     if options.target_bytes is None and options.target_bpp is None:
         return codec, codec.encode(image, quality=options.quality, **options.settings)
@@ -170,7 +170,7 @@ def encode_image(image: Any, options: Options) -> tuple[Any, Any]:
         found[point] = codec.encode(pixels, **options.settings | point._asdict())
         return found[point].data
 
-    _, point = quality.largest_within(encode, budget)
+    _, point = quality.largest_within(encode, budget, len(codec.model.enhancements))
     return codec, found[point]
 
 

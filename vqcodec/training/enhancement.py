@@ -53,7 +53,7 @@ def train_enhancement(
     source_id = model_id(model).hex()
     if out.exists() and (read_meta(out).get("source"), read_meta(out).get("layer")) != (source_id, layer):
         raise ModelError(f"{out} trains a layer of another model than {source}; resume it with its own source")
-    model, index = _with_layer(model, layer)
+    model, index = with_layer(model, layer)
     net = model.enhancements[index]
     vqvae = model.vqvae.eval().requires_grad_(False)
     meta = {"stage": "enhancement", "source": source_id, "layer": layer, "lam": lam}
@@ -74,15 +74,20 @@ def train_enhancement(
 
     run.loop(train_step, lambda: validate(net, vqvae, val_images))
     calibrate(net, vqvae, val_images)
-    # Half precision where the frozen model is stored so (the shipped ones), so it stays exactly itself.
-    frozen = [t for name, t in model.state_dict().items() if not name.startswith("enhancements.")]
-    save_model(
-        model, model_out, half=all(torch.equal(t, t.half().to(t.dtype)) for t in frozen if t.is_floating_point())
-    )
+    save_enhanced(model, model_out)
     return model_out
 
 
-def _with_layer(model: CodecModel, layer: int | None) -> tuple[CodecModel, int]:
+def save_enhanced(model: CodecModel, path: str | Path) -> None:
+    """Write ``model`` in half precision where its frozen part is stored so (the shipped models),
+    so that it stays exactly itself, else in full."""
+    frozen = [t for name, t in model.state_dict().items() if not name.startswith("enhancements.")]
+    save_model(
+        path=path, model=model, half=all(torch.equal(t, t.half().to(t.dtype)) for t in frozen if t.is_floating_point())
+    )
+
+
+def with_layer(model: CodecModel, layer: int | None) -> tuple[CodecModel, int]:
     """``model`` with the layer to train (a new one, unless ``layer`` names one), and its index."""
     layers = len(model.enhancements)
     if layer is not None:
