@@ -197,7 +197,7 @@ def _ladder(device: str, path: Path | None = None) -> dict[str, vqcodec.Codec]:
     model = DEFAULT_PRESET if path is None else path.stem
     return {
         f"q{span.start} {model} {point}": codec.with_settings(quality=span.start)
-        for span, point in vqcodec.quality.qualities()
+        for span, point in vqcodec.quality.qualities(len(codec.model.enhancements))
     }
 
 

@@ -28,9 +28,13 @@ def info(src: Path, as_json: bool) -> None:
     # A longer file was read only as far as its header says it runs: its size is its own.
     size = src.stat().st_size if str(src) != "-" and src.is_file() else len(data)
     h = container.read_header(data)
-    restoration = None
+    restoration = enhancement = None
     try:
         _, streams = container.unpack(data)
+        if streams.enhancement:
+            layer, step, _, _ = container.read_enhancement(streams.enhancement)
+            enhancement = {"layer": layer, "step": step, "bytes": len(streams.enhancement),
+                           "bits_per_pixel": 8 * len(streams.enhancement) / (h.width * h.height)}  # fmt: skip
         if streams.filter:
             shape = SHAPES[from_bytes(streams.filter).shape]
             restoration = {"bytes": len(streams.filter), "radius": shape.radius, "cross": shape.cross,
@@ -46,7 +50,8 @@ def info(src: Path, as_json: bool) -> None:
         "version": h.version, "metadata": h.has_metadata, "resampled": h.resampled, "model": h.model_id.hex(),
         "preset": catalog.name_of(h.model_id), "width": h.width, "height": h.height, "channels": h.channels,
         "padding": [h.pad_x, h.pad_y], "tile": h.tile, "bytes": size, "bpp": 8 * size / (h.width * h.height),
-        "maps": maps, "alpha_bytes": h.alpha_len, "restoration": restoration, "problem": problem,
+        "maps": maps, "alpha_bytes": h.alpha_len, "restoration": restoration, "enhancement": enhancement,
+        "problem": problem,
     }  # fmt: skip
     if as_json:
         click.echo(json.dumps(fields))
@@ -71,6 +76,10 @@ def info(src: Path, as_json: bool) -> None:
                      f"{m['bits_per_code']:.3f} bits/code"))  # fmt: skip
     if h.has_alpha:
         rows.append(("alpha", f"{h.alpha_len} bytes (lossless)"))
+    if enhancement:
+        step = f" at step {enhancement['step']:+d}" if enhancement["step"] else ""
+        rows.append(("enhance", f"layer {enhancement['layer']}{step}, {enhancement['bytes']} bytes, "
+                     f"{enhancement['bits_per_pixel']:.4f} bpp"))  # fmt: skip
     if restoration:
         rows.append(("filter", f"{restoration['bytes']} bytes ({restoration['description']})"))
     for key, value in rows:

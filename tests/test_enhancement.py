@@ -180,3 +180,25 @@ def test_quality_codes_the_upper_rungs_with_the_layers_where_the_model_has_them(
             sizes.append(len(encoded.data))
     assert len(sizes) == len(quality.RUNGS)
     assert vqcodec.Codec(make_model(), device="cpu", quality=100).settings.scale == 2
+
+
+def test_command_line_codes_and_reports_a_layer(tmp_path, image):
+    import json
+
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from vqcodec.cli import main
+
+    model, src, out = tmp_path / "m.safetensors", tmp_path / "a.png", tmp_path / "a.vqc"
+    save_model(enhanced_model(), model)
+    Image.fromarray(image).save(src)
+    run = CliRunner().invoke
+    assert run(main, ["compress", str(src), str(out), "--model", str(model), "--enhancement", "2",
+                      "--enhancement-step", "-3", "--rdo", "0"]).exit_code == 0  # fmt: skip
+    reported = json.loads(run(main, ["info", str(out), "--json"]).output)["enhancement"]
+    assert (reported["layer"], reported["step"]) == (2, -3)
+    assert "enhance: layer 2 at step -3" in run(main, ["info", str(out)]).output
+    refused = run(main, ["compress", str(src), str(tmp_path / "b.vqc"), "--model", str(model), "-q", "90",
+                         "--enhancement", "1"])  # fmt: skip
+    assert refused.exit_code == 2 and "--enhancement" in refused.output

@@ -286,6 +286,7 @@ def main() -> None:
     p.add_argument("--gain", type=float, default=8.0, help="initial coefficient gain (1/step on [-1, 1])")
     p.add_argument("--context", choices=("features", "codes"), default="features")
     p.add_argument("--postfilter", type=int, default=0, help="post-filter width (0: none)")
+    p.add_argument("--fresh-postfilter", action="store_true", help="start the post-filter anew (not from --init)")
     p.add_argument("--channel-context", type=int, default=0, help="width of the channel-conditional refinement")
     p.add_argument("--analysis", type=int, default=0, help="width of a nonlinear correction of the analysis (0: none)")
     p.add_argument("--steps", type=int, default=3000)
@@ -316,6 +317,8 @@ def main() -> None:
         prefix = "enhancement."
         theirs = {k[len(prefix) :]: v for k, v in load_file(str(args.init)).items() if k.startswith(prefix)}
         own = net.state_dict()
+        if args.fresh_postfilter:
+            theirs = {k: v for k, v in theirs.items() if not k.startswith("postfilter.")}
         net.load_state_dict({k: v for k, v in theirs.items() if k in own and own[k].shape == v.shape}, strict=False)
     if args.evaluate:
         print(evaluate(net, vqvae, args.base, args.evaluate))
