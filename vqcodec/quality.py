@@ -56,8 +56,9 @@ DEFAULT_QUALITY = 50
 DEFAULT_POINT = RESAMPLED_LADDER.index(OperatingPoint(DEFAULT_RDO))
 #: Above the default, a model with enhancement layers codes its nearest codes and a layer on top,
 #: at a step 2^(step/8) of the layer's own (coarser steps of a layer trained for more bits beat
-#: finer ones of a layer trained for fewer): (layer, step), smallest files first.
-RUNGS = ((1, 4), (1, 0), (2, 6), (2, 3), (2, 0), (3, 6), (3, 3), (3, 0))
+#: finer ones of a layer trained for fewer; the last rung, finer than its layer, reaches past 2
+#: bits per pixel): (layer, step), smallest files first.
+RUNGS = ((1, 4), (1, 0), (2, 6), (2, 3), (2, 0), (3, 6), (3, 3), (3, 0), (3, -3))
 #: The layers the rungs use: a model with fewer codes above the default on ``RESAMPLED_LADDER``.
 ENHANCEMENT_LAYERS = max(layer for layer, _ in RUNGS)
 #: The operating points of a model with ``ENHANCEMENT_LAYERS`` layers (the default preset).

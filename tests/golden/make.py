@@ -1,5 +1,6 @@
 """Writes the golden files: small ``.vqc`` files of every shipped and retired model, of every
-format version (metadata, resampling, restoration filter, alpha, segments), and the images they decode to.
+format version (metadata, resampling, restoration filter, alpha, segments, enhancement), and the images
+they decode to.
 
 Run once per release, for the models and features that release adds (``python -m
 tests.golden.make NAME...`` writes only the files named); never rewrite a file that exists: the
@@ -46,6 +47,7 @@ def cases() -> dict[str, tuple[dict, Image.Image]]:
     out["medium-metadata.vqc"] = (medium, icc)
     out["medium-alpha.vqc"] = (medium, _picture(alpha=True))
     out["medium-segments.vqc"] = (medium | {"scale": 2.0}, Image.open(EXAMPLE).convert("RGB"))  # version 5
+    out["medium-enhancement.vqc"] = (medium | {"rdo": 0.0, "enhancement": 2, "enhancement_step": 3}, _picture())  # 6
     return out
 
 
