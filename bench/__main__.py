@@ -150,16 +150,16 @@ def _model_options(f):
     f = click.option("--preset", help="A shipped vqcodec preset.")(f)
     f = rdo_option(f)
     f = click.option("--quality", type=click.IntRange(0, 100),
-                     help="The operating point of vqcodec's --quality Q (preset, RDO and scale).")(f)  # fmt: skip
+                     help="The model's operating point of --quality Q (RDO, scale, enhancement).")(f)  # fmt: skip
     return click.option("--model", "model_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
                         help="A vqcodec model file (.safetensors).")(f)  # fmt: skip
 
 
 def _loader(preset: str | None, model_path: Path | None, rdo: float, quality: int | None):
-    """A function from a device name to a loaded codec; exactly one of preset, model and quality
-    is needed."""
-    if sum(v is not None for v in (preset, model_path, quality)) != 1:
-        raise click.UsageError("give exactly one of --preset NAME, --model PATH or --quality Q")
+    """A function from a device name to a loaded codec: the preset or the model file (by default
+    the default preset), at the operating point of ``quality`` if given, else at ``rdo``."""
+    if preset is not None and model_path is not None:
+        raise click.UsageError("give --preset NAME or --model PATH, not both")
     coding = {"rdo": rdo} if quality is None else {"quality": quality}
     try:
         vqcodec.load(preset, path=model_path, device="cpu")  # fail early, with vqcodec's message
