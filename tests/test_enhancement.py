@@ -8,6 +8,8 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import vqcodec
 from tests.conftest import make_model, smooth_image
@@ -202,3 +204,26 @@ def test_command_line_codes_and_reports_a_layer(tmp_path, image):
     refused = run(main, ["compress", str(src), str(tmp_path / "b.vqc"), "--model", str(model), "-q", "90",
                          "--enhancement", "1"])  # fmt: skip
     assert refused.exit_code == 2 and "--enhancement" in refused.output
+
+
+FUZZ_CODEC = vqcodec.Codec(enhanced_model(), device="cpu")
+FUZZ_SAMPLE = FUZZ_CODEC.compress(smooth_image(np.random.default_rng(7), 21, 26), rdo=0, enhancement=2)
+FUZZ_REFERENCE = FUZZ_CODEC.decompress(FUZZ_SAMPLE).tobytes()
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    edits=st.lists(st.tuples(st.integers(0, 1 << 16), st.integers(0, 255)), min_size=1, max_size=8),
+    cut=st.integers(0, 1 << 16),
+)
+def test_forged_enhancement_records_decode_or_are_refused(edits, cut):
+    """Records mutated behind valid payload checksums (a forger's file) are refused, or decode to
+    the original where the change touched nothing decoded; nothing else happens."""
+    record = bytearray(container.unpack(FUZZ_SAMPLE)[1].enhancement)
+    for pos, value in edits:
+        record[pos % len(record)] = value
+    try:
+        image = FUZZ_CODEC.decompress(_forged(FUZZ_SAMPLE, bytes(record[: max(1, cut % (len(record) + 1))])))
+    except vqcodec.VQCodecError:
+        return
+    assert image.tobytes() == FUZZ_REFERENCE
