@@ -96,7 +96,7 @@ def test_enhanced_files_decode_to_what_the_encoder_reconstructed(codec, image):
     for layer, step in ((1, 8), (1, 0), (2, -8)):
         encoded = codec.encode(image, rdo=0, enhancement=layer, enhancement_step=step)
         decoded = np.asarray(codec.decompress(encoded.data))
-        assert np.array_equal(decoded, codec.reconstruct(encoded.codes, 70, 45))
+        assert np.array_equal(decoded, codec.reconstruct(encoded.codes, 70, 45, restored=encoded.restoration))
         assert np.array_equal(codec.decode_codes(encoded.data).enhancement.values, encoded.codes.enhancement.values)
         assert container.read_header(encoded.data).version == 6
         sizes.append(len(encoded.data))

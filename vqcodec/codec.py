@@ -273,15 +273,14 @@ class Codec:
             enhanced = [
                 self._enhance(p.rgb, top, bottom, timer) for p, top, bottom in zip(pics, tops, bottoms, strict=True)
             ]
-            filters = [None] * len(pics)
         else:
             enhanced = [(CodeMaps(top, bottom), b"") for top, bottom in zip(tops, bottoms, strict=True)]
-            filters = [
-                self._fit_restoration(pic, size, codes, synthesis, len(t[0]) + len(b[0]), timer)
-                for pic, size, (codes, _), synthesis, t, b in zip(
-                    pics, sizes, enhanced, syntheses, top_coded, bottom_coded, strict=True
-                )
-            ]
+        filters = [
+            self._fit_restoration(pic, size, codes, synthesis, len(t[0]) + len(b[0]) + len(record), timer)
+            for pic, size, (codes, record), synthesis, t, b in zip(
+                pics, sizes, enhanced, syntheses, top_coded, bottom_coded, strict=True
+            )
+        ]
         return [self._pack(*args) for args in zip(pics, sizes, enhanced, top_coded, bottom_coded, filters, strict=True)]
 
     def _enhance(self, rgb: np.ndarray, top: np.ndarray, bottom: np.ndarray, timer: Timer) -> tuple[CodeMaps, bytes]:

@@ -33,8 +33,7 @@ class Settings:
     ``enhancement``: code the model's enhancement layer of that number (1-based; 0: none) on
     top of the code maps, for rates above theirs, at quantisation step 2^(``enhancement_step``
     / 8) of the layer's own (``-MAX_ENHANCEMENT_STEP..MAX_ENHANCEMENT_STEP``; larger: smaller
-    files); the image is then coded at its own size (``scale`` 1) and needs no restoration
-    filter."""
+    files); the image is then coded at its own size (``scale`` 1)."""
 
     rdo: float = DEFAULT_RDO
     rdo_passes: int = 1
