@@ -35,32 +35,17 @@ from safetensors.torch import load_file
 from torch import nn
 
 from vqcodec.io.image import pad_to, to_tensor
+from vqcodec.nn.enhancement import BLOCK, COEFFICIENTS, dct_basis
 from vqcodec.nn.vqvae import VQVAE2, ResBlock
 from vqcodec.training import data
 from vqcodec.training.run import Run, TrainSettings
 from vqcodec.zoo.catalog import model_file
 from vqcodec.zoo.weights import load_model
 
-BLOCK = 4
-COEFFICIENTS = 3 * BLOCK * BLOCK
 #: Per colour channel, the DCT coefficients (vertical, horizontal frequency) the channel-
 #: conditional context sees before the others: the mean and the two lowest frequencies.
 FIRST = [c * BLOCK * BLOCK + k for c in range(3) for k in (0, 1, BLOCK)]
 SCALE_BOUND = 0.11
-
-
-def dct_basis() -> torch.Tensor:
-    """(48, 3, 4, 4) orthonormal 2-D DCT-II basis, each colour channel on its own."""
-    n = BLOCK
-    c = torch.tensor(
-        [[math.sqrt((1 if k == 0 else 2) / n) * math.cos(math.pi * (2 * i + 1) * k / (2 * n)) for i in range(n)]
-         for k in range(n)]
-    )  # fmt: skip
-    basis = torch.einsum("ai,bj->abij", c, c).reshape(n * n, n, n)
-    w = torch.zeros(COEFFICIENTS, 3, n, n)
-    for ch in range(3):
-        w[ch * n * n : (ch + 1) * n * n, ch] = basis
-    return w
 
 
 class FeatureContext(nn.Module):

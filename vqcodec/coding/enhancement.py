@@ -32,7 +32,7 @@ from ..nn.enhancement import (
 from ..nn.prior import full_offsets
 from .entropy import Decoder, Encoder
 from .qprior.arithmetic import LOGIT_LIMIT
-from .qprior.backend import Backend
+from .qprior.backend import Backend, move_ops
 from .qprior.compiler import Builder, embedding_table, scale_of
 from .qprior.state import MapState
 
@@ -81,12 +81,7 @@ class IntegerContext:
         self.mean = b.conv([(_taps(out, 0, n), x, _FULL)], out.bias[:n], 1 / MEAN_STEPS, "mean", LOGIT_LIMIT)
         self.scale = b.conv([(_taps(out, n), x, _FULL)], out.bias[n:], LOG_SCALE_STEP, "scale", LOGIT_LIMIT)
         self.ops = b.ops
-        for op in self.ops:
-            for key, value in vars(op).items():
-                if isinstance(value, torch.Tensor):
-                    setattr(op, key, self.xp.array(value))
-                elif isinstance(value, list) and value and isinstance(value[0], torch.Tensor):
-                    setattr(op, key, [self.xp.array(v) for v in value])
+        move_ops(self.ops, self.xp)
         self.top, self.bottom = self.xp.array(top), self.xp.array(bottom)
         self.tables = checked_tables(layer.tables)
 

@@ -73,6 +73,16 @@ def cpu_products() -> str:
         return "int8" if int8 <= _best_seconds(lambda: a32 @ w32) else "float32"
 
 
+def move_ops(ops: list, xp: Backend) -> None:
+    """Put every tensor (or list of tensors) the compiled ``ops`` hold onto ``xp``'s arrays."""
+    for op in ops:
+        for key, value in vars(op).items():
+            if isinstance(value, torch.Tensor):
+                setattr(op, key, xp.array(value))
+            elif isinstance(value, list) and value and isinstance(value[0], torch.Tensor):
+                setattr(op, key, [xp.array(v) for v in value])
+
+
 class Backend:
     """The array library the integer prior runs on: numpy (lowest per-call overhead, for small
     steps on the CPU) or torch (on a GPU, or for large one-pass work on the CPU). Both carry out

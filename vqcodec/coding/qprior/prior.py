@@ -25,7 +25,7 @@ from .arithmetic import (
     Shape,
     exp_table,
 )
-from .backend import Backend
+from .backend import Backend, move_ops
 from .compiler import Builder, background_rows, embedding_table, scale_of
 from .ops import Op
 from .state import MapState, local_coords
@@ -80,12 +80,7 @@ class IntegerPrior:
         #: For each op of a one-pass ``prepare``, the sources no later op reads, nor the head.
         self._done_after = _last_reads(self.ops, keep=set(self.head.sources))
         self._cond_done_after = _last_reads(self.cond_ops, keep={self.cond_out}) if self.cond_ops else []
-        for op in [*self.cond_ops, *self.ops, self.head]:
-            for key, value in vars(op).items():
-                if isinstance(value, torch.Tensor):
-                    setattr(op, key, self.xp.array(value))
-                elif isinstance(value, list) and value and isinstance(value[0], torch.Tensor):
-                    setattr(op, key, [self.xp.array(v) for v in value])
+        move_ops([*self.cond_ops, *self.ops, self.head], self.xp)
         self.embed = self.xp.array(embed)
         self.cond_embed = self.xp.array(cond_embed) if cond_embed is not None else None
         self.probs = self.xp.array(exp_table(1.0 / LOGIT_STEPS, PROB_BITS, 1))
