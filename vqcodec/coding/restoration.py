@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from ..errors import FormatError
 
@@ -207,23 +208,24 @@ def fit(original: np.ndarray, decoded: np.ndarray, file_bytes: int) -> Filter | 
     pixels = gram[-1, -1]
     centred_gram, centred_cross = centre @ gram @ centre.T, centre @ cross
     best, best_worth = None, 0.0
-    for index, shape in enumerate(SHAPES):
-        weights, after = [], 0.0
-        for c in range(CHANNELS):
-            used = _in_largest(shape, c)
-            a, b = gram[np.ix_(used, used)], cross[used, c]
-            ridge = np.full(len(used), RIDGE * pixels)
-            ridge[-1] = 0.0  # the constant: orthogonal to the centred features, nothing to steady
-            solved = np.linalg.solve(centred_gram[np.ix_(used, used)] + np.diag(ridge), centred_cross[used, c])
-            steps = shape.steps
-            q = np.rint(solved @ centre[np.ix_(used, used)] / steps).astype(np.int64)
-            w = q * steps
-            after += energy[c] - 2 * w @ b + w @ a @ w
-            weights.append(q)
-        filt = Filter(index, tuple(weights))
-        worth = worth_per_db * 10 * np.log10(before / max(after, 1e-9)) - 8 * len(to_bytes(filt))
-        if worth > best_worth:
-            best, best_worth = filt, worth
+    with threadpool_limits(limits=1, user_api="blas"):  # at most 64 unknowns: threads only cost
+        for index, shape in enumerate(SHAPES):
+            weights, after = [], 0.0
+            for c in range(CHANNELS):
+                used = _in_largest(shape, c)
+                a, b = gram[np.ix_(used, used)], cross[used, c]
+                ridge = np.full(len(used), RIDGE * pixels)
+                ridge[-1] = 0.0  # the constant: orthogonal to the centred features, nothing to steady
+                solved = np.linalg.solve(centred_gram[np.ix_(used, used)] + np.diag(ridge), centred_cross[used, c])
+                steps = shape.steps
+                q = np.rint(solved @ centre[np.ix_(used, used)] / steps).astype(np.int64)
+                w = q * steps
+                after += energy[c] - 2 * w @ b + w @ a @ w
+                weights.append(q)
+            filt = Filter(index, tuple(weights))
+            worth = worth_per_db * 10 * np.log10(before / max(after, 1e-9)) - 8 * len(to_bytes(filt))
+            if worth > best_worth:
+                best, best_worth = filt, worth
     return best
 
 
