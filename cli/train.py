@@ -149,16 +149,28 @@ def train_decoder_command(source: str, folder: Path, out: Path, **kwargs) -> Non
     type=click.FloatRange(min=0, min_open=True),
     required=True,
     callback=finite,
-    help="Rate: loss = bits per pixel + LAM x 255^2 x MSE (larger: more bits, higher quality).",
+    help="Rate: loss = bits per pixel + LAM x 255^2 x MSE, or the MS-SSIM mix (larger: more bits, higher quality).",
 )
 @click.option("--layer", type=click.IntRange(1), help="Continue this layer of MODEL (1-based) instead of adding one.")
+@click.option(
+    "--ms-ssim",
+    "ms_ssim_share",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Share of the distortion measured as MS-SSIM instead of MSE (needs --crop 161 or more).",
+)
 @_settings_options(128, "Crop side in pixels.")
-def train_enhancement_command(source: str, folder: Path, out: Path, lam: float, layer: int | None, **kwargs) -> None:
+def train_enhancement_command(
+    source: str, folder: Path, out: Path, lam: float, layer: int | None, ms_ssim_share: float, **kwargs
+) -> None:
     """Stage 4: train an enhancement layer over MODEL, which stays frozen (its files still
     decode): coefficients of what its synthesis misses, for rates above its own. Writes MODEL with
     the layer to OUT (the new model has its own identifier). Add layers from the lowest rate up."""
     checkpoint = out.with_name(out.name + ".ckpt")
-    _training("enhancement").train_enhancement(source, folder, checkpoint, out, lam, _settings(kwargs), layer)
+    _training("enhancement").train_enhancement(
+        source, folder, checkpoint, out, lam, _settings(kwargs), layer, ms_ssim_share
+    )
     _report_model(out, checkpoint)
 
 

@@ -362,3 +362,21 @@ def test_enhancement_stage_adds_and_continues_layers_over_a_frozen_model(folder,
     assert codec.decode_codes(codec.compress(image, enhancement=2, rdo=0)).enhancement.layer == 2
     with pytest.raises(vqcodec.ModelError, match="no layer 3"):
         train_enhancement(again, folder, tmp_path / "e4.ckpt", tmp_path / "e4.safetensors", 0.05, SETTINGS, 3)
+
+
+def test_enhancement_stage_mixes_ms_ssim_into_its_distortion(model_file, tmp_path):
+    from vqcodec.training.enhancement import train_enhancement
+
+    rng = np.random.default_rng(7)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(10):
+        Image.fromarray(smooth_image(rng, 168, 168 + 4 * i)).save(photos / f"p{i}.png")
+    settings = TrainSettings(steps=2, batch=1, crop=168, val_every=100, checkpoint_every=100)
+    out = tmp_path / "m.safetensors"
+    train_enhancement(model_file, photos, tmp_path / "m.ckpt", out, 0.05, settings, ms_ssim_share=0.5)
+    log = [json.loads(line) for line in (tmp_path / "m.jsonl").read_text().splitlines()]
+    assert 0 < log[-1]["ms_ssim"] <= 1 and log[-1]["split"] == "val"
+    assert len(load_model(out).enhancements) == 1
+    with pytest.raises(vqcodec.ModelError, match="crops of at least 161"):
+        train_enhancement(model_file, photos, tmp_path / "n", tmp_path / "n.sft", 0.05, SETTINGS, ms_ssim_share=0.5)

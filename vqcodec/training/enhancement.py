@@ -1,9 +1,12 @@
 """Stage 4: an enhancement layer (``nn.enhancement``) trained over a finished model, which stays
 frozen: its code maps, priors and files are untouched, and the layer adds a rate above them.
 
-Loss: the layer's bits per pixel + ``lam`` x 255^2 x MSE (CompressAI's convention), with uniform
-noise standing in for rounding. Validation: the layer's bits per pixel from its rounded integers
-and the PSNR of the enhanced and of the plain reconstruction of the validation photos. The model
+Loss: the layer's bits per pixel + ``lam`` x the distortion, with uniform noise standing in for
+rounding. The distortion is 255^2 x MSE (CompressAI's convention), or with ``ms_ssim`` a share
+of ``MSSSIM_PER_MSE`` x (1 - MS-SSIM) in its place (CompressAI's MS-SSIM models take about that
+many times the lambda of its MSE models of equal rate). Validation: the layer's bits per pixel from
+its rounded integers, the PSNR of the enhanced and of the plain reconstruction of the validation
+photos, and the mean MS-SSIM of the enhanced ones. The model
 written at the end has its activation ranges calibrated on the validation photos, ready to code.
 """
 
@@ -30,7 +33,11 @@ from ..zoo.weights import load_model, model_id, save_model
 from . import data
 from .checkpoint import read_meta
 from .metrics import psnr
+from .msssim import MIN_SIDE, ms_ssim
 from .run import Run, TrainSettings
+
+#: Weight of 1 - MS-SSIM equal to that of 255^2 x MSE at the same rate.
+MSSSIM_PER_MSE = 1300.0
 
 
 def train_enhancement(
@@ -41,14 +48,18 @@ def train_enhancement(
     lam: float,
     settings: TrainSettings | None = None,
     layer: int | None = None,
+    ms_ssim_share: float = 0.0,
 ) -> Path:
     """Train an enhancement layer of rate ``lam`` over the finished model ``source`` (file or
     preset) on the photos of ``folder``; write ``source`` with it to ``model_out`` (the checkpoint
     for resuming goes to ``out``). ``layer`` (1-based) continues one of the model's layers;
     without it a new layer is added after the others, started from the last one if there is one
-    (so add layers from the lowest rate up)."""
+    (so add layers from the lowest rate up). ``ms_ssim_share`` (0 to 1) of the distortion is
+    measured in MS-SSIM, which needs crops of ``msssim.MIN_SIDE`` pixels or more."""
     out, model_out = Path(out), Path(model_out)
     settings = settings or TrainSettings()
+    if ms_ssim_share and settings.crop < MIN_SIDE:
+        raise ModelError(f"an MS-SSIM loss needs crops of at least {MIN_SIDE} pixels, not {settings.crop}")
     model = load_model(model_file(source))
     source_id = model_id(model).hex()
     if out.exists() and (read_meta(out).get("source"), read_meta(out).get("layer")) != (source_id, layer):
@@ -56,7 +67,7 @@ def train_enhancement(
     model, index = with_layer(model, layer)
     net = model.enhancements[index]
     vqvae = model.vqvae.eval().requires_grad_(False)
-    meta = {"stage": "enhancement", "source": source_id, "layer": layer, "lam": lam}
+    meta = {"stage": "enhancement", "source": source_id, "layer": layer, "lam": lam, "ms_ssim": ms_ssim_share}
     run = Run(out, {"enhancement": net}, settings, meta)
     run.resume()
     train_files, val_files = data.split(folder)
@@ -68,9 +79,15 @@ def train_enhancement(
         out, bits = net(x, *base_pass(vqvae, x), noisy=True)
         bpp = bits / (x.shape[0] * x.shape[2] * x.shape[3])
         mse = F.mse_loss(out, x) / 4  # on [0, 1]
-        loss = bpp + lam * 255**2 * mse
+        distortion = (1 - ms_ssim_share) * 255**2 * mse
+        log = {"bpp": bpp.item(), "psnr": -10 * math.log10(mse.item())}
+        if ms_ssim_share:
+            similarity = ms_ssim((out + 1) / 2, (x + 1) / 2).mean()
+            distortion = distortion + ms_ssim_share * MSSSIM_PER_MSE * (1 - similarity)
+            log["ms_ssim"] = similarity.item()
+        loss = bpp + lam * distortion
         loss.backward()
-        return {"loss": loss.item(), "bpp": bpp.item(), "psnr": -10 * math.log10(mse.item())}
+        return {"loss": loss.item(), **log}
 
     run.loop(train_step, lambda: validate(net, vqvae, val_images))
     calibrate(net, vqvae, val_images)
@@ -124,11 +141,13 @@ def _each_image(vqvae: VQVAE2, images: list[np.ndarray]) -> Iterator[tuple[np.nd
 
 @torch.no_grad()
 def validate(net: Enhancement, vqvae: VQVAE2, images: list[np.ndarray]) -> dict[str, float]:
-    """The layer's bits per pixel (rounded integers) and the aggregate PSNR of the enhanced and
-    of the plain reconstructions."""
+    """The layer's bits per pixel (rounded integers), the aggregate PSNR of the enhanced and of
+    the plain reconstructions, and the mean MS-SSIM of the enhanced ones (of the images large
+    enough for it)."""
     net.eval()
     bits = pixels = 0.0
     errors = {"enhanced": 0.0, "base": 0.0}
+    similarities = []
     for rgb, x, (recon, top, bottom) in _each_image(vqvae, images):
         out, b = net(x, recon, top, bottom, noisy=False)
         h, w = rgb.shape[:2]
@@ -136,6 +155,8 @@ def validate(net: Enhancement, vqvae: VQVAE2, images: list[np.ndarray]) -> dict[
         for name, t in (("enhanced", out), ("base", recon)):
             levels = ((t[0, :, :h, :w].double().clamp(-1, 1) + 1) * 127.5).round()
             errors[name] += float(((levels - ref) ** 2).sum())
+            if name == "enhanced" and min(h, w) >= MIN_SIDE:
+                similarities.append(float(ms_ssim(levels[None], ref[None], peak=255.0)))
         bits += float(b)
         pixels += h * w
     net.train()
@@ -143,6 +164,7 @@ def validate(net: Enhancement, vqvae: VQVAE2, images: list[np.ndarray]) -> dict[
         "enhancement_bpp": bits / pixels,
         "psnr": psnr(errors["enhanced"] / (3 * pixels)),
         "base_psnr": psnr(errors["base"] / (3 * pixels)),
+        **({"ms_ssim": float(np.mean(similarities))} if similarities else {}),
     }
 
 

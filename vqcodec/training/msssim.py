@@ -1,0 +1,57 @@
+"""Differentiable MS-SSIM for training losses: Wang et al.'s five scales (11-tap Gaussian window of
+sigma 1.5, K1 0.01, K2 0.03, 2x2 average pooling between scales), per channel and averaged, the
+convention the benchmark's metric follows; valid convolutions, so a side must exceed 160 pixels."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+WINDOW, SIGMA = 11, 1.5
+K1, K2 = 0.01, 0.03
+#: The window must still fit after four halvings.
+MIN_SIDE = (WINDOW - 1) * 2 ** (len(WEIGHTS) - 1) + 1
+
+
+def _gaussian(x: torch.Tensor) -> torch.Tensor:
+    t = torch.arange(WINDOW, dtype=x.dtype, device=x.device) - WINDOW // 2
+    g = torch.exp(-(t**2) / (2 * SIGMA**2))
+    return g / g.sum()
+
+
+def _blur(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Separable valid Gaussian filter of each channel of ``x`` (N, C, H, W)."""
+    c = x.shape[1]
+    x = F.conv2d(x, g.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return F.conv2d(x, g.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
+def _ssim(a: torch.Tensor, b: torch.Tensor, g: torch.Tensor, peak: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image and channel: SSIM's mean and the mean of its contrast-structure term."""
+    c1, c2 = (K1 * peak) ** 2, (K2 * peak) ** 2
+    mu_a, mu_b = _blur(a, g), _blur(b, g)
+    var_a = _blur(a * a, g) - mu_a**2
+    var_b = _blur(b * b, g) - mu_b**2
+    cov = _blur(a * b, g) - mu_a * mu_b
+    cs = (2 * cov + c2) / (var_a + var_b + c2)
+    luminance = (2 * mu_a * mu_b + c1) / (mu_a**2 + mu_b**2 + c1)
+    return (luminance * cs).mean(dim=(2, 3)), cs.mean(dim=(2, 3))
+
+
+def ms_ssim(a: torch.Tensor, b: torch.Tensor, peak: float = 1.0) -> torch.Tensor:
+    """MS-SSIM of two batches (N, C, H, W) with values up to ``peak``: one value per image, the
+    mean over channels."""
+    if min(a.shape[-2:]) < MIN_SIDE:
+        raise ValueError(f"MS-SSIM needs sides of at least {MIN_SIDE} pixels, not {tuple(a.shape[-2:])}")
+    g = _gaussian(a)
+    factors = []
+    for i in range(len(WEIGHTS)):
+        ssim, cs = _ssim(a, b, g, peak)
+        # clamped as by a ReLU, but without an infinite gradient at 0
+        factors.append((ssim if i == len(WEIGHTS) - 1 else cs).clamp(min=1e-8))
+        if i < len(WEIGHTS) - 1:
+            pad = [side % 2 for side in a.shape[-2:]]
+            a, b = F.avg_pool2d(a, 2, padding=pad), F.avg_pool2d(b, 2, padding=pad)
+    weights = torch.tensor(WEIGHTS, dtype=a.dtype, device=a.device).view(-1, 1, 1)
+    return torch.prod(torch.stack(factors) ** weights, dim=0).mean(dim=1)
