@@ -26,7 +26,7 @@ from .hostile import run_hostile
 from .images import Sample, load_images
 from .metrics import MSSSIM_MIN_SIDE
 from .peers import LEARNED, compare, load_classical, load_learned, ratios
-from .rd import REFERENCE, average_curve, bd_rates, head_to_head, same_rate, same_size_jpeg, sweep
+from .rd import QUALITY_RANGES, REFERENCE, average_curve, bd_rates, head_to_head, same_rate, same_size, sweep
 from .speed import devices, measure_speed, timed
 
 DEFAULT_OUT = Path(__file__).parent / "results"
@@ -59,6 +59,18 @@ def _pick_classical(names: str | None, quick: bool) -> list[PillowCodec]:
         )
     chosen = [available[n] for n in dict.fromkeys([REFERENCE, *wanted])]
     return [dataclasses.replace(c, settings=spread(c.settings, QUICK_SETTINGS)) for c in chosen] if quick else chosen
+
+
+def _same_size_codecs(names: str) -> list[PillowCodec]:
+    """The classical codecs named for same-size comparisons (those ``match_size`` can search)."""
+    available = {c.name: c for c in classical_codecs() if c.format in QUALITY_RANGES}
+    wanted = [n.strip() for n in names.split(",") if n.strip()]
+    unknown = [n for n in wanted if n not in available]
+    if unknown:
+        raise click.UsageError(
+            f"no same-size search for codec(s) {', '.join(unknown)}; available: {', '.join(available)}"
+        )
+    return [available[n] for n in dict.fromkeys(wanted)]
 
 
 def _images_options(f):
@@ -112,29 +124,34 @@ def _notes(samples: Sequence[Sample], learned: Sequence[VQCodec], decode: bool) 
                    "decoder reproduces exactly) and no decode time is given.")  # fmt: skip
 @click.option("--ladder", is_flag=True, help="Run each --model at every --quality point's RDO and scale, "
               "in place of that point's preset (a candidate model's whole curve; --rdo is then unused).")  # fmt: skip
+@click.option("--same-size", "same_size_names", default=REFERENCE, show_default=True,
+              help="Comma-separated codecs to compare each vqcodec file with, image by image, at the largest "
+                   "quality whose file is no larger (JPEG, WebP, AVIF or JPEG XL; '' for none).")  # fmt: skip
 @_device_option
 @rdo_option
 @click.option("--repeats", type=click.IntRange(1), help="Timing runs per file, best kept [default: 3, 1 with --quick].")
 @click.option("--threads", type=click.IntRange(1), default=1, show_default=True,
               help="torch threads (vqcodec on the CPU, MS-SSIM); the classical codecs run on one thread.")  # fmt: skip
 def rd(
-    folder, out, quick, limit, crop, names, models, presets, vq_decode, ladder, device, rdo, repeats, threads
-) -> None:
+    folder, out, quick, limit, crop, names, models, presets, vq_decode, ladder, same_size_names, device, rdo,
+    repeats, threads,
+) -> None:  # fmt: skip
     """Rate-distortion of vqcodec and classical codecs on the images in FOLDER."""
     use_threads(threads)
+    others = _same_size_codecs(same_size_names)
     samples = _samples(folder, quick, limit, crop)
     classical = _pick_classical(names, quick)
     learned = vqcodec_codecs(presets, models, device, vq_decode, rdo, ladder)
     codecs = [*classical, *learned]
     records = sweep(codecs, samples, repeats or (1 if quick else 3))
     curves = {c.name: average_curve(c, records) for c in codecs}
-    same_size = same_size_jpeg(records, samples, {c.name for c in learned}, classical[0])
+    same = [row for other in others for row in same_size(records, samples, {c.name for c in learned}, other)]
     environment = report.environment() | library_versions() | {"torch_threads": threads}
     run = {
         "command": _command_line(), "dataset": str(folder), "environment": environment, "rdo": rdo,
         "images": [{"name": s.name, "width": s.image.width, "height": s.image.height} for s in samples],
-        "codecs": curves, "bd_rate": bd_rates(curves), "same_size_jpeg": same_size,
-        "same_size_jpeg_mean": report.same_size_summary(same_size),
+        "codecs": curves, "bd_rate": bd_rates(curves), "same_size": same,
+        "same_size_mean": report.same_size_summary(same),
         "head_to_head": head_to_head(curves, {c.name for c in learned}),
         "same_rate": same_rate(curves, {c.name for c in learned}), "notes": _notes(samples, learned, vq_decode),
         "per_image": records,

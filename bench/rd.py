@@ -1,4 +1,5 @@
-"""Rate-distortion sweeps: per-image measurements, averaged curves, BD-rates and same-size JPEG."""
+"""Rate-distortion sweeps: per-image measurements, averaged curves, BD-rates and same-size files of
+other codecs."""
 
 from __future__ import annotations
 
@@ -139,14 +140,21 @@ def same_rate(curves: dict[str, dict], learned: set[str]) -> list[dict]:
     return rows
 
 
-def match_size(image: Image.Image, target_bytes: int, jpeg: PillowCodec) -> tuple[int, bytes]:
-    """The JPEG quality (1-100) and file whose size is closest to ``target_bytes`` without
-    exceeding it (found by bisection; quality 1 when even that is larger)."""
-    low, high = 1, 100
-    best = (1, jpeg.encode(image, 1))
+#: The quality range of the codecs (by Pillow format) a same-size comparison can search.
+QUALITY_RANGES = {"JPEG": (1, 100), "WEBP": (0, 100), "AVIF": (0, 100), "JXL": (0, 100)}
+#: The qualities a same-size comparison reports.
+SAME_SIZE_METRICS = ("psnr", "ms_ssim", "ssimulacra2")
+
+
+def match_size(image: Image.Image, target_bytes: int, codec: PillowCodec) -> tuple[int, bytes]:
+    """The quality of ``codec`` (one of ``QUALITY_RANGES``) and its file whose size is closest to
+    ``target_bytes`` without exceeding it (found by bisection; the lowest quality when even that
+    is larger)."""
+    low, high = QUALITY_RANGES[codec.format]
+    best = (low, codec.encode(image, low))
     while low <= high:
         q = (low + high) // 2
-        data = jpeg.encode(image, q)
+        data = codec.encode(image, q)
         if len(data) <= target_bytes:
             best, low = (q, data), q + 1
         else:
@@ -154,23 +162,23 @@ def match_size(image: Image.Image, target_bytes: int, jpeg: PillowCodec) -> tupl
     return best
 
 
-def same_size_jpeg(
-    records: Sequence[dict], samples: Sequence[Sample], codec_names: set[str], jpeg: PillowCodec
+def same_size(
+    records: Sequence[dict], samples: Sequence[Sample], codec_names: set[str], other: PillowCodec
 ) -> list[dict]:
-    """For each file of the named codecs, the JPEG of the same size and the quality differences
-    (codec minus JPEG; positive means the codec is better)."""
+    """For each file of the named codecs, ``other``'s file of the same size (``match_size``) and
+    the quality differences (codec minus other; positive means the codec is better)."""
     images = {s.name: s.image for s in samples}
     rows = []
     for r in (r for r in records if r["codec"] in codec_names):
         image = images[r["image"]]
-        quality, data = match_size(image, r["bytes"], jpeg)
-        jpeg_q = quality_metrics(np.asarray(image), jpeg.decode(data))
+        quality, data = match_size(image, r["bytes"], other)
+        theirs = quality_metrics(np.asarray(image), other.decode(data))
         rows.append({
             "codec": r["codec"], "setting": r["setting"], "image": r["image"], "bytes": r["bytes"],
-            "jpeg_quality": quality, "jpeg_bytes": len(data),
-            "psnr": r["psnr"], "jpeg_psnr": jpeg_q["psnr"], "delta_psnr": _diff(r["psnr"], jpeg_q["psnr"]),
-            "ms_ssim": r["ms_ssim"], "jpeg_ms_ssim": jpeg_q["ms_ssim"],
-            "delta_ms_ssim": _diff(r["ms_ssim"], jpeg_q["ms_ssim"]),
+            "against": other.name, "other_quality": quality, "other_bytes": len(data),
+            **{m: r[m] for m in SAME_SIZE_METRICS},
+            **{f"other_{m}": theirs[m] for m in SAME_SIZE_METRICS},
+            **{f"delta_{m}": _diff(r[m], theirs[m]) for m in SAME_SIZE_METRICS},
         })  # fmt: skip
     return rows
 

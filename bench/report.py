@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from vqcodec.coding import qprior
 
 from .metrics import quality_at
-from .rd import BD_METRICS, REFERENCE, mean
+from .rd import BD_METRICS, REFERENCE, SAME_SIZE_METRICS, mean
 from .speed import DECODE_STAGES, ENCODE_STAGES
 
 #: Rates at which the summary reads each averaged curve (as in the Kodak anchors).
@@ -157,38 +157,50 @@ def head_to_head_table(rows: Sequence[dict]) -> str:
 
 
 def same_size_summary(rows: Sequence[dict]) -> list[dict]:
-    """Same-size JPEG comparisons averaged over images, per codec and setting."""
-    keys = sorted({(r["codec"], str(r["setting"])) for r in rows})
+    """Same-size comparisons per codec, setting and other codec: the mean differences over the
+    images and the share of images on which the codec is ahead, per metric."""
+    keys = sorted({(r["codec"], str(r["setting"]), r["against"]) for r in rows})
     out = []
-    for codec, setting in keys:
-        group = [r for r in rows if r["codec"] == codec and str(r["setting"]) == setting]
-        out.append({
-            "codec": codec, "setting": setting, "images": len(group),
-            "bytes": mean([r["bytes"] for r in group]), "jpeg_bytes": mean([r["jpeg_bytes"] for r in group]),
-            "jpeg_quality": mean([r["jpeg_quality"] for r in group]),
-            "delta_psnr": mean([r["delta_psnr"] for r in group]),
-            "delta_ms_ssim": mean([r["delta_ms_ssim"] for r in group]),
-        })  # fmt: skip
+    for codec, setting, against in keys:
+        group = [r for r in rows if (r["codec"], str(r["setting"]), r["against"]) == (codec, setting, against)]
+        summary = {
+            "codec": codec, "setting": setting, "against": against, "images": len(group),
+            "bytes": mean([r["bytes"] for r in group]), "other_bytes": mean([r["other_bytes"] for r in group]),
+            "other_quality": mean([r["other_quality"] for r in group]),
+        }  # fmt: skip
+        for m in SAME_SIZE_METRICS:
+            deltas = [r[f"delta_{m}"] for r in group if r[f"delta_{m}"] is not None]
+            summary[f"delta_{m}"] = mean(deltas)
+            summary[f"ahead_{m}"] = sum(d > 0 for d in deltas) / len(deltas) if deltas else None
+        out.append(summary)
     return out
 
 
 def same_size_tables(rows: Sequence[dict]) -> str:
-    """Per-image and averaged tables of a codec against JPEG 4:2:0 at the same file size."""
-    per_image = [
-        [r["codec"], str(r["setting"]), r["image"], str(r["bytes"]), str(r["jpeg_bytes"]), str(r["jpeg_quality"]),
-         fmt(r["psnr"]), fmt(r["jpeg_psnr"]), fmt(r["delta_psnr"]),
-         fmt(r["ms_ssim"], 4), fmt(r["jpeg_ms_ssim"], 4), fmt(r["delta_ms_ssim"], 4)]
-        for r in rows
-    ]  # fmt: skip
+    """Averaged and per-image tables of a codec against others at the same file size."""
+    names = {"psnr": "PSNR", "ms_ssim": "MS-SSIM", "ssimulacra2": "SSIMULACRA2"}
+    places = {"psnr": 2, "ms_ssim": 4, "ssimulacra2": 2}
     averaged = [
-        [s["codec"], s["setting"], str(s["images"]), fmt(s["bytes"], 0), fmt(s["jpeg_bytes"], 0),
-         fmt(s["jpeg_quality"], 1), fmt(s["delta_psnr"]), fmt(s["delta_ms_ssim"], 4)]
+        [s["codec"], s["setting"], s["against"], str(s["images"]), fmt(s["bytes"], 0), fmt(s["other_bytes"], 0),
+         fmt(s["other_quality"], 1),
+         *[cell for m in SAME_SIZE_METRICS for cell in (fmt(s[f"delta_{m}"], places[m]), _share(s[f"ahead_{m}"]))]]
         for s in same_size_summary(rows)
     ]  # fmt: skip
-    header = ["codec", "setting", "image", "bytes", "JPEG bytes", "JPEG q", "PSNR", "JPEG PSNR", "dPSNR",
-              "MS-SSIM", "JPEG MS-SSIM", "dMS-SSIM"]  # fmt: skip
-    avg_header = ["codec", "setting", "images", "bytes", "JPEG bytes", "JPEG q", "dPSNR", "dMS-SSIM"]
+    per_image = [
+        [r["codec"], str(r["setting"]), r["against"], r["image"], str(r["bytes"]), str(r["other_bytes"]),
+         str(r["other_quality"]),
+         *[cell for m in SAME_SIZE_METRICS for cell in (fmt(r[m], places[m]), fmt(r[f"other_{m}"], places[m]))]]
+        for r in rows
+    ]  # fmt: skip
+    avg_header = ["codec", "setting", "against", "images", "bytes", "its bytes", "its quality",
+                  *[h for m in SAME_SIZE_METRICS for h in (f"d{names[m]}", f"ahead in {names[m]}")]]  # fmt: skip
+    header = ["codec", "setting", "against", "image", "bytes", "its bytes", "its quality",
+              *[h for m in SAME_SIZE_METRICS for h in (names[m], f"its {names[m]}")]]  # fmt: skip
     return table(avg_header, averaged) + "\n\nPer image:\n\n" + table(header, per_image)
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.0f}%"
 
 
 def markdown(run: dict) -> str:
@@ -221,8 +233,9 @@ def markdown(run: dict) -> str:
         ]
     if run.get("same_rate"):
         parts += ["## At the same rate, on the other codecs' averaged curves", same_rate_table(run["same_rate"])]
-    if run["same_size_jpeg"]:
-        parts += [f"## Against {REFERENCE} at the same size", same_size_tables(run["same_size_jpeg"])]
+    if run["same_size"]:
+        others = ", ".join(dict.fromkeys(r["against"] for r in run["same_size"]))
+        parts += [f"## Against {others} at the same size, image by image", same_size_tables(run["same_size"])]
     return "\n\n".join(parts) + "\n"
 
 

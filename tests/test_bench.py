@@ -23,7 +23,7 @@ from bench.codecs import VQCodec, classical_codecs, vqcodec_codecs
 from bench.hostile import forged
 from bench.metrics import MSSSIM_MIN_SIDE, SSIMULACRA2_MIN_SIDE, bd_rate, ms_ssim, psnr, quality_at, ssimulacra2
 from bench.peers import CLASSICAL, learned_peer
-from bench.rd import head_to_head, match_size
+from bench.rd import QUALITY_RANGES, head_to_head, match_size
 from bench.report import write_json
 from tests.conftest import smooth_image
 from vqcodec.zoo.weights import load_model
@@ -147,15 +147,21 @@ def test_json_is_strict_with_missing_and_infinite_values(tmp_path):
 # -- codecs -----------------------------------------------------------------------------------
 
 
-def test_match_size_takes_the_largest_jpeg_quality_within_the_size(rng):
-    jpeg = next(c for c in classical_codecs() if c.name == "jpeg420")
+@pytest.mark.parametrize("name", ["jpeg420", "webp_m4", "avif"])
+def test_match_size_takes_the_largest_quality_within_the_size(rng, name):
+    codec = next((c for c in classical_codecs() if c.name == name), None)
+    if codec is None:
+        pytest.skip(f"Pillow cannot write {name} here")
     image = Image.fromarray(smooth_image(rng, 40, 56))
-    sizes = {q: len(jpeg.encode(image, q)) for q in range(1, 101)}
-    for target in (sizes[30], sizes[75] + 1, sizes[1] - 1):
-        quality, data = match_size(image, target, jpeg)
-        within = [q for q, n in sizes.items() if n <= target]
-        assert quality == (max(within) if within else 1)
+    low, high = QUALITY_RANGES[codec.format]
+    sizes = {q: len(codec.encode(image, q)) for q in range(low, high + 1)}
+    for target in (sizes[30], sizes[75] + 1, sizes[low] - 1):
+        quality, data = match_size(image, target, codec)
         assert len(data) == sizes[quality]
+        assert len(data) <= target or quality == low
+        if all(sizes[q] <= sizes[q + 1] for q in range(low, high)):  # then bisection finds the largest
+            within = [q for q, n in sizes.items() if n <= target]
+            assert quality == (max(within) if within else low)
 
 
 def test_vqcodec_without_decoding_gives_the_decoder_s_image(model_file, rng):
@@ -225,11 +231,17 @@ def test_rd_quick_run_writes_compressai_json_tables_and_plots(tmp_path, image_di
     assert point["codec"] == "vqcodec-tiny" and point["bpp"] == vq_results["bpp"][0]
     assert set(point) >= {"jpeg420_psnr", "jpeg420_ms_ssim"}  # None where the point is off JPEG's curve
 
-    same = run["same_size_jpeg"]
-    assert [(r["codec"], r["image"]) for r in same] == [("vqcodec-tiny", "a"), ("vqcodec-tiny", "b")]
+    same = run["same_size"]
+    assert [(r["codec"], r["image"], r["against"]) for r in same] == [
+        ("vqcodec-tiny", "a", "jpeg420"),
+        ("vqcodec-tiny", "b", "jpeg420"),
+    ]
     for r in same:
-        assert r["jpeg_bytes"] <= r["bytes"] or r["jpeg_quality"] == 1
-        assert r["delta_psnr"] == pytest.approx(r["psnr"] - r["jpeg_psnr"], abs=1e-4)
+        assert r["other_bytes"] <= r["bytes"] or r["other_quality"] == 1
+        assert r["delta_psnr"] == pytest.approx(r["psnr"] - r["other_psnr"], abs=1e-4)
+    (mean,) = run["same_size_mean"]
+    ahead = sum(r["delta_psnr"] > 0 for r in same) / 2
+    assert mean["images"] == 2 and mean["ahead_psnr"] == ahead
     assert run["bd_rate"]["jpeg420"]["psnr"]["percent"] == 0
     assert run["bd_rate"]["vqcodec-tiny"]["psnr"] is None  # one point is no curve
 
@@ -242,6 +254,8 @@ def test_rd_quick_run_writes_compressai_json_tables_and_plots(tmp_path, image_di
 def test_rd_refuses_unknown_codecs(tmp_path, image_dir):
     result = CliRunner().invoke(main, ["rd", str(image_dir), "--codecs", "gif", "--out", str(tmp_path)])
     assert result.exit_code == 2 and "unknown or unavailable codec" in result.output
+    result = CliRunner().invoke(main, ["rd", str(image_dir), "--same-size", "j2k", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "no same-size search for codec(s) j2k" in result.output
 
 
 def test_entropy_command_reports_every_map(tmp_path, image_dir, model_file):
