@@ -2,12 +2,12 @@
 frozen: its code maps, priors and files are untouched, and the layer adds a rate above them.
 
 Loss: the layer's bits per pixel + ``lam`` x the distortion, with uniform noise standing in for
-rounding. The distortion is 255^2 x MSE (CompressAI's convention), or with ``ms_ssim`` a share
-of ``MSSSIM_PER_MSE`` x (1 - MS-SSIM) in its place (CompressAI's MS-SSIM models take about that
-many times the lambda of its MSE models of equal rate). Validation: the layer's bits per pixel from
-its rounded integers, the PSNR of the enhanced and of the plain reconstruction of the validation
-photos, and the mean MS-SSIM of the enhanced ones. The model
-written at the end has its activation ranges calibrated on the validation photos, ready to code.
+rounding. The distortion is 255^2 x MSE (CompressAI's convention), with ``ms_ssim_share`` of it
+``MSSSIM_PER_MSE`` x (1 - MS-SSIM) instead (CompressAI's MS-SSIM models take about that many
+times the lambda of its MSE models of equal rate). Validation: the layer's bits per pixel from its
+rounded integers, the PSNR of the enhanced and of the plain reconstruction of the validation
+photos, and the mean MS-SSIM of the enhanced ones. The model written at the end has its
+activation ranges calibrated on the validation photos, ready to code.
 """
 
 from __future__ import annotations
