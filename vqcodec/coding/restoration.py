@@ -189,26 +189,28 @@ FIT_PIXELS = 1 << 18
 
 def fit(original: np.ndarray, decoded: np.ndarray, file_bytes: int) -> Filter | None:
     """The filter worth most for a file of ``file_bytes`` (the code maps') that turns ``decoded``
-    into ``original`` (both (H, W, 3) uint8), or None where none gains more than it costs."""
-    largest = SHAPES[-1]
-    gram = np.zeros((largest.features, largest.features))
-    cross = np.zeros((largest.features, CHANNELS))
-    energy = np.zeros(CHANNELS)
-    every = max(1, round(decoded.shape[0] * decoded.shape[1] / FIT_PIXELS))
-    for rows, f in _features(decoded, largest, every):
-        t = (original[rows].astype(np.float32) - decoded[rows]).reshape(-1, CHANNELS)
-        gram += f @ f.T
-        cross += f @ t
-        energy += (t * t).sum(0, dtype=np.float64)
-    before = energy.sum()
-    if before == 0:
-        return None
-    worth_per_db = _db_worth(file_bytes, original.shape[0] * original.shape[1]) * 8 * file_bytes
-    centre = _centring(gram)
-    pixels = gram[-1, -1]
-    centred_gram, centred_cross = centre @ gram @ centre.T, centre @ cross
-    best, best_worth = None, 0.0
-    with threadpool_limits(limits=1, user_api="blas"):  # at most 64 unknowns: threads only cost
+    into ``original`` (both (H, W, 3) uint8), or None where none gains more than it costs. On one
+    BLAS thread: its sums, and so the filter, are the same whatever the threads (and its systems
+    of at most 64 unknowns are solved faster so)."""
+    with threadpool_limits(limits=1, user_api="blas"):
+        largest = SHAPES[-1]
+        gram = np.zeros((largest.features, largest.features))
+        cross = np.zeros((largest.features, CHANNELS))
+        energy = np.zeros(CHANNELS)
+        every = max(1, round(decoded.shape[0] * decoded.shape[1] / FIT_PIXELS))
+        for rows, f in _features(decoded, largest, every):
+            t = (original[rows].astype(np.float32) - decoded[rows]).reshape(-1, CHANNELS)
+            gram += f @ f.T
+            cross += f @ t
+            energy += (t * t).sum(0, dtype=np.float64)
+        before = energy.sum()
+        if before == 0:
+            return None
+        worth_per_db = _db_worth(file_bytes, original.shape[0] * original.shape[1]) * 8 * file_bytes
+        centre = _centring(gram)
+        pixels = gram[-1, -1]
+        centred_gram, centred_cross = centre @ gram @ centre.T, centre @ cross
+        best, best_worth = None, 0.0
         for index, shape in enumerate(SHAPES):
             weights, after = [], 0.0
             for c in range(CHANNELS):
@@ -226,7 +228,7 @@ def fit(original: np.ndarray, decoded: np.ndarray, file_bytes: int) -> Filter | 
             worth = worth_per_db * 10 * np.log10(before / max(after, 1e-9)) - 8 * len(to_bytes(filt))
             if worth > best_worth:
                 best, best_worth = filt, worth
-    return best
+        return best
 
 
 def _centring(gram: np.ndarray) -> np.ndarray:
