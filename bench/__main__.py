@@ -52,24 +52,23 @@ def _pick_classical(names: str | None, quick: bool) -> list[PillowCodec]:
     """The classical codecs named (all available by default), the reference always among them."""
     available = {c.name: c for c in classical_codecs()}
     wanted = [n.strip() for n in names.split(",")] if names else list(available)
-    unknown = [n for n in wanted if n not in available]
-    if unknown:
-        raise click.UsageError(
-            f"unknown or unavailable codec(s) {', '.join(unknown)}; available: {', '.join(available)}"
-        )
-    chosen = [available[n] for n in dict.fromkeys([REFERENCE, *wanted])]
+    chosen = _named(available, wanted, "unknown or unavailable codec(s)")
+    chosen = [available[REFERENCE], *[c for c in chosen if c.name != REFERENCE]]
     return [dataclasses.replace(c, settings=spread(c.settings, QUICK_SETTINGS)) for c in chosen] if quick else chosen
 
 
 def _same_size_codecs(names: str) -> list[PillowCodec]:
     """The classical codecs named for same-size comparisons (those ``match_size`` can search)."""
     available = {c.name: c for c in classical_codecs() if c.format in QUALITY_RANGES}
-    wanted = [n.strip() for n in names.split(",") if n.strip()]
+    return _named(available, [n.strip() for n in names.split(",") if n.strip()], "no same-size search for codec(s)")
+
+
+def _named(available: dict[str, PillowCodec], wanted: list[str], refusal: str) -> list[PillowCodec]:
+    """The codecs ``wanted`` names, once each, in order; a usage error (``refusal`` and the names)
+    for names not ``available``."""
     unknown = [n for n in wanted if n not in available]
     if unknown:
-        raise click.UsageError(
-            f"no same-size search for codec(s) {', '.join(unknown)}; available: {', '.join(available)}"
-        )
+        raise click.UsageError(f"{refusal} {', '.join(unknown)}; available: {', '.join(available)}")
     return [available[n] for n in dict.fromkeys(wanted)]
 
 
