@@ -160,16 +160,28 @@ def train_decoder_command(source: str, folder: Path, out: Path, **kwargs) -> Non
     show_default=True,
     help="Share of the distortion measured as MS-SSIM instead of MSE (needs --crop 161 or more).",
 )
+@click.option(
+    "--straight-through",
+    is_flag=True,
+    help="Synthesise from rounded coefficients, as decoding does (gradients pass the rounding); noise prices them.",
+)
 @_settings_options(128, "Crop side in pixels.")
 def train_enhancement_command(
-    source: str, folder: Path, out: Path, lam: float, layer: int | None, ms_ssim_share: float, **kwargs
+    source: str,
+    folder: Path,
+    out: Path,
+    lam: float,
+    layer: int | None,
+    ms_ssim_share: float,
+    straight_through: bool,
+    **kwargs,
 ) -> None:
     """Stage 4: train an enhancement layer over MODEL, which stays frozen (its files still
     decode): coefficients of what its synthesis misses, for rates above its own. Writes MODEL with
     the layer to OUT (the new model has its own identifier). Add layers from the lowest rate up."""
     checkpoint = out.with_name(out.name + ".ckpt")
     _training("enhancement").train_enhancement(
-        source, folder, checkpoint, out, lam, _settings(kwargs), layer, ms_ssim_share
+        source, folder, checkpoint, out, lam, _settings(kwargs), layer, ms_ssim_share, straight_through
     )
     _report_model(out, checkpoint)
 

@@ -69,6 +69,19 @@ def test_every_table_can_code_its_escape():
     assert not uncodable(np.full(SCALES, enhancement.ESCAPE), tables).any()
 
 
+def test_straight_through_synthesises_the_rounded_coefficients_and_passes_gradients():
+    model = enhanced_model(1)
+    layer, k = model.enhancements[0], model.config.vqvae.top_codes
+    torch.manual_seed(2)
+    x, base = torch.rand(1, 3, 16, 16) * 2 - 1, torch.rand(1, 3, 16, 16) * 2 - 1
+    top, bottom = torch.randint(0, k, (1, 2, 2)), torch.randint(0, k, (1, 4, 4))
+    rounded, _ = layer(x, base, top, bottom, noisy=False)
+    through, bits = layer(x, base, top, bottom, noisy=True, straight_through=True)
+    torch.testing.assert_close(through, rounded)
+    (through.square().sum() + bits).backward()
+    assert layer.analysis.weight.grad.abs().sum() > 0 and layer.log_gain.grad.abs().sum() > 0
+
+
 def test_integer_context_follows_the_float_one():
     layer = enhanced_model(1).enhancements[0]
     top, bottom = torch.randint(0, 16, (1, 6, 7)), torch.randint(0, 16, (1, 12, 14))

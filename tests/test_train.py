@@ -295,6 +295,12 @@ def test_cli_train_commands(folder, tmp_path):
                                   "--out", str(joined)])  # fmt: skip
     assert result.exit_code == 0, result.output
     assert load_model(joined).config == load_model(model).config
+    enhanced = tmp_path / "enhanced.safetensors"
+    result = runner.invoke(main, ["train", "enhancement", "--model", str(model), "--data", str(folder),
+                                  "--out", str(enhanced), "--lam", "0.05", "--straight-through", "--crop", "32",
+                                  *common])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert len(load_model(enhanced).enhancements) == 1
     decoder_ckpt = str(tuned) + ".ckpt"
     bad = runner.invoke(main, ["train", "prior", "--vqvae", decoder_ckpt, "--data", str(folder), "--out", str(model)])
     assert bad.exit_code == 1 and "not a VQ-VAE checkpoint" in bad.output

@@ -145,16 +145,26 @@ class Enhancement(nn.Module):
         return out + self.postfilter(torch.cat([out, residual], 1))
 
     def forward(
-        self, x: torch.Tensor, base: torch.Tensor, top: torch.Tensor, bottom: torch.Tensor, noisy: bool
+        self,
+        x: torch.Tensor,
+        base: torch.Tensor,
+        top: torch.Tensor,
+        bottom: torch.Tensor,
+        noisy: bool,
+        straight_through: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Training pass: (enhanced image, total bits). With ``noisy``, uniform noise stands in
-        for rounding (the training proxy), else the coefficients are rounded."""
+        for rounding (the training proxy), else the coefficients are rounded. With
+        ``straight_through`` the noise prices the coefficients but the synthesis sees them
+        rounded, as a decoder does, with the gradient passed through the rounding."""
         y = self.coefficients(x, base)
         mean, log_scale = self.context(top, bottom)
         scale = log_scale.exp().clamp_min(SCALE_MIN)
         if noisy:
             r = y - mean + torch.empty_like(y).uniform_(-0.5, 0.5)
             y_hat = r + mean
+            if straight_through:
+                y_hat = y + (torch.round(y - mean) + mean - y).detach()
         else:
             r = torch.round(y - mean)
             y_hat = r + mean

@@ -2,7 +2,8 @@
 frozen: its code maps, priors and files are untouched, and the layer adds a rate above them.
 
 Loss: the layer's bits per pixel + ``lam`` x the distortion, with uniform noise standing in for
-rounding. The distortion is 255^2 x MSE (CompressAI's convention), with ``ms_ssim_share`` of it
+rounding (optionally in the rate alone, the synthesis seeing rounded coefficients). The
+distortion is 255^2 x MSE (CompressAI's convention), with ``ms_ssim_share`` of it
 ``MSSSIM_PER_MSE`` x (1 - MS-SSIM) instead (CompressAI's MS-SSIM models take about that many
 times the lambda of its MSE models of equal rate). Validation: the layer's bits per pixel from its
 rounded integers, the PSNR of the enhanced and of the plain reconstruction of the validation
@@ -49,13 +50,15 @@ def train_enhancement(
     settings: TrainSettings | None = None,
     layer: int | None = None,
     ms_ssim_share: float = 0.0,
+    straight_through: bool = False,
 ) -> Path:
     """Train an enhancement layer of rate ``lam`` over the finished model ``source`` (file or
     preset) on the photos of ``folder``; write ``source`` with it to ``model_out`` (the checkpoint
     for resuming goes to ``out``). ``layer`` (1-based) continues one of the model's layers;
     without it a new layer is added after the others, started from the last one if there is one
     (so add layers from the lowest rate up). ``ms_ssim_share`` (0 to 1) of the distortion is
-    measured in MS-SSIM, which needs crops of ``msssim.MIN_SIDE`` pixels or more."""
+    measured in MS-SSIM, which needs crops of ``msssim.MIN_SIDE`` pixels or more.
+    ``straight_through`` trains the synthesis on rounded coefficients (``Enhancement.forward``)."""
     out, model_out = Path(out), Path(model_out)
     settings = settings or TrainSettings()
     if ms_ssim_share and settings.crop < MIN_SIDE:
@@ -67,7 +70,14 @@ def train_enhancement(
     model, index = with_layer(model, layer)
     net = model.enhancements[index]
     vqvae = model.vqvae.eval().requires_grad_(False)
-    meta = {"stage": "enhancement", "source": source_id, "layer": layer, "lam": lam, "ms_ssim": ms_ssim_share}
+    meta = {
+        "stage": "enhancement",
+        "source": source_id,
+        "layer": layer,
+        "lam": lam,
+        "ms_ssim": ms_ssim_share,
+        "straight_through": straight_through,
+    }
     run = Run(out, {"enhancement": net}, settings, meta)
     run.resume()
     train_files, val_files = data.split(folder)
@@ -76,7 +86,7 @@ def train_enhancement(
 
     def train_step() -> dict[str, float]:
         x = sampler.sample(settings.batch)
-        out, bits = net(x, *base_pass(vqvae, x), noisy=True)
+        out, bits = net(x, *base_pass(vqvae, x), noisy=True, straight_through=straight_through)
         bpp = bits / (x.shape[0] * x.shape[2] * x.shape[3])
         mse = F.mse_loss(out, x) / 4  # on [0, 1]
         distortion = (1 - ms_ssim_share) * 255**2 * mse
