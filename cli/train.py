@@ -165,6 +165,12 @@ def train_decoder_command(source: str, folder: Path, out: Path, **kwargs) -> Non
     is_flag=True,
     help="Synthesise from rounded coefficients, as decoding does (gradients pass the rounding); noise prices them.",
 )
+@click.option(
+    "--anchor-channels",
+    type=click.IntRange(1, 1024),
+    help="Give the layers a second pass of this width (a checkerboard of blocks, the second half "
+    "priced from the first), starting as no change.",
+)
 @_settings_options(128, "Crop side in pixels.")
 def train_enhancement_command(
     source: str,
@@ -174,6 +180,7 @@ def train_enhancement_command(
     layer: int | None,
     ms_ssim_share: float,
     straight_through: bool,
+    anchor_channels: int | None,
     **kwargs,
 ) -> None:
     """Stage 4: train an enhancement layer over MODEL, which stays frozen (its files still
@@ -181,7 +188,7 @@ def train_enhancement_command(
     the layer to OUT (the new model has its own identifier). Add layers from the lowest rate up."""
     checkpoint = out.with_name(out.name + ".ckpt")
     _training("enhancement").train_enhancement(
-        source, folder, checkpoint, out, lam, _settings(kwargs), layer, ms_ssim_share, straight_through
+        source, folder, checkpoint, out, lam, _settings(kwargs), layer, ms_ssim_share, straight_through, anchor_channels
     )
     _report_model(out, checkpoint)
 

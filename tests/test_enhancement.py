@@ -14,22 +14,31 @@ from hypothesis import strategies as st
 import vqcodec
 from tests.conftest import make_model, smooth_image
 from vqcodec.coding import enhancement
-from vqcodec.coding.entropy import uncodable
+from vqcodec.coding.entropy import Decoder, uncodable
 from vqcodec.errors import DecodeMismatchError, FormatError, ModelError, UsageError
 from vqcodec.format import container
 from vqcodec.nn.config import EnhancementConfig
-from vqcodec.nn.enhancement import FIRST_SCALE, LOG_SCALE_STEP, MEAN_STEPS, SCALES, SYMBOLS, TAIL
+from vqcodec.nn.enhancement import (
+    COEFFICIENTS,
+    FIRST_SCALE,
+    LOG_SCALE_STEP,
+    MEAN_STEPS,
+    SCALES,
+    SYMBOLS,
+    TAIL,
+    anchor_mask,
+)
 from vqcodec.nn.model import CodecModel
 from vqcodec.nn.prior import observing
 from vqcodec.zoo.weights import load_model, save_model
 
 
-def enhanced_model(layers: int = 2) -> CodecModel:
-    """``make_model`` with random enhancement layers, their post-filters and ranges set."""
+def enhanced_model(layers: int = 2, anchor_channels: int | None = None) -> CodecModel:
+    """``make_model`` with random enhancement layers (two-pass ones with ``anchor_channels``),
+    their post-filters, second passes and ranges set."""
     base = make_model()
-    config = dataclasses.replace(
-        base.config, enhancement=EnhancementConfig(layers=layers, channels=16, res_blocks=1, postfilter=8)
-    )
+    sizes = EnhancementConfig(layers=layers, channels=16, res_blocks=1, postfilter=8, anchor_channels=anchor_channels)
+    config = dataclasses.replace(base.config, enhancement=sizes)
     torch.manual_seed(1)
     model = CodecModel(config)
     model.load_state_dict(base.state_dict(), strict=False)
@@ -37,8 +46,11 @@ def enhanced_model(layers: int = 2) -> CodecModel:
     with torch.no_grad():
         for layer in model.enhancements:
             layer.postfilter[-1].weight.normal_(0, 0.01)
-            with observing(layer.context):
-                layer.context(torch.randint(0, k, (2, 6, 7)), torch.randint(0, k, (2, 12, 14)))
+            if layer.anchors is not None:
+                layer.anchors.out.weight.normal_(0, 0.02)
+            with observing(layer):
+                y = torch.randn(2, COEFFICIENTS, 12, 14) * 3
+                layer.context_of(y, torch.randint(0, k, (2, 6, 7)), torch.randint(0, k, (2, 12, 14)))
     return model.eval()
 
 
@@ -58,8 +70,10 @@ def test_coefficients_round_trip_exactly_with_escapes(rng):
     q[0, 0, :4] = [TAIL + 1, -TAIL - 1, 5000, -70000]  # escaped, the last beyond what is coded
     q = enhancement.quantise(q.astype(np.float64), np.zeros_like(q))
     tables = enhancement.checked_tables(enhanced_model(1).enhancements[0].tables)
-    data = enhancement.encode(q, index, tables)
-    assert np.array_equal(enhancement.decode(data, index, tables), q)
+    data = enhancement.encode([(q, index), (q[::-1], index[::-1])], tables)
+    decoder = Decoder(data)
+    assert np.array_equal(enhancement.decode(decoder, index, tables), q)
+    assert np.array_equal(enhancement.decode(decoder, index[::-1], tables), q[::-1])
     assert q[0, 0, 3] == -(TAIL + (1 << enhancement.ESCAPE_BITS) - 1)
 
 
@@ -92,6 +106,47 @@ def test_integer_context_follows_the_float_one():
     assert np.abs(mean / MEAN_STEPS - float_mean).max() < 0.05 * spread + 1 / MEAN_STEPS
     float_index = np.clip(np.round(log_scale / LOG_SCALE_STEP) - FIRST_SCALE, 0, SCALES - 1)
     assert np.abs(index - float_index).max() <= 2 and np.mean(index == float_index) > 0.8
+
+
+def test_integer_second_pass_follows_the_float_one():
+    layer = enhanced_model(1, anchor_channels=8).enhancements[0]
+    context = enhancement.IntegerContext(layer)
+    rng = np.random.default_rng(3)
+    top, bottom = rng.integers(0, 16, (6, 7)), rng.integers(0, 16, (12, 14))
+    q = np.where(anchor_mask(12, 14).numpy()[..., None], rng.integers(-6, 7, (12, 14, COEFFICIENTS)), 0)
+    state = context.first(top, bottom)[0]
+    d_mean, d_scale = context.second(state, q, 0)
+    with torch.no_grad():
+        features = layer.context.features(torch.from_numpy(top)[None], torch.from_numpy(bottom)[None])
+        anchors = torch.from_numpy(q).permute(2, 0, 1)[None].float()
+        float_mean, float_log_scale = (t[0].permute(1, 2, 0).numpy() for t in layer.anchors(features, anchors))
+    spread = np.abs(float_mean).max()
+    assert spread > 0.1
+    assert np.abs(d_mean / MEAN_STEPS - float_mean).max() < 0.05 * spread + 1 / MEAN_STEPS
+    index_error = np.abs(d_scale - np.round(float_log_scale / LOG_SCALE_STEP))
+    assert index_error.max() <= 2 and np.mean(index_error == 0) > 0.8
+
+
+@pytest.mark.parametrize("step", [0, 5, -8])
+def test_two_pass_files_decode_to_what_the_encoder_reconstructed(image, step):
+    codec = vqcodec.Codec(enhanced_model(1, anchor_channels=8), device="cpu")
+    encoded = codec.encode(image, rdo=0, enhancement=1, enhancement_step=step)
+    decoded = np.asarray(codec.decompress(encoded.data))
+    assert np.array_equal(decoded, codec.reconstruct(encoded.codes, 70, 45, restored=encoded.restoration))
+    assert np.array_equal(codec.decode_codes(encoded.data).enhancement.values, encoded.codes.enhancement.values)
+    assert codec.encode(image, rdo=0, enhancement=1, enhancement_step=step).data == encoded.data
+
+
+def test_a_new_second_pass_changes_no_coefficient():
+    model = enhanced_model(1)
+    grown = CodecModel(
+        dataclasses.replace(model.config, enhancement=dataclasses.replace(model.config.enhancement, anchor_channels=8))
+    )
+    grown.load_state_dict(model.state_dict(), strict=False)
+    image = smooth_image(np.random.default_rng(4), 40, 56)
+    one, two = (vqcodec.Codec(m.eval(), device="cpu").encode(image, rdo=0, enhancement=1) for m in (model, grown))
+    assert np.array_equal(one.codes.enhancement.values, two.codes.enhancement.values)
+    assert abs(len(one.data) - len(two.data)) <= 8
 
 
 def test_a_step_moves_scales_by_whole_indices_and_scales_the_means():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import os
@@ -18,7 +19,7 @@ from safetensors.torch import load_file
 import vqcodec
 from tests.conftest import make_model, smooth_image
 from vqcodec.cli import main
-from vqcodec.nn.config import tiny_config
+from vqcodec.nn.config import EnhancementConfig, tiny_config
 from vqcodec.nn.grow import grown
 from vqcodec.nn.model import CodecModel
 from vqcodec.nn.vqvae import VQVAE2
@@ -222,6 +223,8 @@ def test_legacy_configs_keep_their_json():
     written before them do not change."""
     raw = json.loads(tiny_config().to_json())
     assert not any(k.startswith("synth_") for k in raw["vqvae"])
+    layers = dataclasses.replace(tiny_config(), enhancement=EnhancementConfig(layers=1))
+    assert "anchor_channels" not in json.loads(layers.to_json())["enhancement"]
     grown_raw = json.loads(grown(make_model(), GROW).config.to_json())
     assert {k: v for k, v in grown_raw["vqvae"].items() if k.startswith("synth_")} == GROW
 
@@ -297,10 +300,21 @@ def test_cli_train_commands(folder, tmp_path):
     assert load_model(joined).config == load_model(model).config
     enhanced = tmp_path / "enhanced.safetensors"
     result = runner.invoke(main, ["train", "enhancement", "--model", str(model), "--data", str(folder),
-                                  "--out", str(enhanced), "--lam", "0.05", "--straight-through", "--crop", "32",
-                                  *common])  # fmt: skip
+                                  "--out", str(enhanced), "--lam", "0.05", "--straight-through", "--anchor-channels",
+                                  "4", "--crop", "32", *common])  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert len(load_model(enhanced).enhancements) == 1
+    assert len(load_model(enhanced).enhancements) == 1 and load_model(enhanced).config.enhancement.anchor_channels == 4
+    codec = vqcodec.load(path=enhanced, device="cpu")
+    image = smooth_image(np.random.default_rng(6), 40, 48)
+    encoded = codec.encode(image, rdo=0, enhancement=1)
+    assert np.array_equal(
+        np.asarray(codec.decompress(encoded.data)),
+        codec.reconstruct(encoded.codes, 48, 40, restored=encoded.restoration),
+    )
+    other = runner.invoke(main, ["train", "enhancement", "--model", str(enhanced), "--data", str(folder), "--out",
+                                 str(tmp_path / "other.safetensors"), "--lam", "0.05", "--layer", "1",
+                                 "--anchor-channels", "8", "--crop", "32", *common])  # fmt: skip
+    assert other.exit_code == 1 and "second passes of 4 channels, not 8" in other.output
     decoder_ckpt = str(tuned) + ".ckpt"
     bad = runner.invoke(main, ["train", "prior", "--vqvae", decoder_ckpt, "--data", str(folder), "--out", str(model)])
     assert bad.exit_code == 1 and "not a VQ-VAE checkpoint" in bad.output

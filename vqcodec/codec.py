@@ -288,8 +288,6 @@ class Codec:
         the residual of each synthesis window's image, rounded around the integer context's means."""
         s = self.settings
         layer = self.model.enhancements[s.enhancement - 1]
-        with timer(ENHANCEMENT):
-            mean, index = self.contexts[s.enhancement - 1](top, bottom, s.enhancement_step)
 
         def analyse(x: torch.Tensor, outer: tiles.Region) -> list[torch.Tensor]:
             window = (outer.take(top), outer.scaled(2).take(bottom))
@@ -301,8 +299,8 @@ class Codec:
 
         (y,) = self._analyse(rgb, analyse)
         with timer(ENHANCEMENT):
-            q = enhancement.quantise(y, mean)
-            stream = enhancement.encode(q, index, self.contexts[s.enhancement - 1].tables)
+            context = self.contexts[s.enhancement - 1]
+            q, mean, stream = enhancement.encode_layer(context, y, top, bottom, s.enhancement_step)
         values = enhancement.dequantise(q, mean)
         record = container.enhancement_record(s.enhancement, s.enhancement_step, enhancement.crc(q), stream)
         return CodeMaps(top, bottom, Coefficients(s.enhancement, s.enhancement_step, values)), record
@@ -482,8 +480,7 @@ class Codec:
             )
         context = self.contexts[layer - 1]
         with timer(ENHANCEMENT):
-            mean, index = context(top, bottom, step)
-            q = enhancement.decode(stream, index, context.tables)
+            q, mean = enhancement.decode_layer(context, stream, top, bottom, step)
         if enhancement.crc(q) != crc:
             raise DecodeMismatchError(
                 "decoded enhancement fails its checksum: the file is damaged or forged, or, if it is "

@@ -3,10 +3,12 @@ gives each coefficient's mean and scale from the code maps, and the range coding
 coefficients under the model's integer Gaussian tables.
 
 The context network is compiled into the integer prior's operations (``qprior``), so its means
-and scale indices are the same integers on every machine; they depend on the code maps alone, so
-decoding the coefficients never depends on a float computation. Coefficients are coded grouped
-by scale index (one table per group, in coefficient order within a group); those beyond the
-tables' +-TAIL are escaped and coded after them as 16-bit magnitudes with a sign.
+and scale indices are the same integers on every machine; they depend on the code maps (and, in
+a two-pass layer's second pass, on the anchors' integers) alone, so decoding the coefficients
+never depends on a float computation. Coefficients are coded grouped by scale index (one table
+per group, in coefficient order within a group); those beyond the tables' +-TAIL are escaped and
+coded after them as 16-bit magnitudes with a sign. A two-pass layer codes its anchors so first,
+then the other blocks, in the same stream.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from torch import nn
 
 from ..errors import ModelError
 from ..nn.enhancement import (
+    ANCHOR_LIMIT,
     COEFFICIENTS,
     FIRST_SCALE,
     LOG_SCALE_STEP,
@@ -27,7 +30,10 @@ from ..nn.enhancement import (
     SCALES,
     SYMBOLS,
     TAIL,
+    AnchorContext,
     Enhancement,
+    anchor_mask,
+    step_factor,
 )
 from ..nn.prior import full_offsets
 from .entropy import Decoder, Encoder
@@ -57,8 +63,9 @@ def _taps(conv: nn.Conv2d, start: int = 0, stop: int | None = None) -> torch.Ten
 
 
 class IntegerContext:
-    """The integer version of one layer's ``CodeContext``: for a pair of code maps, each
-    coefficient's mean (in 1/MEAN_STEPS steps) and scale index, identical on every machine."""
+    """The integer version of one layer's contexts: for a pair of code maps (and, in a two-pass
+    layer's second pass, the anchors' integers), each coefficient's mean (in 1/MEAN_STEPS steps)
+    and scale index, identical on every machine."""
 
     def __init__(self, layer: Enhancement, device: torch.device | str = "cpu"):
         ctx = layer.context
@@ -76,18 +83,30 @@ class IntegerContext:
             a = b.conv([(_taps(c1), b.elu(h), _FULL)], c1.bias, scale_of(r_a), "a")
             c = b.conv([(_taps(c2), b.elu(a), _FULL)], c2.bias, scale_of(r_c), "c")
             h = b.add(h, c, scale_of(r_h))
-        x, out = b.elu(h), ctx.out
-        n = COEFFICIENTS
-        self.mean = b.conv([(_taps(out, 0, n), x, _FULL)], out.bias[:n], 1 / MEAN_STEPS, "mean", LOGIT_LIMIT)
-        self.scale = b.conv([(_taps(out, n), x, _FULL)], out.bias[n:], LOG_SCALE_STEP, "scale", LOGIT_LIMIT)
+        self.features = b.elu(h)
+        self.mean, self.scale = _heads(b, ctx.out, self.features, "")
         self.ops = b.ops
         move_ops(self.ops, self.xp)
+        self._scales = dict(b.scales)
+        self.anchors = layer.anchors
+        self._second: dict[int, tuple[list, str, str]] = {}
         self.top, self.bottom = self.xp.array(top), self.xp.array(bottom)
         self.tables = checked_tables(layer.tables)
 
+    @property
+    def two_pass(self) -> bool:
+        return self.anchors is not None
+
     def __call__(self, top: np.ndarray, bottom: np.ndarray, step: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        """(means, scale indices), each (H, W, 48) int64, of the (H/2, W/2) and (H, W) code maps,
-        at a file's ``step``: means in 1/MEAN_STEPS of its quantisation step."""
+        """(means, scale indices), each (H, W, 48) int64, of the (H/2, W/2) and (H, W) code maps
+        at a file's ``step`` (the first pass, all a one-pass layer has): means in 1/MEAN_STEPS of
+        its quantisation step."""
+        mean, scale = self.first(top, bottom)[1:]
+        return rescaled(mean, step), indices(scale, step)
+
+    def first(self, top: np.ndarray, bottom: np.ndarray) -> tuple[MapState, np.ndarray, np.ndarray]:
+        """The first pass: its state (which a second pass goes on from) and the (H, W, 48) means
+        and scales at step 0."""
         h, w = bottom.shape
         xp = self.xp
         state = MapState([(h, w)], xp)
@@ -95,18 +114,125 @@ class IntegerContext:
         up = np.repeat(np.repeat(np.asarray(top, np.int64), 2, 0), 2, 1).reshape(-1)
         state.write("top", every, xp.rows(self.top, xp.array(up)))
         state.write("bottom", every, xp.rows(self.bottom, xp.array(np.asarray(bottom, np.int64).reshape(-1))))
-        chunk = 2048
+        return (state, *self._run(state, self.ops, self.mean, self.scale, (h, w)))
+
+    def second(self, state: MapState, anchors: np.ndarray, step: int) -> tuple[np.ndarray, np.ndarray]:
+        """The second pass after ``first``'s ``state``: (H, W, 48) corrections to the means (step
+        0) and scales of every block from the anchors' integers ``anchors`` at ``step`` (zero at
+        the other blocks)."""
+        ops, mean, scale = self._second_pass(step)
+        xp, every = self.xp, slice(0, state.n)
+        q = np.clip(anchors, -ANCHOR_LIMIT, ANCHOR_LIMIT).reshape(state.n, COEFFICIENTS)
+        state.write("anchors", every, xp.array(q.astype(np.float32)))
+        state.write("magnitudes", every, xp.array(np.abs(q).astype(np.float32)))
+        return self._run(state, ops, mean, scale, anchors.shape[:2])
+
+    def _run(
+        self, state: MapState, ops: list, mean: str, scale: str, shape: tuple[int, int]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        xp, every, chunk = self.xp, slice(0, state.n), 2048
         with xp.exact():
-            for op in self.ops:
+            for op in ops:
                 for a in range(0, state.n, chunk):
                     op(state, slice(a, min(a + chunk, state.n)))
-        mean = xp.numpy(state.read(self.mean, every)).astype(np.int64)
-        scale = xp.numpy(state.read(self.scale, every)).astype(np.int64)
-        if step:
-            factor = round(2.0 ** (_MEAN_SHIFT - step / 8))
-            mean = (mean * factor + (1 << (_MEAN_SHIFT - 1))) >> _MEAN_SHIFT
-        index = np.clip(scale - FIRST_SCALE - step, 0, SCALES - 1)
-        return mean.reshape(h, w, COEFFICIENTS), index.reshape(h, w, COEFFICIENTS)
+        return tuple(
+            xp.numpy(state.read(name, every)).astype(np.int64).reshape(*shape, COEFFICIENTS) for name in (mean, scale)
+        )
+
+    def _second_pass(self, step: int) -> tuple[list, str, str]:
+        """The second pass's ops at ``step`` (its inputs are the anchors' integers at that step,
+        which the network sees in the layer's own steps: the step folds into its weights)."""
+        if step not in self._second:
+            assert self.anchors is not None
+            net: AnchorContext = self.anchors
+            b = Builder()
+            b.scales.update(self._scales)
+            b.scales.update({"anchors": step_factor(step), "magnitudes": step_factor(step)})
+            c, n = net.first.in_channels - 2 * COEFFICIENTS, COEFFICIENTS
+            w = _taps(net.first)
+            parts = [
+                (w[..., :c], self.features, _FULL),
+                (w[..., c : c + n], "anchors", _FULL),
+                (w[..., c + n :], "magnitudes", _FULL),
+            ]
+            a = b.conv(parts, net.first.bias, scale_of(net.r_first), "second")
+            m = b.conv([(_taps(net.mid), b.elu(a), _FULL)], net.mid.bias, scale_of(net.r_mid), "second_mid")
+            mean, scale = _heads(b, net.out, b.elu(m), "second_")
+            move_ops(b.ops, self.xp)
+            self._second[step] = (b.ops, mean, scale)
+        return self._second[step]
+
+
+def _heads(b: Builder, out: nn.Conv2d, x: str, hint: str) -> tuple[str, str]:
+    """The integer means (1/MEAN_STEPS steps) and scales (LOG_SCALE_STEP) of an output convolution."""
+    n = COEFFICIENTS
+    mean = b.conv([(_taps(out, 0, n), x, _FULL)], out.bias[:n], 1 / MEAN_STEPS, hint + "mean", LOGIT_LIMIT)
+    scale = b.conv([(_taps(out, n), x, _FULL)], out.bias[n:], LOG_SCALE_STEP, hint + "scale", LOGIT_LIMIT)
+    return mean, scale
+
+
+def rescaled(mean: np.ndarray, step: int) -> np.ndarray:
+    """Means at step 0 in 1/MEAN_STEPS of the quantisation step of a file's ``step``."""
+    if not step:
+        return mean
+    factor = round(2.0 ** (_MEAN_SHIFT - step / 8))
+    return (mean * factor + (1 << (_MEAN_SHIFT - 1))) >> _MEAN_SHIFT
+
+
+def indices(scale: np.ndarray, step: int) -> np.ndarray:
+    """The table of each coefficient: its scale (LOG_SCALE_STEP, at step 0) at a file's ``step``."""
+    return np.clip(scale - FIRST_SCALE - step, 0, SCALES - 1)
+
+
+def encode_layer(
+    context: IntegerContext, y: np.ndarray, top: np.ndarray, bottom: np.ndarray, step: int
+) -> tuple[np.ndarray, np.ndarray, bytes]:
+    """(integers, means, stream) of the scaled coefficients ``y`` (H, W, 48) over the code maps,
+    at a file's ``step``."""
+    state, mean0, scale = context.first(top, bottom)
+    mean, index = rescaled(mean0, step), indices(scale, step)
+    q = quantise(y, mean)
+    if not context.two_pass:
+        return q, mean, encode([(q, index)], context.tables)
+    anchors = anchor_mask(*q.shape[:2]).numpy()
+    mean, index2 = _refined(context, state, q, anchors, mean0, scale, step)
+    q = quantise(y, mean)  # the anchors' are as they were: their means are
+    stream = encode([(q[anchors], index[anchors]), (q[~anchors], index2[~anchors])], context.tables)
+    return q, mean, stream
+
+
+def decode_layer(
+    context: IntegerContext, data: bytes, top: np.ndarray, bottom: np.ndarray, step: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Inverse of ``encode_layer``: the integers and their means, each (H, W, 48)."""
+    state, mean0, scale = context.first(top, bottom)
+    mean, index = rescaled(mean0, step), indices(scale, step)
+    decoder = Decoder(data)
+    if not context.two_pass:
+        return decode(decoder, index, context.tables), mean
+    anchors = anchor_mask(*index.shape[:2]).numpy()
+    q = np.zeros(index.shape, np.int64)
+    q[anchors] = decode(decoder, index[anchors], context.tables)
+    mean, index2 = _refined(context, state, q, anchors, mean0, scale, step)
+    q[~anchors] = decode(decoder, index2[~anchors], context.tables)
+    return q, mean
+
+
+def _refined(
+    context: IntegerContext,
+    state: MapState,
+    q: np.ndarray,
+    anchors: np.ndarray,
+    mean0: np.ndarray,
+    scale: np.ndarray,
+    step: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Means and indices after the second pass: the anchors' from the first, the other blocks'
+    corrected from the anchors' integers of ``q``."""
+    d_mean, d_scale = context.second(state, np.where(anchors[..., None], q, 0), step)
+    others = ~anchors[..., None]
+    mean = np.where(others, rescaled(mean0 + d_mean, step), rescaled(mean0, step))
+    return mean, np.where(others, indices(scale + d_scale, step), indices(scale, step))
 
 
 def checked_tables(tables: torch.Tensor) -> np.ndarray:
@@ -142,27 +268,28 @@ def _groups(index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return order, np.searchsorted(flat[order], np.arange(SCALES + 1))
 
 
-def encode(q: np.ndarray, index: np.ndarray, tables: np.ndarray) -> bytes:
-    """The stream of the integers ``q`` under the scale ``index`` of each (same shapes)."""
-    order, starts = _groups(index)
-    values = q.reshape(-1)[order]
-    symbols = np.where(np.abs(values) > TAIL, ESCAPE, values + TAIL).astype(np.int32)
+def encode(parts: list[tuple[np.ndarray, np.ndarray]], tables: np.ndarray) -> bytes:
+    """The stream of the integers ``q`` under the scale ``index`` of each (same shapes) of each
+    (q, index) of ``parts``, one after the other."""
     coder = Encoder()
-    for s in range(SCALES):
-        part = symbols[starts[s] : starts[s + 1]]
-        if len(part):
-            coder.encode_iid(part, constriction.stream.model.Categorical(tables[s], perfect=False))
-    escaped = values[np.abs(values) > TAIL]
-    coder.encode_iid(np.abs(escaped) - TAIL - 1, _ESCAPED)
-    coder.encode_iid((escaped < 0).astype(np.int32), _SIGN)
+    for q, index in parts:
+        order, starts = _groups(index)
+        values = q.reshape(-1)[order]
+        symbols = np.where(np.abs(values) > TAIL, ESCAPE, values + TAIL).astype(np.int32)
+        for s in range(SCALES):
+            part = symbols[starts[s] : starts[s + 1]]
+            if len(part):
+                coder.encode_iid(part, constriction.stream.model.Categorical(tables[s], perfect=False))
+        escaped = values[np.abs(values) > TAIL]
+        coder.encode_iid(np.abs(escaped) - TAIL - 1, _ESCAPED)
+        coder.encode_iid((escaped < 0).astype(np.int32), _SIGN)
     return coder.data()
 
 
-def decode(data: bytes, index: np.ndarray, tables: np.ndarray) -> np.ndarray:
-    """Inverse of ``encode``: the integers (shape of ``index``)."""
+def decode(decoder: Decoder, index: np.ndarray, tables: np.ndarray) -> np.ndarray:
+    """The next part of ``decoder``'s stream (``encode``): the integers (shape of ``index``)."""
     order, starts = _groups(index)
     symbols = np.empty(index.size, np.int64)
-    decoder = Decoder(data)
     for s in range(SCALES):
         n = int(starts[s + 1] - starts[s])
         if n:

@@ -115,13 +115,17 @@ class PriorConfig:
 @dataclass(frozen=True)
 class EnhancementConfig:
     """Sizes of the enhancement layers (``nn.enhancement``): ``layers`` of them, one per rate,
-    smallest first, each with a context network of ``channels`` and ``res_blocks`` and a
-    post-filter of ``postfilter`` channels."""
+    smallest first, each with a context network of ``channels`` and ``res_blocks``, optionally a
+    second pass of ``anchor_channels``, and a post-filter of ``postfilter`` channels."""
 
     layers: int = 1
     channels: int = 96
     res_blocks: int = 2
     postfilter: int = 32
+    #: Width of the second pass's context (``nn.enhancement.AnchorContext``), which refines the
+    #: blocks of one checkerboard colour from the coded integers of the other; None: one pass
+    #: (left out of the canonical JSON, so models written before it keep their identifiers).
+    anchor_channels: int | None = None
 
     def validate(self) -> None:
         """Every size within bounds (a model file is untrusted: nothing is built before this)."""
@@ -234,6 +238,7 @@ _ENHANCEMENT_BOUNDS: dict[str, tuple[float, float]] = {
     "channels": _WIDTH,
     "res_blocks": _DEPTH,
     "postfilter": _WIDTH,
+    "anchor_channels": _WIDTH,
 }
 _OPEN_ABOVE = {"dropout", "ema_decay"}
 

@@ -4,10 +4,12 @@ transform coefficients on top of the code maps, for rates the code maps alone ca
 The residual between the image and the synthesis of its nearest codes goes through a learnt
 4x4 block transform (started as the orthonormal DCT), one learnt gain per coefficient, and is
 rounded to integers around a predicted mean. A Gaussian per coefficient prices the integers; its
-mean and scale come from a context network over the code maps alone (``CodeContext``): one pass,
-no wavefronts, and the same integer arithmetic as the priors (``coding.enhancement``), so that
-decoding the coefficients never depends on a float computation. The synthesis adds the inverse
-transform to the VQ-VAE's image, then a small post-filter.
+mean and scale come from a context network over the code maps (``CodeContext``): one pass, no
+wavefronts, and the same integer arithmetic as the priors (``coding.enhancement``), so that
+decoding the coefficients never depends on a float computation. A layer may add a second pass
+(``AnchorContext``): the blocks of one colour of a checkerboard (the anchors) are coded first,
+and the other blocks' means and scales are refined from the anchors' integers around them. The
+synthesis adds the inverse transform to the VQ-VAE's image, then a small post-filter.
 
 A model carries one layer per rate it was trained for (``lam``, CompressAI's convention: loss =
 bits per pixel + lam x 255^2 x MSE); a file may code with any layer at a coarser or finer step
@@ -93,15 +95,59 @@ class CodeContext(nn.Module):
         # Per residual block: after the first conv, after the second, after the sum.
         self.ranges = nn.ModuleList(ActRange() for _ in range(3 * res_blocks))
 
-    def forward(self, top: torch.Tensor, bottom: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mean, log-scale), each (B, 48, H, W), of (B, H/2, W/2) top and (B, H, W) bottom codes."""
+    def features(self, top: torch.Tensor, bottom: torch.Tensor) -> torch.Tensor:
+        """(B, channels, H, W): what the output convolution sees (and a second pass too)."""
         t = F.interpolate(self.top(top).permute(0, 3, 1, 2), scale_factor=2, mode="nearest")
         h = self.r_first(self.first(torch.cat([t, self.bottom(bottom).permute(0, 3, 1, 2)], 1)))
         for i in range(len(self.convs) // 2):
             r_a, r_c, r_h = self.ranges[3 * i : 3 * i + 3]
             a = r_a(self.convs[2 * i](F.elu(h)))
             h = r_h(h + r_c(self.convs[2 * i + 1](F.elu(a))))
-        mean, log_scale = self.out(F.elu(h)).chunk(2, 1)
+        return F.elu(h)
+
+    def heads(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, log-scale), each (B, 48, H, W), from ``features``."""
+        mean, log_scale = self.out(features).chunk(2, 1)
+        return mean, log_scale
+
+    def forward(self, top: torch.Tensor, bottom: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, log-scale), each (B, 48, H, W), of (B, H/2, W/2) top and (B, H, W) bottom codes."""
+        return self.heads(self.features(top, bottom))
+
+
+def anchor_mask(h: int, w: int) -> torch.Tensor:
+    """(h, w) bool: the anchors, the blocks coded in a two-pass layer's first pass (one colour of
+    a checkerboard, the top-left block among them)."""
+    return (torch.arange(h)[:, None] + torch.arange(w)[None, :]) % 2 == 0
+
+
+#: A second pass sees the anchors' integers (in the layer's own steps) clamped to +-ANCHOR_LIMIT,
+#: and their magnitudes: 8-bit inputs of the integer convolutions.
+ANCHOR_LIMIT = 127
+
+
+class AnchorContext(nn.Module):
+    """The second pass: corrections to the mean and log-scale of every coefficient of the blocks
+    that are not anchors, from the first pass's features and the anchors' integers and magnitudes
+    around them (zero elsewhere), through three 3x3 convolutions with ELUs between them. The last
+    starts at zero, so that a new second pass changes nothing."""
+
+    def __init__(self, features: int, channels: int):
+        super().__init__()
+        self.first = nn.Conv2d(features + 2 * COEFFICIENTS, channels, 3, 1, 1)
+        self.mid = nn.Conv2d(channels, channels, 3, 1, 1)
+        self.out = nn.Conv2d(channels, 2 * COEFFICIENTS, 3, 1, 1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+        self.r_first, self.r_mid = ActRange(), ActRange()
+
+    def forward(self, features: torch.Tensor, anchors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, log-scale) corrections, each (B, 48, H, W), from the first pass's ``features``
+        and the anchors' integers ``anchors`` (B, 48, H, W; zero at the other blocks)."""
+        q = anchors.clamp(-ANCHOR_LIMIT, ANCHOR_LIMIT)
+        a = self.r_first(self.first(torch.cat([features, q, q.abs()], 1)))
+        b = self.r_mid(self.mid(F.elu(a)))
+        mean, log_scale = self.out(F.elu(b)).chunk(2, 1)
         return mean, log_scale
 
 
@@ -117,6 +163,7 @@ class Enhancement(nn.Module):
             self.synthesis.weight.copy_(dct_basis())
         self.log_gain = nn.Parameter(torch.full((1, COEFFICIENTS, 1, 1), math.log(8.0)))
         self.context = CodeContext(vqvae, config.channels, config.res_blocks)
+        self.anchors = AnchorContext(config.channels, config.anchor_channels) if config.anchor_channels else None
         c = config.postfilter
         self.postfilter = nn.Sequential(
             nn.Conv2d(6, c, 3, 1, 1, padding_mode="replicate"),
@@ -144,6 +191,17 @@ class Enhancement(nn.Module):
         out = base + residual
         return out + self.postfilter(torch.cat([out, residual], 1))
 
+    def context_of(self, y: torch.Tensor, top: torch.Tensor, bottom: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, log-scale) of every coefficient of ``y`` as the decoder knows them: from the
+        code maps, and for a two-pass layer's other blocks also from the anchors' integers."""
+        features = self.context.features(top, bottom)
+        mean, log_scale = self.context.heads(features)
+        if self.anchors is None:
+            return mean, log_scale
+        anchors = anchor_mask(*y.shape[-2:]).to(y)
+        d_mean, d_log_scale = self.anchors(features, torch.round(y - mean).detach() * anchors)
+        return mean + d_mean * (1 - anchors), log_scale + d_log_scale * (1 - anchors)
+
     def forward(
         self,
         x: torch.Tensor,
@@ -158,7 +216,7 @@ class Enhancement(nn.Module):
         ``straight_through`` the noise prices the coefficients but the synthesis sees them
         rounded, as a decoder does, with the gradient passed through the rounding."""
         y = self.coefficients(x, base)
-        mean, log_scale = self.context(top, bottom)
+        mean, log_scale = self.context_of(y, top, bottom)
         scale = log_scale.exp().clamp_min(SCALE_MIN)
         if noisy:
             r = y - mean + torch.empty_like(y).uniform_(-0.5, 0.5)

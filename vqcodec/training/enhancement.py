@@ -51,6 +51,7 @@ def train_enhancement(
     layer: int | None = None,
     ms_ssim_share: float = 0.0,
     straight_through: bool = False,
+    anchor_channels: int | None = None,
 ) -> Path:
     """Train an enhancement layer of rate ``lam`` over the finished model ``source`` (file or
     preset) on the photos of ``folder``; write ``source`` with it to ``model_out`` (the checkpoint
@@ -58,7 +59,9 @@ def train_enhancement(
     without it a new layer is added after the others, started from the last one if there is one
     (so add layers from the lowest rate up). ``ms_ssim_share`` (0 to 1) of the distortion is
     measured in MS-SSIM, which needs crops of ``msssim.MIN_SIDE`` pixels or more.
-    ``straight_through`` trains the synthesis on rounded coefficients (``Enhancement.forward``)."""
+    ``straight_through`` trains the synthesis on rounded coefficients (``Enhancement.forward``).
+    ``anchor_channels`` gives a one-pass model's layers a second pass of that width, which starts
+    as no change (``nn.enhancement.AnchorContext``)."""
     out, model_out = Path(out), Path(model_out)
     settings = settings or TrainSettings()
     if ms_ssim_share and settings.crop < MIN_SIDE:
@@ -68,6 +71,7 @@ def train_enhancement(
     if out.exists() and (read_meta(out).get("source"), read_meta(out).get("layer")) != (source_id, layer):
         raise ModelError(f"{out} trains a layer of another model than {source}; resume it with its own source")
     model, index = with_layer(model, layer)
+    model = with_second_pass(model, anchor_channels)
     net = model.enhancements[index]
     vqvae = model.vqvae.eval().requires_grad_(False)
     meta = {
@@ -77,6 +81,7 @@ def train_enhancement(
         "lam": lam,
         "ms_ssim": ms_ssim_share,
         "straight_through": straight_through,
+        "anchor_channels": anchor_channels,
     }
     run = Run(out, {"enhancement": net}, settings, meta)
     run.resume()
@@ -112,6 +117,21 @@ def save_enhanced(model: CodecModel, path: str | Path) -> None:
     save_model(
         path=path, model=model, half=all(torch.equal(t, t.half().to(t.dtype)) for t in frozen if t.is_floating_point())
     )
+
+
+def with_second_pass(model: CodecModel, channels: int | None) -> CodecModel:
+    """``model`` whose layers (if it has any) have second passes of ``channels`` (new ones change
+    nothing; None: as it is). A model's layers have one width of second pass or none."""
+    config = model.config.enhancement
+    if config is None or channels is None or config.anchor_channels == channels:
+        return model
+    if config.anchor_channels is not None:
+        raise ModelError(f"the model's layers have second passes of {config.anchor_channels} channels, not {channels}")
+    grown = CodecModel(
+        dataclasses.replace(model.config, enhancement=dataclasses.replace(config, anchor_channels=channels))
+    )
+    grown.load_state_dict(model.state_dict(), strict=False)
+    return grown.eval()
 
 
 def with_layer(model: CodecModel, layer: int | None) -> tuple[CodecModel, int]:
@@ -180,8 +200,8 @@ def validate(net: Enhancement, vqvae: VQVAE2, images: list[np.ndarray]) -> dict[
 
 @torch.no_grad()
 def calibrate(net: Enhancement, vqvae: VQVAE2, images: list[np.ndarray]) -> None:
-    """Set the context's activation ranges (where its integer version rounds) from ``images``."""
+    """Set the contexts' activation ranges (where their integer versions round) from ``images``."""
     net.eval()
-    with observing(net.context):
-        for _, _, (_, top, bottom) in _each_image(vqvae, images):
-            net.context(top, bottom)
+    with observing(net):
+        for _, x, (recon, top, bottom) in _each_image(vqvae, images):
+            net.context_of(net.coefficients(x, recon), top, bottom)
