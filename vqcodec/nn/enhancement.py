@@ -4,8 +4,8 @@ transform coefficients on top of the code maps, for rates the code maps alone ca
 The residual between the image and the synthesis of its nearest codes goes through a learnt
 4x4 block transform (started as the orthonormal DCT), one learnt gain per coefficient, and is
 rounded to integers around a predicted mean. A Gaussian per coefficient prices the integers; its
-mean and scale come from a context network over the code maps (``CodeContext``): one pass, no
-wavefronts, and the same integer arithmetic as the priors (``coding.enhancement``), so that
+mean and scale come from a context network over the code maps (``CodeContext``): no wavefronts,
+and the same integer arithmetic as the priors (``coding.enhancement``), so that
 decoding the coefficients never depends on a float computation. A layer may add a second pass
 (``AnchorContext``): the blocks of one colour of a checkerboard (the anchors) are coded first,
 and the other blocks' means and scales are refined from the anchors' integers around them. The
