@@ -9,6 +9,7 @@ import click
 
 from vqcodec.defaults import DEFAULT_RDO, DEFAULT_THREADS
 from vqcodec.format import container
+from vqcodec.settings import MAX_ENHANCEMENT_STEP
 
 
 def model_options(f):
@@ -29,6 +30,17 @@ def finite(ctx: click.Context, param: click.Parameter, value: float) -> float:
     if not math.isfinite(value):
         raise click.BadParameter(f"{value} is not a finite number")
     return value
+
+
+def file_steps_option(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:
+    """Distinct enhancement steps from "STEP,STEP,..." (``vqcodec.settings.MAX_ENHANCEMENT_STEP``)."""
+    try:
+        steps = tuple(dict.fromkeys(int(part) for part in value.split(",")))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of whole numbers") from None
+    if any(abs(s) > MAX_ENHANCEMENT_STEP for s in steps):
+        raise click.BadParameter(f"steps must be in {-MAX_ENHANCEMENT_STEP}..{MAX_ENHANCEMENT_STEP}")
+    return steps
 
 
 def rdo_option(f):

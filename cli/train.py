@@ -13,7 +13,7 @@ from vqcodec.defaults import DEFAULT_TILE
 from vqcodec.nn.config import ARCHITECTURES
 
 from .main import main
-from .options import finite
+from .options import file_steps_option, finite
 
 
 @main.group()
@@ -171,6 +171,14 @@ def train_decoder_command(source: str, folder: Path, out: Path, **kwargs) -> Non
     help="Give the layers a second pass of this width (a checkerboard of blocks, the second half "
     "priced from the first), starting as no change.",
 )
+@click.option(
+    "--file-steps",
+    default="0",
+    show_default=True,
+    metavar="STEP,...",
+    callback=file_steps_option,
+    help="Train for files at these steps of the layer (one drawn per batch; validated at each).",
+)
 @_settings_options(128, "Crop side in pixels.")
 def train_enhancement_command(
     source: str,
@@ -181,6 +189,7 @@ def train_enhancement_command(
     ms_ssim_share: float,
     straight_through: bool,
     anchor_channels: int | None,
+    file_steps: tuple[int, ...],
     **kwargs,
 ) -> None:
     """Stage 4: train an enhancement layer over MODEL, which stays frozen (its files still
@@ -188,7 +197,17 @@ def train_enhancement_command(
     the layer to OUT (the new model has its own identifier). Add layers from the lowest rate up."""
     checkpoint = out.with_name(out.name + ".ckpt")
     _training("enhancement").train_enhancement(
-        source, folder, checkpoint, out, lam, _settings(kwargs), layer, ms_ssim_share, straight_through, anchor_channels
+        source,
+        folder,
+        checkpoint,
+        out,
+        lam,
+        _settings(kwargs),
+        layer,
+        ms_ssim_share,
+        straight_through,
+        anchor_channels,
+        file_steps,
     )
     _report_model(out, checkpoint)
 

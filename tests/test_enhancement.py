@@ -27,6 +27,7 @@ from vqcodec.nn.enhancement import (
     SYMBOLS,
     TAIL,
     anchor_mask,
+    step_factor,
 )
 from vqcodec.nn.model import CodecModel
 from vqcodec.nn.prior import observing
@@ -108,18 +109,20 @@ def test_integer_context_follows_the_float_one():
     assert np.abs(index - float_index).max() <= 2 and np.mean(index == float_index) > 0.8
 
 
-def test_integer_second_pass_follows_the_float_one():
+@pytest.mark.parametrize("step", [0, 5])
+def test_integer_second_pass_follows_the_float_one(step):
     layer = enhanced_model(1, anchor_channels=8).enhancements[0]
-    context = enhancement.IntegerContext(layer)
     rng = np.random.default_rng(3)
     top, bottom = rng.integers(0, 16, (6, 7)), rng.integers(0, 16, (12, 14))
     q = np.where(anchor_mask(12, 14).numpy()[..., None], rng.integers(-6, 7, (12, 14, COEFFICIENTS)), 0)
-    state = context.first(top, bottom)[0]
-    d_mean, d_scale = context.second(state, q, 0)
     with torch.no_grad():
         features = layer.context.features(torch.from_numpy(top)[None], torch.from_numpy(bottom)[None])
-        anchors = torch.from_numpy(q).permute(2, 0, 1)[None].float()
+        anchors = torch.from_numpy(q).permute(2, 0, 1)[None].float() * step_factor(step)
+        with observing(layer.anchors):  # ranges for these inputs, as calibration sets them for real ones
+            layer.anchors(features, anchors)
         float_mean, float_log_scale = (t[0].permute(1, 2, 0).numpy() for t in layer.anchors(features, anchors))
+    context = enhancement.IntegerContext(layer)
+    d_mean, d_scale = context.second(context.first(top, bottom)[0], q, step)
     spread = np.abs(float_mean).max()
     assert spread > 0.1
     assert np.abs(d_mean / MEAN_STEPS - float_mean).max() < 0.05 * spread + 1 / MEAN_STEPS

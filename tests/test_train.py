@@ -301,7 +301,7 @@ def test_cli_train_commands(folder, tmp_path):
     enhanced = tmp_path / "enhanced.safetensors"
     result = runner.invoke(main, ["train", "enhancement", "--model", str(model), "--data", str(folder),
                                   "--out", str(enhanced), "--lam", "0.05", "--straight-through", "--anchor-channels",
-                                  "4", "--crop", "32", *common])  # fmt: skip
+                                  "4", "--file-steps", "0,4", "--crop", "32", *common])  # fmt: skip
     assert result.exit_code == 0, result.output
     assert len(load_model(enhanced).enhancements) == 1 and load_model(enhanced).config.enhancement.anchor_channels == 4
     codec = vqcodec.load(path=enhanced, device="cpu")
@@ -311,10 +311,14 @@ def test_cli_train_commands(folder, tmp_path):
         np.asarray(codec.decompress(encoded.data)),
         codec.reconstruct(encoded.codes, 48, 40, restored=encoded.restoration),
     )
+    assert "psnr@4" in json.loads((tmp_path / "enhanced.safetensors.jsonl").read_text().splitlines()[-1])
     other = runner.invoke(main, ["train", "enhancement", "--model", str(enhanced), "--data", str(folder), "--out",
                                  str(tmp_path / "other.safetensors"), "--lam", "0.05", "--layer", "1",
                                  "--anchor-channels", "8", "--crop", "32", *common])  # fmt: skip
     assert other.exit_code == 1 and "second passes of 4 channels, not 8" in other.output
+    steps = runner.invoke(main, ["train", "enhancement", "--model", str(enhanced), "--data", str(folder), "--out",
+                                 str(tmp_path / "s.safetensors"), "--lam", "0.05", "--file-steps", "0,x"])  # fmt: skip
+    assert steps.exit_code == 2 and "comma-separated list" in steps.output
     decoder_ckpt = str(tuned) + ".ckpt"
     bad = runner.invoke(main, ["train", "prior", "--vqvae", decoder_ckpt, "--data", str(folder), "--out", str(model)])
     assert bad.exit_code == 1 and "not a VQ-VAE checkpoint" in bad.output

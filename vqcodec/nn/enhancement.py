@@ -191,16 +191,21 @@ class Enhancement(nn.Module):
         out = base + residual
         return out + self.postfilter(torch.cat([out, residual], 1))
 
-    def context_of(self, y: torch.Tensor, top: torch.Tensor, bottom: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mean, log-scale) of every coefficient of ``y`` as the decoder knows them: from the
-        code maps, and for a two-pass layer's other blocks also from the anchors' integers."""
+    def context_of(
+        self, y: torch.Tensor, top: torch.Tensor, bottom: torch.Tensor, step: int = 0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, log-scale) of every coefficient of ``y`` (scaled at a file's ``step``) as the
+        decoder knows them, in that step's units: from the code maps, and for a two-pass layer's
+        other blocks also from the anchors' integers (which the second pass sees in step 0's units)."""
+        f = step_factor(step)
         features = self.context.features(top, bottom)
         mean, log_scale = self.context.heads(features)
+        mean, log_scale = mean / f, log_scale - math.log(f)
         if self.anchors is None:
             return mean, log_scale
         anchors = anchor_mask(*y.shape[-2:]).to(y)
-        d_mean, d_log_scale = self.anchors(features, torch.round(y - mean).detach() * anchors)
-        return mean + d_mean * (1 - anchors), log_scale + d_log_scale * (1 - anchors)
+        d_mean, d_log_scale = self.anchors(features, torch.round(y - mean).detach() * anchors * f)
+        return mean + d_mean / f * (1 - anchors), log_scale + d_log_scale * (1 - anchors)
 
     def forward(
         self,
@@ -210,13 +215,14 @@ class Enhancement(nn.Module):
         bottom: torch.Tensor,
         noisy: bool,
         straight_through: bool = False,
+        step: int = 0,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Training pass: (enhanced image, total bits). With ``noisy``, uniform noise stands in
-        for rounding (the training proxy), else the coefficients are rounded. With
-        ``straight_through`` the noise prices the coefficients but the synthesis sees them
-        rounded, as a decoder does, with the gradient passed through the rounding."""
-        y = self.coefficients(x, base)
-        mean, log_scale = self.context_of(y, top, bottom)
+        """Training pass: (enhanced image, total bits) at a file's ``step``. With ``noisy``,
+        uniform noise stands in for rounding (the training proxy), else the coefficients are
+        rounded. With ``straight_through`` the noise prices the coefficients but the synthesis
+        sees them rounded, as a decoder does, with the gradient passed through the rounding."""
+        y = self.coefficients(x, base, step)
+        mean, log_scale = self.context_of(y, top, bottom, step)
         scale = log_scale.exp().clamp_min(SCALE_MIN)
         if noisy:
             r = y - mean + torch.empty_like(y).uniform_(-0.5, 0.5)
@@ -228,4 +234,4 @@ class Enhancement(nn.Module):
             y_hat = r + mean
         normal = torch.distributions.Normal(0.0, 1.0)
         likelihood = (normal.cdf((r + 0.5) / scale) - normal.cdf((r - 0.5) / scale)).clamp_min(1e-9)
-        return self.synthesise(base, y_hat), -likelihood.log2().sum()
+        return self.synthesise(base, y_hat, step), -likelihood.log2().sum()

@@ -52,6 +52,7 @@ def train_enhancement(
     ms_ssim_share: float = 0.0,
     straight_through: bool = False,
     anchor_channels: int | None = None,
+    file_steps: tuple[int, ...] = (0,),
 ) -> Path:
     """Train an enhancement layer of rate ``lam`` over the finished model ``source`` (file or
     preset) on the photos of ``folder``; write ``source`` with it to ``model_out`` (the checkpoint
@@ -61,7 +62,9 @@ def train_enhancement(
     measured in MS-SSIM, which needs crops of ``msssim.MIN_SIDE`` pixels or more.
     ``straight_through`` trains the synthesis on rounded coefficients (``Enhancement.forward``).
     ``anchor_channels`` gives a one-pass model's layers a second pass of that width, which starts
-    as no change (``nn.enhancement.AnchorContext``)."""
+    as no change (``nn.enhancement.AnchorContext``). Each batch is coded at one of ``file_steps``
+    (the steps files use the layer at, ``nn.enhancement.step_factor``), its distortion weighted by
+    2^(-step/4): a step's quantisation error grows as its step squared."""
     out, model_out = Path(out), Path(model_out)
     settings = settings or TrainSettings()
     if ms_ssim_share and settings.crop < MIN_SIDE:
@@ -82,6 +85,7 @@ def train_enhancement(
         "ms_ssim": ms_ssim_share,
         "straight_through": straight_through,
         "anchor_channels": anchor_channels,
+        "file_steps": list(file_steps),
     }
     run = Run(out, {"enhancement": net}, settings, meta)
     run.resume()
@@ -91,7 +95,8 @@ def train_enhancement(
 
     def train_step() -> dict[str, float]:
         x = sampler.sample(settings.batch)
-        out, bits = net(x, *base_pass(vqvae, x), noisy=True, straight_through=straight_through)
+        step = file_steps[int(torch.randint(len(file_steps), (1,), generator=run.generator))] if file_steps[1:] else 0
+        out, bits = net(x, *base_pass(vqvae, x), noisy=True, straight_through=straight_through, step=step)
         bpp = bits / (x.shape[0] * x.shape[2] * x.shape[3])
         mse = F.mse_loss(out, x) / 4  # on [0, 1]
         distortion = (1 - ms_ssim_share) * 255**2 * mse
@@ -100,11 +105,11 @@ def train_enhancement(
             similarity = ms_ssim((out + 1) / 2, (x + 1) / 2).mean()
             distortion = distortion + ms_ssim_share * MSSSIM_PER_MSE * (1 - similarity)
             log["ms_ssim"] = similarity.item()
-        loss = bpp + lam * distortion
+        loss = bpp + lam * 2 ** (-step / 4) * distortion
         loss.backward()
         return {"loss": loss.item(), **log}
 
-    run.loop(train_step, lambda: validate(net, vqvae, val_images))
+    run.loop(train_step, lambda: validate_steps(net, vqvae, val_images, file_steps))
     calibrate(net, vqvae, val_images)
     save_enhanced(model, model_out)
     return model_out
@@ -169,17 +174,28 @@ def _each_image(vqvae: VQVAE2, images: list[np.ndarray]) -> Iterator[tuple[np.nd
         yield rgb, x, base_pass(vqvae, x)
 
 
+def validate_steps(
+    net: Enhancement, vqvae: VQVAE2, images: list[np.ndarray], steps: tuple[int, ...]
+) -> dict[str, float]:
+    """``validate`` at step 0, and at each other of ``steps`` under keys ending in @STEP."""
+    log = validate(net, vqvae, images)
+    for step in steps:
+        if step:
+            log |= {f"{k}@{step}": v for k, v in validate(net, vqvae, images, step).items() if k != "base_psnr"}
+    return log
+
+
 @torch.no_grad()
-def validate(net: Enhancement, vqvae: VQVAE2, images: list[np.ndarray]) -> dict[str, float]:
-    """The layer's bits per pixel (rounded integers), the aggregate PSNR of the enhanced and of
-    the plain reconstructions, and the mean MS-SSIM of the enhanced ones (of the images large
-    enough for it)."""
+def validate(net: Enhancement, vqvae: VQVAE2, images: list[np.ndarray], step: int = 0) -> dict[str, float]:
+    """The layer's bits per pixel (rounded integers) at a file's ``step``, the aggregate PSNR of
+    the enhanced and of the plain reconstructions, and the mean MS-SSIM of the enhanced ones (of
+    the images large enough for it)."""
     net.eval()
     bits = pixels = 0.0
     errors = {"enhanced": 0.0, "base": 0.0}
     similarities = []
     for rgb, x, (recon, top, bottom) in _each_image(vqvae, images):
-        out, b = net(x, recon, top, bottom, noisy=False)
+        out, b = net(x, recon, top, bottom, noisy=False, step=step)
         h, w = rgb.shape[:2]
         ref = torch.from_numpy(rgb.copy()).permute(2, 0, 1).double()
         for name, t in (("enhanced", out), ("base", recon)):
