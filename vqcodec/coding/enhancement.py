@@ -97,16 +97,10 @@ class IntegerContext:
     def two_pass(self) -> bool:
         return self.anchors is not None
 
-    def __call__(self, top: np.ndarray, bottom: np.ndarray, step: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        """(means, scale indices), each (H, W, 48) int64, of the (H/2, W/2) and (H, W) code maps
-        at a file's ``step`` (the first pass, all a one-pass layer has): means in 1/MEAN_STEPS of
-        its quantisation step."""
-        mean, scale = self.first(top, bottom)[1:]
-        return rescaled(mean, step), indices(scale, step)
-
     def first(self, top: np.ndarray, bottom: np.ndarray) -> tuple[MapState, np.ndarray, np.ndarray]:
-        """The first pass: its state (which a second pass goes on from) and the (H, W, 48) means
-        and scales at step 0."""
+        """The first pass over the (H/2, W/2) and (H, W) code maps: its state (which a second pass
+        goes on from) and the (H, W, 48) int64 means (1/MEAN_STEPS steps) and scales at step 0
+        (``rescaled`` and ``indices`` give them at a file's step)."""
         h, w = bottom.shape
         xp = self.xp
         state = MapState([(h, w)], xp)
@@ -195,7 +189,7 @@ def encode_layer(
     if not context.two_pass:
         return q, mean, encode([(q, index)], context.tables)
     anchors = anchor_mask(*q.shape[:2]).numpy()
-    mean, index2 = _refined(context, state, q, anchors, mean0, scale, step)
+    mean, index2 = _refined(context, state, q, anchors, mean0, scale, (mean, index), step)
     q = quantise(y, mean)  # the anchors' are as they were: their means are
     stream = encode([(q[anchors], index[anchors]), (q[~anchors], index2[~anchors])], context.tables)
     return q, mean, stream
@@ -213,7 +207,7 @@ def decode_layer(
     anchors = anchor_mask(*index.shape[:2]).numpy()
     q = np.zeros(index.shape, np.int64)
     q[anchors] = decode(decoder, index[anchors], context.tables)
-    mean, index2 = _refined(context, state, q, anchors, mean0, scale, step)
+    mean, index2 = _refined(context, state, q, anchors, mean0, scale, (mean, index), step)
     q[~anchors] = decode(decoder, index2[~anchors], context.tables)
     return q, mean
 
@@ -225,14 +219,16 @@ def _refined(
     anchors: np.ndarray,
     mean0: np.ndarray,
     scale: np.ndarray,
+    first: tuple[np.ndarray, np.ndarray],
     step: int,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Means and indices after the second pass: the anchors' from the first, the other blocks'
-    corrected from the anchors' integers of ``q``."""
+    """Means and indices after the second pass: the anchors' the first pass's (``first``, at
+    ``step``), the other blocks' from its ``mean0`` and ``scale`` (step 0) corrected from the
+    anchors' integers of ``q``."""
     d_mean, d_scale = context.second(state, np.where(anchors[..., None], q, 0), step)
     others = ~anchors[..., None]
-    mean = np.where(others, rescaled(mean0 + d_mean, step), rescaled(mean0, step))
-    return mean, np.where(others, indices(scale + d_scale, step), indices(scale, step))
+    mean = np.where(others, rescaled(mean0 + d_mean, step), first[0])
+    return mean, np.where(others, indices(scale + d_scale, step), first[1])
 
 
 def checked_tables(tables: torch.Tensor) -> np.ndarray:
