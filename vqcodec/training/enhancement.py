@@ -95,7 +95,9 @@ def train_enhancement(
 
     def train_step() -> dict[str, float]:
         x = sampler.sample(settings.batch)
-        step = file_steps[int(torch.randint(len(file_steps), (1,), generator=run.generator))] if file_steps[1:] else 0
+        step = file_steps[0]
+        if file_steps[1:]:  # with one step nothing is drawn: the crops are those of runs before --file-steps
+            step = file_steps[int(torch.randint(len(file_steps), (1,), generator=run.generator))]
         out, bits = net(x, *base_pass(vqvae, x), noisy=True, straight_through=straight_through, step=step)
         bpp = bits / (x.shape[0] * x.shape[2] * x.shape[3])
         mse = F.mse_loss(out, x) / 4  # on [0, 1]
