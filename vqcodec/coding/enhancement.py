@@ -119,19 +119,29 @@ class IntegerContext:
         q = np.clip(anchors, -ANCHOR_LIMIT, ANCHOR_LIMIT).reshape(state.n, COEFFICIENTS)
         state.write("anchors", every, xp.array(q.astype(np.float32)))
         state.write("magnitudes", every, xp.array(np.abs(q).astype(np.float32)))
-        return self._run(state, ops, mean, scale, anchors.shape[:2])
+        # The corrections are used at the other blocks only: the heads run there alone.
+        others = np.flatnonzero(~anchor_mask(*anchors.shape[:2]).numpy().reshape(-1))
+        return self._run(state, ops, mean, scale, anchors.shape[:2], others)
 
     def _run(
-        self, state: MapState, ops: list, mean: str, scale: str, shape: tuple[int, int]
+        self, state: MapState, ops: list, mean: str, scale: str, shape: tuple[int, int], at: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        xp, every, chunk = self.xp, slice(0, state.n), 2048
+        """(mean, scale) after ``ops`` over every position; with ``at``, the heads ``mean`` and
+        ``scale`` run at those positions only (zero elsewhere)."""
+        xp, n, chunk = self.xp, state.n, 2048
+        every = [slice(a, min(a + chunk, n)) for a in range(0, n, chunk)]
+        some = every if at is None else [xp.array(at[a : a + chunk]) for a in range(0, len(at), chunk)]
         with xp.exact():
             for op in ops:
-                for a in range(0, state.n, chunk):
-                    op(state, slice(a, min(a + chunk, state.n)))
-        return tuple(
-            xp.numpy(state.read(name, every)).astype(np.int64).reshape(*shape, COEFFICIENTS) for name in (mean, scale)
-        )
+                for rows in some if op.out in (mean, scale) else every:
+                    op(state, rows)
+        out = []
+        for name in (mean, scale):
+            values = np.zeros((n, COEFFICIENTS), np.int64)
+            where = slice(0, n) if at is None else at
+            values[where] = xp.numpy(state.read(name, slice(0, n) if at is None else xp.array(at)))
+            out.append(values.reshape(*shape, COEFFICIENTS))
+        return out[0], out[1]
 
     def _second_pass(self, step: int) -> tuple[list, str, str]:
         """The second pass's ops at ``step`` (its inputs are the anchors' integers at that step,
