@@ -274,26 +274,35 @@ class Codec:
                 self._enhance(p.rgb, top, bottom, timer) for p, top, bottom in zip(pics, tops, bottoms, strict=True)
             ]
         else:
-            enhanced = [(CodeMaps(top, bottom), b"") for top, bottom in zip(tops, bottoms, strict=True)]
+            enhanced = [(CodeMaps(top, bottom), b"", None) for top, bottom in zip(tops, bottoms, strict=True)]
         filters = [
-            self._fit_restoration(pic, size, codes, synthesis, len(t[0]) + len(b[0]) + len(record), timer)
-            for pic, size, (codes, record), synthesis, t, b in zip(
+            self._fit_restoration(pic, size, codes, synthesis, bases, len(t[0]) + len(b[0]) + len(record), timer)
+            for pic, size, (codes, record, bases), synthesis, t, b in zip(
                 pics, sizes, enhanced, syntheses, top_coded, bottom_coded, strict=True
             )
         ]
-        return [self._pack(*args) for args in zip(pics, sizes, enhanced, top_coded, bottom_coded, filters, strict=True)]
+        return [
+            self._pack(pic, size, (codes, record), t, b, f)
+            for pic, size, (codes, record, _), t, b, f in zip(
+                pics, sizes, enhanced, top_coded, bottom_coded, filters, strict=True
+            )
+        ]
 
-    def _enhance(self, rgb: np.ndarray, top: np.ndarray, bottom: np.ndarray, timer: Timer) -> tuple[CodeMaps, bytes]:
-        """The code maps with the coefficients of the settings' enhancement layer, and its record:
-        the residual of each synthesis window's image, rounded around the integer context's means."""
+    def _enhance(
+        self, rgb: np.ndarray, top: np.ndarray, bottom: np.ndarray, timer: Timer
+    ) -> tuple[CodeMaps, bytes, dict[tiles.Region, torch.Tensor]]:
+        """The code maps with the coefficients of the settings' enhancement layer, its record (the
+        residual of each synthesis window's image, rounded around the integer context's means),
+        and each window's image of the code maps alone, which the enhanced synthesis starts from."""
         s = self.settings
         layer = self.model.enhancements[s.enhancement - 1]
+        bases: dict[tiles.Region, torch.Tensor] = {}
 
         def analyse(x: torch.Tensor, outer: tiles.Region) -> list[torch.Tensor]:
             window = (outer.take(top), outer.scaled(2).take(bottom))
             t, b = (torch.as_tensor(m, device=self.device).unsqueeze(0) for m in window)
             with timer(SYNTHESIS):
-                base = self.model.vqvae.decode(t, b)
+                base = bases[outer] = self.model.vqvae.decode(t, b)
             with timer(ENHANCEMENT):
                 return [layer.coefficients(x, base, s.enhancement_step).permute(0, 2, 3, 1)]
 
@@ -303,7 +312,7 @@ class Codec:
             q, mean, stream = enhancement.encode_layer(context, y, top, bottom, s.enhancement_step)
         values = enhancement.dequantise(q, mean)
         record = container.enhancement_record(s.enhancement, s.enhancement_step, enhancement.crc(q), stream)
-        return CodeMaps(top, bottom, Coefficients(s.enhancement, s.enhancement_step, values)), record
+        return CodeMaps(top, bottom, Coefficients(s.enhancement, s.enhancement_step, values)), record, bases
 
     def _fit_restoration(
         self,
@@ -311,14 +320,16 @@ class Codec:
         coded_size: tuple[int, int],
         codes: CodeMaps,
         synthesis: np.ndarray | None,
+        bases: dict[tiles.Region, torch.Tensor] | None,
         map_bytes: int,
         timer: Timer,
     ) -> Filter | None:
         """The restoration filter worth writing for ``pic`` coded as ``codes`` (None: none), fitted
-        to ``synthesis`` where RDO left one (see ``_code_maps``), else to what ``codes`` give."""
+        to ``synthesis`` where RDO left one (see ``_code_maps``), else to what ``codes`` give (from
+        the windows' ``bases``, see ``_synthesise``)."""
         if not self.settings.restore:
             return None
-        padded = self._synthesise(codes, timer) if synthesis is None else synthesis
+        padded = self._synthesise(codes, timer, bases=bases) if synthesis is None else synthesis
         decoded = self._picture(padded, coded_size, *pic.size, timer)
         with timer(RESTORATION):
             return restoration.fit(pic.rgb, decoded, map_bytes)
@@ -373,8 +384,9 @@ class Codec:
         codes RDO prefers after ``rdo_passes`` choices, each pricing the candidates by the prior in
         the context of the previous choice (at first, the nearest codes). With RDO, also what its
         last pass synthesised (at the codes before its choice; padded to the top stride) where it
-        stands in for the chosen codes (``STAND_IN_SHARE``), else None: the restoration filter is
-        fitted to it, which saves a synthesis for a little less gain (docs/design.md)."""
+        stands in for the chosen codes (``STAND_IN_SHARE``; never under an enhancement layer, whose
+        image it is not), else None: the restoration filter is fitted to it, which saves a
+        synthesis for a little less gain (docs/design.md)."""
         vqvae, s = self.model.vqvae, self.settings
         if not s.rdo:
             maps = [self._analyse(rgb, lambda x, _: vqvae.encode(x, timer)) for rgb in images]
@@ -394,7 +406,7 @@ class Codec:
                 previous = chosen
                 chosen = [choose(*args, s.rdo, margin) for args in zip(candidates, terms, bits, strict=True)]
         syntheses = [
-            t.synthesis if np.mean(now != before) < STAND_IN_SHARE else None
+            t.synthesis if np.mean(now != before) < STAND_IN_SHARE and not s.enhancement else None
             for t, now, before in zip(terms, chosen, previous, strict=True)
         ]
         return tops, chosen, syntheses
@@ -586,17 +598,25 @@ class Codec:
             return resample(np.ascontiguousarray(padded[: coded_size[1], : coded_size[0]]), width, height)
 
     def _synthesise(
-        self, codes: CodeMaps, timer: Timer, windows: list[tuple[tiles.Region, tiles.Region]] | None = None
+        self,
+        codes: CodeMaps,
+        timer: Timer,
+        windows: list[tuple[tiles.Region, tiles.Region]] | None = None,
+        bases: dict[tiles.Region, torch.Tensor] | None = None,
     ) -> np.ndarray:
         """The RGB image (uint8, padded to the top stride) the model synthesises from ``codes``,
-        window by window (only ``windows``, if given; 0 elsewhere)."""
+        window by window (only ``windows``, if given; 0 elsewhere); ``bases``: each window's image
+        of the code maps alone, where the encoder has it already (the same floats)."""
         s = self.top_stride
 
         def window(outer: tiles.Region) -> np.ndarray:
-            top = torch.as_tensor(outer.take(codes.top), device=self.device).unsqueeze(0)
-            bottom = torch.as_tensor(outer.scaled(2).take(codes.bottom), device=self.device).unsqueeze(0)
-            with timer(SYNTHESIS):
-                image = self.model.vqvae.decode(top, bottom)
+            if bases is not None:
+                image = bases[outer]
+            else:
+                top = torch.as_tensor(outer.take(codes.top), device=self.device).unsqueeze(0)
+                bottom = torch.as_tensor(outer.scaled(2).take(codes.bottom), device=self.device).unsqueeze(0)
+                with timer(SYNTHESIS):
+                    image = self.model.vqvae.decode(top, bottom)
             e = codes.enhancement
             if e is not None:
                 y = torch.as_tensor(outer.scaled(2).take(e.values), device=self.device).permute(2, 0, 1).unsqueeze(0)

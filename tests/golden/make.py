@@ -48,6 +48,8 @@ def cases() -> dict[str, tuple[dict, Image.Image]]:
     out["medium-alpha.vqc"] = (medium, _picture(alpha=True))
     out["medium-segments.vqc"] = (medium | {"scale": 2.0}, Image.open(EXAMPLE).convert("RGB"))  # version 5
     out["medium-enhancement.vqc"] = (medium | {"rdo": 0.0, "enhancement": 2, "enhancement_step": 3}, _picture())  # 6
+    # Layers with a second pass over a checkerboard of blocks (a model's, not a format version's).
+    out["medium-two-pass.vqc"] = (medium | {"rdo": 0.0, "enhancement": 2, "enhancement_step": 3}, _picture())
     return out
 
 
