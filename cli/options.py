@@ -32,8 +32,11 @@ def finite(ctx: click.Context, param: click.Parameter, value: float) -> float:
     return value
 
 
-def file_steps_option(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:
-    """Distinct enhancement steps from "STEP,STEP,..." (``vqcodec.settings.MAX_ENHANCEMENT_STEP``)."""
+def file_steps_option(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...] | None:
+    """Distinct enhancement steps from "STEP,STEP,..." (``vqcodec.settings.MAX_ENHANCEMENT_STEP``);
+    None where the option has no default and was not given."""
+    if value is None:
+        return None
     try:
         steps = tuple(dict.fromkeys(int(part) for part in value.split(",")))
     except ValueError:

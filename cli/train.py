@@ -212,6 +212,24 @@ def train_enhancement_command(
     _report_model(out, checkpoint)
 
 
+@train.command(name="tables")
+@click.option("--model", "source", required=True, metavar="PRESET|PATH", help="The model whose layers to refit.")
+@click.option("--data", "folder", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Refitted model file.")
+@click.option(
+    "--file-steps",
+    metavar="STEP,...",
+    callback=file_steps_option,
+    help="Count every layer at these steps [default: the steps the --quality rungs use each layer at].",
+)
+def train_tables_command(source: str, folder: Path, out: Path, file_steps: tuple[int, ...] | None) -> None:
+    """Stage 5: refit the frequency tables of MODEL's enhancement layers to how often each
+    integer occurs when they code DATA's training photos (at the steps files use them at): the
+    same coefficients and images, smaller files. Writes the model OUT (its own identifier)."""
+    _training("tables").train_tables(source, folder, out, file_steps)
+    click.echo(f"model: {out}")
+
+
 @train.command(name="combine")
 @click.option("--priors", required=True, metavar="PRESET|PATH", help="The model whose priors (and codes) to keep.")
 @click.option("--synthesis", required=True, metavar="PRESET|PATH", help="The model whose synthesis to take.")

@@ -31,6 +31,8 @@ from vqcodec.nn.enhancement import (
 )
 from vqcodec.nn.model import CodecModel
 from vqcodec.nn.prior import observing
+from vqcodec.quality import RUNGS
+from vqcodec.training import tables
 from vqcodec.zoo.weights import load_model, save_model
 
 
@@ -200,6 +202,30 @@ def test_with_rdo_the_restoration_filter_is_fitted_to_the_enhanced_image(codec, 
     map_bytes = len(streams.top) + len(streams.bottom) + len(streams.enhancement)
     fitted = restoration.fit(image, codec.reconstruct(encoded.codes, 70, 45), map_bytes)
     assert fitted is not None and streams.filter == restoration.to_bytes(fitted)
+
+
+def test_tables_counted_on_an_image_code_its_integers_in_fewer_bytes(image):
+    model = enhanced_model(1, anchor_channels=8)
+    before = vqcodec.Codec(model, device="cpu").encode(image, rdo=0, enhancement=1, enhancement_step=2)
+    counts = tables.count_symbols(model, [image], {1: (2,)})[1]
+    assert counts.sum() == 12 * 18 * COEFFICIENTS  # every coefficient of the image padded to 48 x 72, once
+    model.enhancements[0].tables.copy_(tables.counted_tables(counts))
+    codec = vqcodec.Codec(model, device="cpu")
+    after = codec.encode(image, rdo=0, enhancement=1, enhancement_step=2)
+    assert np.array_equal(after.codes.enhancement.values, before.codes.enhancement.values)
+    assert len(container.unpack(after.data)[1].enhancement) < len(container.unpack(before.data)[1].enhancement)
+    assert np.array_equal(codec.decode_codes(after.data).enhancement.values, after.codes.enhancement.values)
+
+
+def test_counted_tables_keep_every_integer_codable():
+    counts = np.zeros((SCALES, SYMBOLS), np.int64)
+    counts[10, TAIL] = 10**9  # one symbol of one table seen a billion times, nothing else
+    t = tables.counted_tables(counts)
+    assert enhancement.checked_tables(t).min() >= 1
+    assert torch.equal(t[11], enhanced_model(1).enhancements[0].tables[11])  # unseen: the Gaussian's
+    assert tables.rung_steps(4)[2] == tuple(step for layer, step in RUNGS if layer == 2) and tables.rung_steps(4)[
+        4
+    ] == (0,)
 
 
 def test_a_region_of_an_enhanced_file_is_that_part_of_the_image(codec, image):

@@ -312,6 +312,14 @@ def test_cli_train_commands(folder, tmp_path):
         codec.reconstruct(encoded.codes, 48, 40, restored=encoded.restoration),
     )
     assert "psnr@4" in json.loads((tmp_path / "enhanced.safetensors.jsonl").read_text().splitlines()[-1])
+    tabled = tmp_path / "tabled.safetensors"
+    result = runner.invoke(main, ["train", "tables", "--model", str(enhanced), "--data", str(folder), "--out",
+                                  str(tabled), "--file-steps", "0,4"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert not torch.equal(load_model(tabled).enhancements[0].tables, load_model(enhanced).enhancements[0].tables)
+    none = runner.invoke(main, ["train", "tables", "--model", str(model), "--data", str(folder), "--out",
+                                str(tmp_path / "t.safetensors")])  # fmt: skip
+    assert none.exit_code == 1 and "no enhancement layers" in none.output
     other = runner.invoke(main, ["train", "enhancement", "--model", str(enhanced), "--data", str(folder), "--out",
                                  str(tmp_path / "other.safetensors"), "--lam", "0.05", "--layer", "1",
                                  "--anchor-channels", "8", "--crop", "32", *common])  # fmt: skip

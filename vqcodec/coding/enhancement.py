@@ -193,16 +193,34 @@ def encode_layer(
 ) -> tuple[np.ndarray, np.ndarray, bytes]:
     """(integers, means, stream) of the scaled coefficients ``y`` (H, W, 48) over the code maps,
     at a file's ``step``."""
+    q, mean, parts = coded_parts(context, y, top, bottom, step)
+    return q, mean, encode(parts, context.tables)
+
+
+def coded_parts(
+    context: IntegerContext, y: np.ndarray, top: np.ndarray, bottom: np.ndarray, step: int
+) -> tuple[np.ndarray, np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
+    """(integers, means, parts) of ``encode_layer``: the parts are the (integers, scale indices)
+    the stream codes one after the other (``encode``)."""
     state, mean0, scale = context.first(top, bottom)
     mean, index = rescaled(mean0, step), indices(scale, step)
     q = quantise(y, mean)
     if not context.two_pass:
-        return q, mean, encode([(q, index)], context.tables)
+        return q, mean, [(q, index)]
     anchors = anchor_mask(*q.shape[:2]).numpy()
     mean, index2 = _refined(context, state, q, anchors, mean0, scale, (mean, index), step)
     q = quantise(y, mean)  # the anchors' are as they were: their means are
-    stream = encode([(q[anchors], index[anchors]), (q[~anchors], index2[~anchors])], context.tables)
-    return q, mean, stream
+    return q, mean, [(q[anchors], index[anchors]), (q[~anchors], index2[~anchors])]
+
+
+def symbol_counts(parts: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """(SCALES, SYMBOLS) how often each table's each symbol occurs in ``parts`` (``coded_parts``)."""
+    counts = np.zeros((SCALES, SYMBOLS), np.int64)
+    for q, index in parts:
+        values = q.reshape(-1)
+        symbols = np.where(np.abs(values) > TAIL, ESCAPE, values + TAIL)
+        np.add.at(counts, (index.reshape(-1), symbols), 1)
+    return counts
 
 
 def decode_layer(

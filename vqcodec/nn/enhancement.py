@@ -67,15 +67,21 @@ def dct_basis() -> torch.Tensor:
     return w
 
 
-def gaussian_tables() -> torch.Tensor:
-    """(SCALES, SYMBOLS) integer frequencies of a rounded zero-mean Gaussian at each scale, the
-    escape last. A model stores its tables, so every decoder reads the same integers."""
+def gaussian_probabilities() -> torch.Tensor:
+    """(SCALES, SYMBOLS) float64 probabilities of a rounded zero-mean Gaussian at each scale, the
+    escape last: the tables a new layer starts with (training prices coefficients so)."""
     sigma = 2.0 ** ((torch.arange(SCALES, dtype=torch.float64) + FIRST_SCALE) / 8)
     v = torch.arange(-TAIL, TAIL + 1, dtype=torch.float64)
     p = torch.special.ndtr((v + 0.5) / sigma[:, None]) - torch.special.ndtr((v - 0.5) / sigma[:, None])
     escape = 2 * torch.special.ndtr(-(TAIL + 0.5) / sigma[:, None])
-    freq = torch.cat([p, escape], 1) * ((1 << TABLE_BITS) - SYMBOLS)
-    return freq.round().clamp_min(1).to(torch.int32)
+    return torch.cat([p, escape], 1)
+
+
+def frequency_tables(p: torch.Tensor) -> torch.Tensor:
+    """(SCALES, SYMBOLS) integer frequencies of probabilities ``p`` (rows summing to 1): summing
+    to about 2^TABLE_BITS, each at least 1. A model stores its tables, so every decoder reads the
+    same integers."""
+    return (p * ((1 << TABLE_BITS) - SYMBOLS)).round().clamp_min(1).to(torch.int32)
 
 
 class CodeContext(nn.Module):
@@ -174,7 +180,7 @@ class Enhancement(nn.Module):
         )
         nn.init.zeros_(self.postfilter[-1].weight)  # a new post-filter starts as no change
         nn.init.zeros_(self.postfilter[-1].bias)
-        self.register_buffer("tables", gaussian_tables())
+        self.register_buffer("tables", frequency_tables(gaussian_probabilities()))
 
     def gains(self, step: int = 0) -> torch.Tensor:
         """(1, 48, 1, 1) coefficient gains at a file's ``step`` (``step_factor``)."""

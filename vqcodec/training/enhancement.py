@@ -169,7 +169,7 @@ def base_pass(vqvae: VQVAE2, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
 
 
 @torch.no_grad()
-def _each_image(vqvae: VQVAE2, images: list[np.ndarray]) -> Iterator[tuple[np.ndarray, torch.Tensor, tuple]]:
+def each_image(vqvae: VQVAE2, images: list[np.ndarray]) -> Iterator[tuple[np.ndarray, torch.Tensor, tuple]]:
     """(image, padded tensor, base pass) of each image."""
     for rgb in images:
         x = to_tensor(pad_to(rgb, vqvae.config.top_stride))
@@ -196,7 +196,7 @@ def validate(net: Enhancement, vqvae: VQVAE2, images: list[np.ndarray], step: in
     bits = pixels = 0.0
     errors = {"enhanced": 0.0, "base": 0.0}
     similarities = []
-    for rgb, x, (recon, top, bottom) in _each_image(vqvae, images):
+    for rgb, x, (recon, top, bottom) in each_image(vqvae, images):
         out, b = net(x, recon, top, bottom, noisy=False, step=step)
         h, w = rgb.shape[:2]
         ref = torch.from_numpy(rgb.copy()).permute(2, 0, 1).double()
@@ -221,5 +221,5 @@ def calibrate(net: Enhancement, vqvae: VQVAE2, images: list[np.ndarray]) -> None
     """Set the contexts' activation ranges (where their integer versions round) from ``images``."""
     net.eval()
     with observing(net):
-        for _, x, (recon, top, bottom) in _each_image(vqvae, images):
+        for _, x, (recon, top, bottom) in each_image(vqvae, images):
             net.context_of(net.coefficients(x, recon), top, bottom)
