@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -57,6 +58,16 @@ _colour_option = click.option(
 )
 
 
+def _data_and_out(out_help: str) -> Callable:
+    """``--data`` (the folder of training images) and ``--out`` (the file a stage writes)."""
+
+    def decorate(f: Callable) -> Callable:
+        f = click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help=out_help)(f)
+        return click.option("--data", "folder", required=True, type=click.Path(file_okay=False, path_type=Path))(f)
+
+    return decorate
+
+
 def _training(stage: str) -> ModuleType:
     """The module ``vqcodec.training.<stage>``, imported when a training command runs: it brings
     torch, which the other commands' start-up does without. Joins torchrun's process group."""
@@ -74,8 +85,7 @@ def _settings(kwargs: dict) -> Any:
 
 
 @train.command(name="vqvae")
-@click.option("--data", "folder", required=True, type=click.Path(file_okay=False, path_type=Path))
-@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Checkpoint file.")
+@_data_and_out("Checkpoint file.")
 @click.option("--arch", type=click.Choice(sorted(ARCHITECTURES)), default="medium", show_default=True)
 @_init_option
 @_colour_option
@@ -99,8 +109,7 @@ def train_vqvae_command(
     metavar="CKPT|PRESET|PATH",
     help="A stage-1 checkpoint, or a finished model whose VQ-VAE to keep (its priors are retrained).",
 )
-@click.option("--data", "folder", required=True, type=click.Path(file_okay=False, path_type=Path))
-@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Finished model file.")
+@_data_and_out("Finished model file.")
 @click.option("--arch", type=click.Choice(sorted(ARCHITECTURES)), help="Priors' architecture [default: the VQ-VAE's].")
 @_init_option
 @click.option("--rdo", type=click.FloatRange(min=0), default=0.0, show_default=True, callback=finite,
@@ -119,8 +128,7 @@ def train_prior_command(
 
 @train.command(name="decoder")
 @click.option("--model", "source", required=True, metavar="PRESET|PATH", help="The finished model to fine-tune.")
-@click.option("--data", "folder", required=True, type=click.Path(file_okay=False, path_type=Path))
-@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Tuned model file.")
+@_data_and_out("Tuned model file.")
 @click.option("--synth-channels", type=click.IntRange(2), help="Grow the synthesis to this width.")
 @click.option("--synth-res-blocks", type=click.IntRange(0), help="Grow the synthesis to this many residual blocks.")
 @click.option("--synth-res-channels", type=click.IntRange(2), help="Grow the residual blocks to this width.")
@@ -142,8 +150,7 @@ def train_decoder_command(source: str, folder: Path, out: Path, **kwargs) -> Non
 
 @train.command(name="enhancement")
 @click.option("--model", "source", required=True, metavar="PRESET|PATH", help="The finished model to enhance.")
-@click.option("--data", "folder", required=True, type=click.Path(file_okay=False, path_type=Path))
-@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Enhanced model file.")
+@_data_and_out("Enhanced model file.")
 @click.option(
     "--lam",
     type=click.FloatRange(min=0, min_open=True),
@@ -214,8 +221,7 @@ def train_enhancement_command(
 
 @train.command(name="tables")
 @click.option("--model", "source", required=True, metavar="PRESET|PATH", help="The model whose layers to refit.")
-@click.option("--data", "folder", required=True, type=click.Path(file_okay=False, path_type=Path))
-@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Refitted model file.")
+@_data_and_out("Refitted model file.")
 @click.option(
     "--file-steps",
     metavar="STEP,...",
