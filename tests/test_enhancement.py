@@ -223,9 +223,8 @@ def test_counted_tables_keep_every_integer_codable():
     t = tables.counted_tables(counts)
     assert enhancement.checked_tables(t).min() >= 1
     assert torch.equal(t[11], enhanced_model(1).enhancements[0].tables[11])  # unseen: the Gaussian's
-    assert tables.rung_steps(4)[2] == tuple(step for layer, step in RUNGS if layer == 2) and tables.rung_steps(4)[
-        4
-    ] == (0,)
+    steps = tables.rung_steps(4)
+    assert steps[2] == tuple(step for layer, step in RUNGS if layer == 2) and steps[4] == (0,)
 
 
 def test_a_region_of_an_enhanced_file_is_that_part_of_the_image(codec, image):

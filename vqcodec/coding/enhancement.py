@@ -135,11 +135,11 @@ class IntegerContext:
             for op in ops:
                 for rows in some if op.out in (mean, scale) else every:
                     op(state, rows)
+        where, rows = (slice(0, n), slice(0, n)) if at is None else (at, xp.array(at))
         out = []
         for name in (mean, scale):
             values = np.zeros((n, COEFFICIENTS), np.int64)
-            where = slice(0, n) if at is None else at
-            values[where] = xp.numpy(state.read(name, slice(0, n) if at is None else xp.array(at)))
+            values[where] = xp.numpy(state.read(name, rows))
             out.append(values.reshape(*shape, COEFFICIENTS))
         return out[0], out[1]
 
@@ -217,10 +217,13 @@ def symbol_counts(parts: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
     """(SCALES, SYMBOLS) how often each table's each symbol occurs in ``parts`` (``coded_parts``)."""
     counts = np.zeros((SCALES, SYMBOLS), np.int64)
     for q, index in parts:
-        values = q.reshape(-1)
-        symbols = np.where(np.abs(values) > TAIL, ESCAPE, values + TAIL)
-        np.add.at(counts, (index.reshape(-1), symbols), 1)
+        np.add.at(counts, (index.reshape(-1), _symbols(q.reshape(-1))), 1)
     return counts
+
+
+def _symbols(values: np.ndarray) -> np.ndarray:
+    """The table symbols of integers: -TAIL..TAIL as 0..2 TAIL, the others the escape."""
+    return np.where(np.abs(values) > TAIL, ESCAPE, values + TAIL).astype(np.int32)
 
 
 def decode_layer(
@@ -299,7 +302,7 @@ def encode(parts: list[tuple[np.ndarray, np.ndarray]], tables: np.ndarray) -> by
     for q, index in parts:
         order, starts = _groups(index)
         values = q.reshape(-1)[order]
-        symbols = np.where(np.abs(values) > TAIL, ESCAPE, values + TAIL).astype(np.int32)
+        symbols = _symbols(values)
         for s in range(SCALES):
             part = symbols[starts[s] : starts[s + 1]]
             if len(part):
