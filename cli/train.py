@@ -240,10 +240,16 @@ def train_tables_command(source: str, folder: Path, out: Path, file_steps: tuple
 @click.option("--priors", required=True, metavar="PRESET|PATH", help="The model whose priors (and codes) to keep.")
 @click.option("--synthesis", required=True, metavar="PRESET|PATH", help="The model whose synthesis to take.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Combined model file.")
-def train_combine_command(priors: str, synthesis: str, out: Path) -> None:
+@click.option(
+    "--resampled",
+    is_flag=True,
+    help="Keep the first model whole and add the synthesis as its synthesis of resampled copies "
+    "(the --quality points below the default), which decode fewer codes and so afford a larger one.",
+)
+def train_combine_command(priors: str, synthesis: str, out: Path, resampled: bool) -> None:
     """Join a `train prior` run and a `train decoder` run made side by side on one model: the
     priors of the first with the synthesis of the second. Both must code images alike."""
-    _stage("synthesis").combine(priors, synthesis, out)
+    _stage("synthesis").combine(priors, synthesis, out, resampled)
     click.echo(f"model: {out}")
 
 

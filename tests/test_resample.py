@@ -96,3 +96,33 @@ def test_padding_of_a_whole_stride_is_refused(model, upsampled, offset):
     stride = model.config.vqvae.top_stride
     with pytest.raises(FormatError, match="sizes"):
         vqcodec.Codec(model, device="cpu").decompress(_forge(upsampled, offset, stride))
+
+
+def test_a_resampled_synthesis_decodes_resampled_copies_only(model, rng, tmp_path):
+    """A model with a synthesis of resampled copies synthesises those with it, from the same code
+    maps (the same file bytes but for the filter it fits), and images at their own size with its
+    own synthesis, bit for bit as the model without it; the model file keeps it."""
+    import dataclasses
+
+    import torch
+
+    from vqcodec.nn.config import SynthesisConfig
+    from vqcodec.nn.model import CodecModel
+    from vqcodec.zoo.weights import load_model, model_id, save_model
+
+    config = dataclasses.replace(model.config, resampled_synthesis=SynthesisConfig(24, 2, 8, 0))
+    torch.manual_seed(5)
+    second = CodecModel(config).eval()
+    second.load_state_dict(model.state_dict(), strict=False)
+    save_model(second, tmp_path / "second.safetensors")
+    second = load_model(tmp_path / "second.safetensors")
+    assert model_id(second) != model_id(model) and second.config.resampled_synthesis == config.resampled_synthesis
+    image = smooth_image(rng, 24, 40)
+    for scale in (1.0, 0.5):
+        plain, other = (vqcodec.Codec(m, device="cpu", scale=scale, restore=False) for m in (model, second))
+        a, b = plain.encode(image, rdo=0.0), other.encode(image, rdo=0.0)
+        np.testing.assert_array_equal(a.codes.bottom, b.codes.bottom)
+        same = np.array_equal(np.asarray(plain.decompress(a.data)), np.asarray(other.decompress(b.data)))
+        assert same == (scale == 1.0)
+        expected = other.reconstruct(b.codes, 40, 24, coded_size=b.coded_size)
+        np.testing.assert_array_equal(np.asarray(other.decompress(b.data)), expected)

@@ -252,6 +252,24 @@ def test_prior_stage_trains_in_bf16(folder, vqvae_ckpt, tmp_path):
     assert codec.decompress(codec.compress(image)).size == (40, 24)
 
 
+def test_combine_adds_a_grown_synthesis_for_resampled_copies(folder, model_file, tmp_path):
+    """With ``resampled``, the model stays whole, bit for bit, and a grown synthesis trained on its
+    codes becomes its synthesis of resampled copies; combining again replaces that one."""
+    save_model(load_model(model_file), tmp_path / "m.st", half=True)  # as training writes its models
+    model = load_model(tmp_path / "m.st")
+    grown_synthesis = train_decoder(tmp_path / "m.st", folder, tmp_path / "g.ckpt", tmp_path / "g.st", SETTINGS, GROW)
+    joined = load_model(combine(tmp_path / "m.st", grown_synthesis, tmp_path / "j.st", resampled=True))
+    big = load_model(grown_synthesis)
+    assert joined.config.vqvae == model.config.vqvae
+    assert joined.config.resampled_synthesis.size == big.config.vqvae.synthesis
+    for name, t in joined.state_dict().items():
+        part, rest = name.split(".", 1)
+        expected = big.vqvae.state_dict()[rest] if part == "resampled_synthesis" else model.state_dict()[name]
+        assert torch.equal(t, expected), name
+    again = load_model(combine(tmp_path / "j.st", tmp_path / "m.st", tmp_path / "j2.st", resampled=True))
+    assert again.config.resampled_synthesis.size == model.config.vqvae.synthesis
+
+
 def test_combine_joins_priors_and_synthesis_trained_side_by_side(folder, model_file, tmp_path):
     """The combined model has the retrained priors and the tuned synthesis, each bit for bit; a
     synthesis from a model that codes images otherwise is refused."""

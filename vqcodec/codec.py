@@ -39,6 +39,7 @@ from .io.image import (
     to_tensor,
 )
 from .nn.model import CodecModel
+from .nn.vqvae import VQVAE2
 from .quality import operating_point
 from .settings import Settings
 from .threads import one_torch_thread, use_threads
@@ -261,7 +262,8 @@ class Codec:
             raise UsageError(f"enhancement layer {s.enhancement}: the model ({self.name}) has {len(self.contexts)}")
         pics = [read_image(image, self.max_pixels) for image in images]
         sizes = [scaled_size(*pic.size, s.scale, self.max_pixels) for pic in pics]
-        coded = self._code_maps([resample(p.rgb, *size) for p, size in zip(pics, sizes, strict=True)], timer)
+        resampled = [size != pic.size for pic, size in zip(pics, sizes, strict=True)]
+        coded = self._code_maps([resample(p.rgb, *size) for p, size in zip(pics, sizes, strict=True)], resampled, timer)
         tops, bottoms, syntheses = coded
         top_maps = [MapLayout(t.shape, s.tile, segmented=True) for t in tops]
         bottom_maps = [MapLayout(b.shape, 2 * s.tile, t, segmented=True) for t, b in zip(tops, bottoms, strict=True)]
@@ -329,7 +331,10 @@ class Codec:
         the windows' ``bases``, see ``_synthesise``)."""
         if not self.settings.restore:
             return None
-        padded = self._synthesise(codes, timer, bases=bases) if synthesis is None else synthesis
+        if synthesis is None:
+            padded = self._synthesise(codes, timer, bases=bases, resampled=coded_size != pic.size)
+        else:
+            padded = synthesis
         decoded = self._picture(padded, coded_size, *pic.size, timer)
         with timer(RESTORATION):
             return restoration.fit(pic.rgb, decoded, map_bytes)
@@ -378,11 +383,13 @@ class Codec:
         return Encoded(data, codes, top_coded[1], bottom_coded[1], width, height, coded_size, restored)
 
     def _code_maps(
-        self, images: list[np.ndarray], timer: Timer
+        self, images: list[np.ndarray], resampled: list[bool], timer: Timer
     ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray | None]]:
         """Each RGB image's top and bottom code maps: the nearest codes, or with ``rdo`` the bottom
         codes RDO prefers after ``rdo_passes`` choices, each pricing the candidates by the prior in
-        the context of the previous choice (at first, the nearest codes). With RDO, also what its
+        the context of the previous choice (at first, the nearest codes), and the error by the
+        synthesis that will decode it (``resampled``: each image's is a copy at another size than
+        its own, ``CodecModel.vqvae_for``). With RDO, also what its
         last pass synthesised (at the codes before its choice; padded to the top stride) where it
         stands in for the chosen codes (``STAND_IN_SHARE``; never under an enhancement layer, whose
         image it is not), else None: the restoration filter is fitted to it, which saves a
@@ -398,8 +405,8 @@ class Codec:
         margin = curvature_margin(s.rdo_passes)
         for _ in range(s.rdo_passes):
             terms = [
-                Terms(*self._analyse(rgb, self._terms_of(t, c, b, timer)))
-                for rgb, t, c, b in zip(images, tops, candidates, chosen, strict=True)
+                Terms(*self._analyse(rgb, self._terms_of(self.model.vqvae_for(r), t, c, b, timer)))
+                for rgb, r, t, c, b in zip(images, resampled, tops, candidates, chosen, strict=True)
             ]
             bits = mapcoder.candidate_bits(self.encoding_priors[1], chosen, candidates, maps, timer)
             with timer(QUANTIZATION):
@@ -412,14 +419,15 @@ class Codec:
         return tops, chosen, syntheses
 
     def _terms_of(
-        self, top: np.ndarray, candidates: np.ndarray, current: np.ndarray, timer: Timer
+        self, vqvae: VQVAE2, top: np.ndarray, candidates: np.ndarray, current: np.ndarray, timer: Timer
     ) -> Callable[[torch.Tensor, tiles.Region], Sequence[torch.Tensor]]:
-        """``rdo.window_terms`` of a window of an image whose maps are ``top``, ``candidates`` and ``current``."""
+        """``rdo.window_terms`` by ``vqvae`` of a window of an image whose maps are ``top``,
+        ``candidates`` and ``current``."""
 
         def terms(x: torch.Tensor, outer: tiles.Region) -> Sequence[torch.Tensor]:
             window = (outer.take(top), outer.scaled(2).take(candidates), outer.scaled(2).take(current))
             maps = (torch.from_numpy(m).unsqueeze(0).to(self.device) for m in window)
-            return window_terms(self.model.vqvae, x, *maps, timer)
+            return window_terms(vqvae, x, *maps, timer)
 
         return terms
 
@@ -573,7 +581,8 @@ class Codec:
     ) -> np.ndarray:
         """``reconstruct``'s image, from only ``windows`` of the synthesis and filtered only in the
         bands that hold ``rows``, if given (a region's pixels, exact where those cover it)."""
-        pixels = self._picture(self._synthesise(codes, timer, windows), coded_size, width, height, timer)
+        padded = self._synthesise(codes, timer, windows, resampled=coded_size != (width, height))
+        pixels = self._picture(padded, coded_size, width, height, timer)
         if restored is None:
             return pixels
         with timer(RESTORATION):
@@ -603,11 +612,14 @@ class Codec:
         timer: Timer,
         windows: list[tuple[tiles.Region, tiles.Region]] | None = None,
         bases: dict[tiles.Region, torch.Tensor] | None = None,
+        resampled: bool = False,
     ) -> np.ndarray:
         """The RGB image (uint8, padded to the top stride) the model synthesises from ``codes``,
         window by window (only ``windows``, if given; 0 elsewhere); ``bases``: each window's image
-        of the code maps alone, where the encoder has it already (the same floats)."""
+        of the code maps alone, where the encoder has it already (the same floats); ``resampled``:
+        the codes of a copy at another size than the image's (``CodecModel.vqvae_for``)."""
         s = self.top_stride
+        vqvae = self.model.vqvae_for(resampled)
 
         def window(outer: tiles.Region) -> np.ndarray:
             if bases is not None:
@@ -616,7 +628,7 @@ class Codec:
                 top = torch.as_tensor(outer.take(codes.top), device=self.device).unsqueeze(0)
                 bottom = torch.as_tensor(outer.scaled(2).take(codes.bottom), device=self.device).unsqueeze(0)
                 with timer(SYNTHESIS):
-                    image = self.model.vqvae.decode(top, bottom)
+                    image = vqvae.decode(top, bottom)
             e = codes.enhancement
             if e is not None:
                 y = torch.as_tensor(outer.scaled(2).take(e.values), device=self.device).permute(2, 0, 1).unsqueeze(0)

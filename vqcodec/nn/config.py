@@ -82,6 +82,26 @@ class VQVAEConfig:
 
 
 @dataclass(frozen=True)
+class SynthesisConfig:
+    """Sizes of a model's second synthesis, for copies of the image coded at another size than
+    its own (``CodecModel.resampled_synthesis``): a copy below the image's size has fewer codes
+    for the priors to decode, so its decoding affords a larger synthesis."""
+
+    channels: int = 128
+    res_blocks: int = 4
+    res_channels: int = 64
+    up_blocks: int = 0
+
+    @property
+    def size(self) -> SynthesisSize:
+        return SynthesisSize(self.channels, self.res_blocks, self.res_channels, self.up_blocks)
+
+    def validate(self) -> None:
+        """Every size within bounds (a model file is untrusted: nothing is built before this)."""
+        _check_bounds(self, _SYNTHESIS_BOUNDS)
+
+
+@dataclass(frozen=True)
 class PriorConfig:
     """Sizes of one PixelSNAIL prior.
 
@@ -134,18 +154,22 @@ class EnhancementConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """A whole codec model: the VQ-VAE, its two priors and, optionally, enhancement layers (None:
-    none; left out of the canonical JSON, so models without them keep their identifiers)."""
+    """A whole codec model: the VQ-VAE, its two priors and, optionally, enhancement layers and a
+    synthesis for resampled copies (None: none; left out of the canonical JSON, so models without
+    them keep their identifiers)."""
 
     vqvae: VQVAEConfig = field(default_factory=VQVAEConfig)
     top_prior: PriorConfig = field(default_factory=PriorConfig)
     bottom_prior: PriorConfig = field(default_factory=lambda: PriorConfig(cond_codes=512))
     enhancement: EnhancementConfig | None = None
+    resampled_synthesis: SynthesisConfig | None = None
 
     def validate(self) -> None:
         self.vqvae.validate()
         self.top_prior.validate()
         self.bottom_prior.validate()
+        if self.resampled_synthesis is not None:
+            self.resampled_synthesis.validate()
         if self.enhancement is not None:
             self.enhancement.validate()
             if self.vqvae.bottom_stride != 4:
@@ -165,7 +189,8 @@ class ModelConfig:
         pixels) and the largest logits table of the priors (``DEVICE_ROW_CHUNK`` positions)."""
         vq = self.vqvae
         side = (WINDOW + 2 * WINDOW_MARGIN) * vq.top_stride // 2
-        window = 4 * max(vq.channels, vq.synthesis.channels) * side * side
+        widest = max(vq.channels, vq.synthesis.channels, *(r.channels for r in [self.resampled_synthesis] if r))
+        window = 4 * widest * side * side
         logits = 4 * DEVICE_ROW_CHUNK * max(self.top_prior.codes, self.bottom_prior.codes)
         for what, cost in (("a VQ-VAE window's activations", window), ("the priors' logits", logits)):
             if cost > COST_BUDGET:
@@ -184,6 +209,9 @@ class ModelConfig:
                 top_prior=_build(PriorConfig, raw["top_prior"]),
                 bottom_prior=_build(PriorConfig, raw["bottom_prior"]),
                 enhancement=_build(EnhancementConfig, raw["enhancement"]) if "enhancement" in raw else None,
+                resampled_synthesis=(
+                    _build(SynthesisConfig, raw["resampled_synthesis"]) if "resampled_synthesis" in raw else None
+                ),
             )
         except RecursionError as exc:
             raise ModelError("invalid model config: nested too deeply") from exc
@@ -239,6 +267,12 @@ _ENHANCEMENT_BOUNDS: dict[str, tuple[float, float]] = {
     "res_blocks": _DEPTH,
     "postfilter": _WIDTH,
     "anchor_channels": _WIDTH,
+}
+_SYNTHESIS_BOUNDS: dict[str, tuple[float, float]] = {
+    "channels": (2, 1024),
+    "res_blocks": _DEPTH,
+    "res_channels": _WIDTH,
+    "up_blocks": _DEPTH,
 }
 _OPEN_ABOVE = {"dropout", "ema_decay"}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -9,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..timing import ANALYSIS, QUANTIZATION, Timer, no_timer
-from .config import VQVAEConfig
+from .config import SynthesisSize, VQVAEConfig
 from .quantizer import VectorQuantizer
 
 #: ``padding_mode`` of the convolutions: zeros beyond the edges, or the edge values repeated.
@@ -142,18 +143,7 @@ class VQVAE2(nn.Module):
         self.dec_t = Decoder(c.embed_dim, c.embed_dim, c.channels, c.res_blocks, c.res_channels, 2, edges=edges)
         self.quantize_conv_b = nn.Conv2d(c.embed_dim + c.channels, c.embed_dim, 1)
         self.quantize_b = VectorQuantizer(c.embed_dim, c.bottom_codes, c.ema_decay)
-        self.upsample_t = up2(c.embed_dim, c.embed_dim, edges)
-        synth = c.synthesis
-        self.dec = Decoder(
-            2 * c.embed_dim,
-            c.in_channels,
-            synth.channels,
-            synth.res_blocks,
-            synth.res_channels,
-            c.bottom_stride,
-            synth.up_blocks,
-            edges,
-        )
+        self.upsample_t, self.dec = synthesis_layers(c, c.synthesis)
 
     def _analyse(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         enc_b = self.enc_b(x)
@@ -207,6 +197,39 @@ class VQVAE2(nn.Module):
     def decode(self, top: torch.Tensor, bottom: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1] (unclamped) from code maps."""
         return self.synthesise_maps(top, bottom)
+
+    def with_synthesis(self, synthesis: Synthesis) -> VQVAE2:
+        """This VQ-VAE with ``synthesis`` in place of its own: the same analysis and codebooks (the
+        same modules, not copies), not registered in any model, so no weight is stored twice."""
+        view = copy.copy(self)
+        view._modules = {**self._modules, **dict(synthesis.named_children())}
+        return view
+
+
+def synthesis_layers(config: VQVAEConfig, size: SynthesisSize) -> tuple[nn.ConvTranspose2d, Decoder]:
+    """A synthesis of ``size`` for the code maps of a VQ-VAE of ``config``: the upsampling of the
+    top code vectors and the decoder of both maps' vectors (``VQVAE2.SYNTHESIS``)."""
+    edges = REPLICATE if config.replicate_edges else ZEROS
+    upsample_t = up2(config.embed_dim, config.embed_dim, edges)
+    dec = Decoder(
+        2 * config.embed_dim,
+        config.in_channels,
+        size.channels,
+        size.res_blocks,
+        size.res_channels,
+        config.bottom_stride,
+        size.up_blocks,
+        edges,
+    )
+    return upsample_t, dec
+
+
+class Synthesis(nn.Module):
+    """A second synthesis for a VQ-VAE's code maps, of a size of its own (``VQVAE2.with_synthesis``)."""
+
+    def __init__(self, config: VQVAEConfig, size: SynthesisSize):
+        super().__init__()
+        self.upsample_t, self.dec = synthesis_layers(config, size)
 
 
 def loss(out: VQVAEOutput, x: torch.Tensor, beta: float = 0.25) -> torch.Tensor:

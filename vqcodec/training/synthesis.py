@@ -11,8 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ModelError
-from ..nn.config import VQVAEConfig
+from ..nn.config import SynthesisConfig, VQVAEConfig
 from ..nn.grow import grown
+from ..nn.model import CodecModel
 from ..nn.vqvae import VQVAE2
 from ..zoo.catalog import model_file
 from ..zoo.weights import load_model, model_id, save_model
@@ -84,12 +85,16 @@ class _Synthesis(nn.Module):
         return self.vqvae.synthesise_maps(top, bottom)
 
 
-def combine(priors_source: str | Path, synthesis_source: str | Path, model_out: str | Path) -> Path:
+def combine(
+    priors_source: str | Path, synthesis_source: str | Path, model_out: str | Path, resampled: bool = False
+) -> Path:
     """Write to ``model_out`` the model ``priors_source`` with the synthesis of
     ``synthesis_source``, which may be a grown one: how a stage-2 and a stage-3 run made side by
-    side on one model join (stage 2 keeps the VQ-VAE as it is, stage 3 the codes). Refused unless
-    both models code images to the same maps, the maps the priors were trained on, with priors of
-    one architecture."""
+    side on one model join (stage 2 keeps the VQ-VAE as it is, stage 3 the codes). With
+    ``resampled``, the synthesis becomes the model's synthesis of resampled copies
+    (``CodecModel.resampled_synthesis``) and the rest of ``priors_source`` stays as it is, its
+    own synthesis and enhancement layers too. Refused unless both models code images to the same
+    maps, the maps the priors were trained on, with priors of one architecture."""
     model, synthesis = (load_model(model_file(source)) for source in (priors_source, synthesis_source))
     theirs = synthesis.vqvae.state_dict()
     analysis = {name: t for name, t in model.vqvae.state_dict().items() if name.split(".")[0] not in VQVAE2.SYNTHESIS}
@@ -100,9 +105,20 @@ def combine(priors_source: str | Path, synthesis_source: str | Path, model_out: 
         or any(name not in theirs or not torch.equal(t, theirs[name]) for name, t in analysis.items())
     ):
         raise ModelError(f"{synthesis_source} codes images differently from {priors_source}: nothing to combine")
-    synthesis.top_prior.load_state_dict(model.top_prior.state_dict())
-    synthesis.bottom_prior.load_state_dict(model.bottom_prior.state_dict())
-    save_model(synthesis, model_out, half=True)
+    if resampled:
+        size = synthesis.config.vqvae.synthesis
+        config = dataclasses.replace(model.config, resampled_synthesis=SynthesisConfig(*size))
+        joined = CodecModel(config)
+        kept = {name: t for name, t in model.state_dict().items() if not name.startswith("resampled_synthesis.")}
+        joined.load_state_dict(kept, strict=False)
+        joined.resampled_synthesis.load_state_dict(
+            {name: t for name, t in theirs.items() if name.split(".")[0] in VQVAE2.SYNTHESIS}
+        )
+    else:
+        synthesis.top_prior.load_state_dict(model.top_prior.state_dict())
+        synthesis.bottom_prior.load_state_dict(model.bottom_prior.state_dict())
+        joined = synthesis
+    save_model(joined, model_out, half=True)
     return Path(model_out)
 
 
