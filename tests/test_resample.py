@@ -3,18 +3,24 @@ version and flag, the limits, and forged headers."""
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 import zlib
 
 import numpy as np
 import pytest
+import torch
 
 import vqcodec
 from tests.conftest import make_model, smooth_image
+from vqcodec.coding import restoration
 from vqcodec.defaults import MAX_SCALE, MIN_SCALE
 from vqcodec.errors import FormatError, LimitError, UsageError
 from vqcodec.format import container
 from vqcodec.io.image import scaled_size
+from vqcodec.nn.config import SynthesisConfig
+from vqcodec.nn.model import CodecModel
+from vqcodec.zoo.weights import load_model, model_id, save_model
 
 
 @pytest.fixture(scope="module")
@@ -98,31 +104,43 @@ def test_padding_of_a_whole_stride_is_refused(model, upsampled, offset):
         vqcodec.Codec(model, device="cpu").decompress(_forge(upsampled, offset, stride))
 
 
-def test_a_resampled_synthesis_decodes_resampled_copies_only(model, rng, tmp_path):
-    """A model with a synthesis of resampled copies synthesises those with it, from the same code
-    maps (the same file bytes but for the filter it fits), and images at their own size with its
-    own synthesis, bit for bit as the model without it; the model file keeps it."""
-    import dataclasses
-
-    import torch
-
-    from vqcodec.nn.config import SynthesisConfig
-    from vqcodec.nn.model import CodecModel
-    from vqcodec.zoo.weights import load_model, model_id, save_model
-
+@pytest.fixture(scope="module")
+def two_syntheses(model, tmp_path_factory):
+    """``model`` with a synthesis of resampled copies of its own (random weights), through its file."""
     config = dataclasses.replace(model.config, resampled_synthesis=SynthesisConfig(24, 2, 8, 0))
     torch.manual_seed(5)
     second = CodecModel(config).eval()
     second.load_state_dict(model.state_dict(), strict=False)
-    save_model(second, tmp_path / "second.safetensors")
-    second = load_model(tmp_path / "second.safetensors")
-    assert model_id(second) != model_id(model) and second.config.resampled_synthesis == config.resampled_synthesis
+    path = tmp_path_factory.mktemp("models") / "second.safetensors"
+    save_model(second, path)
+    return load_model(path)
+
+
+def test_a_resampled_synthesis_decodes_resampled_copies_only(model, two_syntheses, rng):
+    """A model with a synthesis of resampled copies synthesises those with it, from the same code
+    maps, and images at their own size with its own synthesis, bit for bit as the model without
+    it; the model file keeps it."""
+    assert model_id(two_syntheses) != model_id(model)
+    assert two_syntheses.config.resampled_synthesis == SynthesisConfig(24, 2, 8, 0)
     image = smooth_image(rng, 24, 40)
     for scale in (1.0, 0.5):
-        plain, other = (vqcodec.Codec(m, device="cpu", scale=scale, restore=False) for m in (model, second))
+        plain, other = (vqcodec.Codec(m, device="cpu", scale=scale, restore=False) for m in (model, two_syntheses))
         a, b = plain.encode(image, rdo=0.0), other.encode(image, rdo=0.0)
         np.testing.assert_array_equal(a.codes.bottom, b.codes.bottom)
         same = np.array_equal(np.asarray(plain.decompress(a.data)), np.asarray(other.decompress(b.data)))
         assert same == (scale == 1.0)
         expected = other.reconstruct(b.codes, 40, 24, coded_size=b.coded_size)
         np.testing.assert_array_equal(np.asarray(other.decompress(b.data)), expected)
+
+
+def test_the_restoration_filter_of_a_resampled_copy_is_fitted_to_its_own_synthesis(two_syntheses, rng, monkeypatch):
+    # RDO's last synthesis, by the model's own synthesis, may stand in for the code maps' image;
+    # never where the synthesis of resampled copies decodes them (here: whatever RDO changed).
+    monkeypatch.setattr("vqcodec.codec.STAND_IN_SHARE", 1.01)
+    image = smooth_image(rng, 64, 96)
+    codec = vqcodec.Codec(two_syntheses, device="cpu", scale=0.75)
+    encoded = codec.encode(image, rdo=0.1)
+    _, streams = container.unpack(encoded.data)
+    decoded = codec.reconstruct(encoded.codes, 96, 64, coded_size=encoded.coded_size)
+    fitted = restoration.fit(image, decoded, len(streams.top) + len(streams.bottom))
+    assert fitted is not None and streams.filter == restoration.to_bytes(fitted)

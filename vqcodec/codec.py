@@ -39,7 +39,6 @@ from .io.image import (
     to_tensor,
 )
 from .nn.model import CodecModel
-from .nn.vqvae import VQVAE2
 from .quality import operating_point
 from .settings import Settings
 from .threads import one_torch_thread, use_threads
@@ -388,12 +387,14 @@ class Codec:
         """Each RGB image's top and bottom code maps: the nearest codes, or with ``rdo`` the bottom
         codes RDO prefers after ``rdo_passes`` choices, each pricing the candidates by the prior in
         the context of the previous choice (at first, the nearest codes), and the error by the
-        synthesis that will decode it (``resampled``: each image's is a copy at another size than
-        its own, ``CodecModel.vqvae_for``). With RDO, also what its
-        last pass synthesised (at the codes before its choice; padded to the top stride) where it
-        stands in for the chosen codes (``STAND_IN_SHARE``; never under an enhancement layer, whose
-        image it is not), else None: the restoration filter is fitted to it, which saves a
-        synthesis for a little less gain (docs/design.md)."""
+        model's own synthesis. With RDO, also what its last pass synthesised (at the codes before
+        its choice; padded to the top stride) where it stands in for the chosen codes
+        (``STAND_IN_SHARE``; never under an enhancement layer, nor for a copy the model's
+        synthesis of resampled copies decodes (``resampled``: each image is a copy at another size
+        than its own), whose images it is not), else None: the restoration filter is fitted to it,
+        which saves a synthesis for a little less gain (docs/design.md). RDO's error by a
+        synthesis of resampled copies would cost more encoding time than their points can spare
+        (docs/design.md, "Constants")."""
         vqvae, s = self.model.vqvae, self.settings
         if not s.rdo:
             maps = [self._analyse(rgb, lambda x, _: vqvae.encode(x, timer)) for rgb in images]
@@ -405,29 +406,29 @@ class Codec:
         margin = curvature_margin(s.rdo_passes)
         for _ in range(s.rdo_passes):
             terms = [
-                Terms(*self._analyse(rgb, self._terms_of(self.model.vqvae_for(r), t, c, b, timer)))
-                for rgb, r, t, c, b in zip(images, resampled, tops, candidates, chosen, strict=True)
+                Terms(*self._analyse(rgb, self._terms_of(t, c, b, timer)))
+                for rgb, t, c, b in zip(images, tops, candidates, chosen, strict=True)
             ]
             bits = mapcoder.candidate_bits(self.encoding_priors[1], chosen, candidates, maps, timer)
             with timer(QUANTIZATION):
                 previous = chosen
                 chosen = [choose(*args, s.rdo, margin) for args in zip(candidates, terms, bits, strict=True)]
+        own = [self.model.vqvae_for(r) is vqvae for r in resampled]
         syntheses = [
-            t.synthesis if np.mean(now != before) < STAND_IN_SHARE and not s.enhancement else None
-            for t, now, before in zip(terms, chosen, previous, strict=True)
+            t.synthesis if mine and np.mean(now != before) < STAND_IN_SHARE and not s.enhancement else None
+            for t, now, before, mine in zip(terms, chosen, previous, own, strict=True)
         ]
         return tops, chosen, syntheses
 
     def _terms_of(
-        self, vqvae: VQVAE2, top: np.ndarray, candidates: np.ndarray, current: np.ndarray, timer: Timer
+        self, top: np.ndarray, candidates: np.ndarray, current: np.ndarray, timer: Timer
     ) -> Callable[[torch.Tensor, tiles.Region], Sequence[torch.Tensor]]:
-        """``rdo.window_terms`` by ``vqvae`` of a window of an image whose maps are ``top``,
-        ``candidates`` and ``current``."""
+        """``rdo.window_terms`` of a window of an image whose maps are ``top``, ``candidates`` and ``current``."""
 
         def terms(x: torch.Tensor, outer: tiles.Region) -> Sequence[torch.Tensor]:
             window = (outer.take(top), outer.scaled(2).take(candidates), outer.scaled(2).take(current))
             maps = (torch.from_numpy(m).unsqueeze(0).to(self.device) for m in window)
-            return window_terms(vqvae, x, *maps, timer)
+            return window_terms(self.model.vqvae, x, *maps, timer)
 
         return terms
 
