@@ -50,6 +50,8 @@ def cases() -> dict[str, tuple[dict, Image.Image]]:
     out["medium-enhancement.vqc"] = (medium | {"rdo": 0.0, "enhancement": 2, "enhancement_step": 3}, _picture())  # 6
     # Layers with a second pass over a checkerboard of blocks (a model's, not a format version's).
     out["medium-two-pass.vqc"] = (medium | {"rdo": 0.0, "enhancement": 2, "enhancement_step": 3}, _picture())
+    # A resampled copy decoded by the model's synthesis of resampled copies (a model's feature too).
+    out["medium-resampled-synthesis.vqc"] = (medium | {"scale": 0.707, "rdo_passes": 2}, _picture())
     return out
 
 
