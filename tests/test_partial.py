@@ -74,7 +74,9 @@ def test_a_corner_decodes_fewer_segments_and_windows(small_windows, rng, monkeyp
     whole, made[:] = len(made), []
     windows = []
     synthesise = codec._synthesise
-    monkeypatch.setattr(codec, "_synthesise", lambda c, t, w=None: windows.append(len(w)) or synthesise(c, t, w))
+    monkeypatch.setattr(
+        codec, "_synthesise", lambda c, t, w=None, **kw: windows.append(len(w)) or synthesise(c, t, w, **kw)
+    )
     codec.decompress(data, region=(0, 0, 8, 8))
     assert 0 < len(made) < whole / 3 and windows[0] < 4
 
