@@ -413,7 +413,7 @@ class Codec:
             with timer(QUANTIZATION):
                 previous = chosen
                 chosen = [choose(*args, s.rdo, margin) for args in zip(candidates, terms, bits, strict=True)]
-        own = [self.model.vqvae_for(r) is vqvae for r in resampled]
+        own = [not r or self.model.resampled_synthesis is None for r in resampled]  # see vqvae_for
         syntheses = [
             t.synthesis if mine and np.mean(now != before) < STAND_IN_SHARE and not s.enhancement else None
             for t, now, before, mine in zip(terms, chosen, previous, own, strict=True)

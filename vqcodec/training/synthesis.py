@@ -106,8 +106,8 @@ def combine(
     ):
         raise ModelError(f"{synthesis_source} codes images differently from {priors_source}: nothing to combine")
     if resampled:
-        size = synthesis.config.vqvae.synthesis
-        config = dataclasses.replace(model.config, resampled_synthesis=SynthesisConfig(*size))
+        size = synthesis.config.vqvae.synthesis._asdict()
+        config = dataclasses.replace(model.config, resampled_synthesis=SynthesisConfig(**size))
         joined = CodecModel(config)
         kept = {name: t for name, t in model.state_dict().items() if not name.startswith("resampled_synthesis.")}
         joined.load_state_dict(kept, strict=False)
