@@ -179,6 +179,12 @@ def train_decoder_command(source: str, folder: Path, out: Path, **kwargs) -> Non
     "priced from the first), starting as no change.",
 )
 @click.option(
+    "--overlap",
+    type=click.IntRange(1, 4),
+    help="Make the layers' block transforms lapped ones reaching this many pixels into the "
+    "neighbouring blocks, starting as the same transforms.",
+)
+@click.option(
     "--file-steps",
     default="0",
     show_default=True,
@@ -196,6 +202,7 @@ def train_enhancement_command(
     ms_ssim_share: float,
     straight_through: bool,
     anchor_channels: int | None,
+    overlap: int | None,
     file_steps: tuple[int, ...],
     **kwargs,
 ) -> None:
@@ -214,6 +221,7 @@ def train_enhancement_command(
         ms_ssim_share,
         straight_through,
         anchor_channels,
+        overlap,
         file_steps,
     )
     _report_model(out, checkpoint)

@@ -33,14 +33,17 @@ from vqcodec.nn.model import CodecModel
 from vqcodec.nn.prior import observing
 from vqcodec.quality import RUNGS
 from vqcodec.training import tables
+from vqcodec.training.enhancement import with_overlap
 from vqcodec.zoo.weights import load_model, save_model
 
 
-def enhanced_model(layers: int = 2, anchor_channels: int | None = None) -> CodecModel:
-    """``make_model`` with random enhancement layers (two-pass ones with ``anchor_channels``),
-    their post-filters, second passes and ranges set."""
+def enhanced_model(layers: int = 2, anchor_channels: int | None = None, overlap: int | None = None) -> CodecModel:
+    """``make_model`` with random enhancement layers (two-pass ones with ``anchor_channels``,
+    lapped ones with ``overlap``), their post-filters, second passes, overlaps and ranges set."""
     base = make_model()
-    sizes = EnhancementConfig(layers=layers, channels=16, res_blocks=1, postfilter=8, anchor_channels=anchor_channels)
+    sizes = EnhancementConfig(
+        layers=layers, channels=16, res_blocks=1, postfilter=8, anchor_channels=anchor_channels, overlap=overlap
+    )
     config = dataclasses.replace(base.config, enhancement=sizes)
     torch.manual_seed(1)
     model = CodecModel(config)
@@ -51,6 +54,8 @@ def enhanced_model(layers: int = 2, anchor_channels: int | None = None) -> Codec
             layer.postfilter[-1].weight.normal_(0, 0.01)
             if layer.anchors is not None:
                 layer.anchors.out.weight.normal_(0, 0.02)
+            if overlap:
+                layer.synthesis.weight.add_(torch.randn_like(layer.synthesis.weight) * 0.05)
             with observing(layer):
                 y = torch.randn(2, COEFFICIENTS, 12, 14) * 3
                 layer.context_of(y, torch.randint(0, k, (2, 6, 7)), torch.randint(0, k, (2, 12, 14)))
@@ -161,6 +166,24 @@ def test_a_new_second_pass_changes_no_coefficient():
     one, two = (vqcodec.Codec(m.eval(), device="cpu").encode(image, rdo=0, enhancement=1) for m in (model, grown))
     assert np.array_equal(one.codes.enhancement.values, two.codes.enhancement.values)
     assert abs(len(one.data) - len(two.data)) <= 8
+
+
+def test_a_lapped_transform_grown_from_a_block_one_codes_the_same_integers():
+    model = enhanced_model(1)
+    lapped = with_overlap(model, 2)
+    assert lapped.enhancements[0].synthesis.weight.shape[-1] == 8
+    image = smooth_image(np.random.default_rng(4), 40, 56)
+    one, two = (vqcodec.Codec(m, device="cpu").encode(image, rdo=0, enhancement=1) for m in (model, lapped))
+    assert np.array_equal(one.codes.enhancement.values, two.codes.enhancement.values)
+    assert abs(len(one.data) - len(two.data)) <= 8
+
+
+def test_lapped_layers_decode_to_what_the_encoder_reconstructed_whole_and_by_region(image):
+    codec = vqcodec.Codec(enhanced_model(1, overlap=2), device="cpu")
+    encoded = codec.encode(image, rdo=0, enhancement=1)
+    whole = np.asarray(codec.decompress(encoded.data))
+    assert np.array_equal(whole, codec.reconstruct(encoded.codes, 70, 45, restored=encoded.restoration))
+    assert np.array_equal(np.asarray(codec.decompress(encoded.data, region=(9, 4, 30, 27))), whole[4:31, 9:39])
 
 
 def test_a_step_moves_scales_by_whole_indices_and_scales_the_means():

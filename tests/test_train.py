@@ -224,7 +224,7 @@ def test_legacy_configs_keep_their_json():
     raw = json.loads(tiny_config().to_json())
     assert not any(k.startswith("synth_") for k in raw["vqvae"])
     layers = dataclasses.replace(tiny_config(), enhancement=EnhancementConfig(layers=1))
-    assert "anchor_channels" not in json.loads(layers.to_json())["enhancement"]
+    assert not {"anchor_channels", "overlap"} & set(json.loads(layers.to_json())["enhancement"])
     grown_raw = json.loads(grown(make_model(), GROW).config.to_json())
     assert {k: v for k, v in grown_raw["vqvae"].items() if k.startswith("synth_")} == GROW
 
@@ -342,6 +342,12 @@ def test_cli_train_commands(folder, tmp_path):
                                  str(tmp_path / "other.safetensors"), "--lam", "0.05", "--layer", "1",
                                  "--anchor-channels", "8", "--crop", "32", *common])  # fmt: skip
     assert other.exit_code == 1 and "second passes of 4 channels, not 8" in other.output
+    lapped = tmp_path / "lapped.safetensors"
+    result = runner.invoke(main, ["train", "enhancement", "--model", str(enhanced), "--data", str(folder), "--out",
+                                  str(lapped), "--lam", "0.05", "--layer", "1", "--overlap", "2", "--crop", "32",
+                                  *common])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert load_model(lapped).config.enhancement.overlap == 2
     steps = runner.invoke(main, ["train", "enhancement", "--model", str(enhanced), "--data", str(folder), "--out",
                                  str(tmp_path / "s.safetensors"), "--lam", "0.05", "--file-steps", "0,x"])  # fmt: skip
     assert steps.exit_code == 2 and "comma-separated list" in steps.output

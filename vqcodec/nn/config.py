@@ -146,6 +146,10 @@ class EnhancementConfig:
     #: blocks of one checkerboard colour from the coded integers of the other; None: one pass
     #: (left out of the canonical JSON, so models written before it keep their identifiers).
     anchor_channels: int | None = None
+    #: Pixels by which each block's synthesis (and analysis) basis reaches into its neighbours: a
+    #: lapped transform, whose blocks overlap, in place of the 4x4 block transform; None: no
+    #: overlap (left out of the canonical JSON, as ``anchor_channels``).
+    overlap: int | None = None
 
     def validate(self) -> None:
         """Every size within bounds (a model file is untrusted: nothing is built before this)."""
@@ -267,6 +271,7 @@ _ENHANCEMENT_BOUNDS: dict[str, tuple[float, float]] = {
     "res_blocks": _DEPTH,
     "postfilter": _WIDTH,
     "anchor_channels": _WIDTH,
+    "overlap": (1, 4),
 }
 _SYNTHESIS_BOUNDS: dict[str, tuple[float, float]] = {
     "channels": (2, 1024),

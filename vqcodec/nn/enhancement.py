@@ -67,6 +67,13 @@ def dct_basis() -> torch.Tensor:
     return w
 
 
+def lapped(basis: torch.Tensor, overlap: int) -> torch.Tensor:
+    """A block transform's (48, 3, 4, 4) ``basis`` as a lapped one reaching ``overlap`` pixels
+    into each neighbouring block, that reach started at zero: the same transform, free to learn
+    its overlap (which smooths the blocks' edges at coarse steps)."""
+    return F.pad(basis, (overlap,) * 4)
+
+
 def gaussian_probabilities() -> torch.Tensor:
     """(SCALES, SYMBOLS) float64 probabilities of a rounded zero-mean Gaussian at each scale, the
     escape last: the tables a new layer starts with (training prices coefficients so)."""
@@ -162,11 +169,12 @@ class Enhancement(nn.Module):
 
     def __init__(self, vqvae: VQVAEConfig, config: EnhancementConfig):
         super().__init__()
-        self.analysis = nn.Conv2d(3, COEFFICIENTS, BLOCK, BLOCK, bias=False)
-        self.synthesis = nn.ConvTranspose2d(COEFFICIENTS, 3, BLOCK, BLOCK, bias=False)
+        o = config.overlap or 0
+        self.analysis = nn.Conv2d(3, COEFFICIENTS, BLOCK + 2 * o, BLOCK, o, bias=False, padding_mode="replicate")
+        self.synthesis = nn.ConvTranspose2d(COEFFICIENTS, 3, BLOCK + 2 * o, BLOCK, o, bias=False)
         with torch.no_grad():
-            self.analysis.weight.copy_(dct_basis())
-            self.synthesis.weight.copy_(dct_basis())
+            self.analysis.weight.copy_(lapped(dct_basis(), o))
+            self.synthesis.weight.copy_(lapped(dct_basis(), o))
         self.log_gain = nn.Parameter(torch.full((1, COEFFICIENTS, 1, 1), math.log(8.0)))
         self.context = CodeContext(vqvae, config.channels, config.res_blocks)
         self.anchors = AnchorContext(config.channels, config.anchor_channels) if config.anchor_channels else None

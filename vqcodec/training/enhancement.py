@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from ..errors import ModelError
 from ..io.image import pad_to, to_tensor
 from ..nn.config import EnhancementConfig
-from ..nn.enhancement import Enhancement
+from ..nn.enhancement import Enhancement, lapped
 from ..nn.model import CodecModel
 from ..nn.prior import observing
 from ..nn.vqvae import VQVAE2
@@ -52,6 +52,7 @@ def train_enhancement(
     ms_ssim_share: float = 0.0,
     straight_through: bool = False,
     anchor_channels: int | None = None,
+    overlap: int | None = None,
     file_steps: tuple[int, ...] = (0,),
 ) -> Path:
     """Train an enhancement layer of rate ``lam`` over the finished model ``source`` (file or
@@ -62,7 +63,8 @@ def train_enhancement(
     measured in MS-SSIM, which needs crops of ``msssim.MIN_SIDE`` pixels or more.
     ``straight_through`` trains the synthesis on rounded coefficients (``Enhancement.forward``).
     ``anchor_channels`` gives a one-pass model's layers a second pass of that width, which starts
-    as no change (``nn.enhancement.AnchorContext``). Each batch is coded at one of ``file_steps``
+    as no change (``nn.enhancement.AnchorContext``); ``overlap`` makes their block transforms
+    lapped ones (``with_overlap``). Each batch is coded at one of ``file_steps``
     (the steps files use the layer at, ``nn.enhancement.step_factor``), its distortion weighted by
     2^(-step/4): a step's quantisation error grows as its step squared."""
     out, model_out = Path(out), Path(model_out)
@@ -74,7 +76,7 @@ def train_enhancement(
     if out.exists() and (read_meta(out).get("source"), read_meta(out).get("layer")) != (source_id, layer):
         raise ModelError(f"{out} trains a layer of another model than {source}; resume it with its own source")
     model, index = with_layer(model, layer)
-    model = with_second_pass(model, anchor_channels)
+    model = with_overlap(with_second_pass(model, anchor_channels), overlap)
     net = model.enhancements[index]
     vqvae = model.vqvae.eval().requires_grad_(False)
     meta = {
@@ -85,6 +87,7 @@ def train_enhancement(
         "ms_ssim": ms_ssim_share,
         "straight_through": straight_through,
         "anchor_channels": anchor_channels,
+        "overlap": overlap,
         "file_steps": list(file_steps),
     }
     run = Run(out, {"enhancement": net}, settings, meta)
@@ -134,10 +137,34 @@ def with_second_pass(model: CodecModel, channels: int | None) -> CodecModel:
         return model
     if config.anchor_channels is not None:
         raise ModelError(f"the model's layers have second passes of {config.anchor_channels} channels, not {channels}")
+    return regrown(model, anchor_channels=channels)
+
+
+def with_overlap(model: CodecModel, overlap: int | None) -> CodecModel:
+    """``model`` whose layers (if it has any) have lapped transforms reaching ``overlap`` pixels
+    into their neighbours, grown from their block transforms (``nn.enhancement.lapped``: the same
+    transforms at first; None: as it is). A model's layers have one overlap or none."""
+    config = model.config.enhancement
+    if config is None or overlap is None or config.overlap == overlap:
+        return model
+    if config.overlap is not None:
+        raise ModelError(f"the model's layers overlap by {config.overlap} pixels, not {overlap}")
+    grown = regrown(model, overlap=overlap)
+    with torch.no_grad():
+        for old, new in zip(model.enhancements, grown.enhancements, strict=True):
+            new.analysis.weight.copy_(lapped(old.analysis.weight, overlap))
+            new.synthesis.weight.copy_(lapped(old.synthesis.weight, overlap))
+    return grown
+
+
+def regrown(model: CodecModel, **changes: int) -> CodecModel:
+    """``model`` with its enhancement config changed, every weight of the same shape kept (the
+    others as a new layer starts them)."""
     grown = CodecModel(
-        dataclasses.replace(model.config, enhancement=dataclasses.replace(config, anchor_channels=channels))
+        dataclasses.replace(model.config, enhancement=dataclasses.replace(model.config.enhancement, **changes))
     )
-    grown.load_state_dict(model.state_dict(), strict=False)
+    own = grown.state_dict()
+    grown.load_state_dict({k: t for k, t in model.state_dict().items() if own[k].shape == t.shape}, strict=False)
     return grown.eval()
 
 
