@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from vqcodec.defaults import DEFAULT_TILE
-from vqcodec.nn.config import ARCHITECTURES
+from vqcodec.nn.config import ARCHITECTURES, PricerConfig
 
 from .main import main
 from .options import file_steps_option, finite
@@ -242,6 +242,22 @@ def train_tables_command(source: str, folder: Path, out: Path, file_steps: tuple
     same coefficients and images, smaller files. Writes the model OUT (its own identifier)."""
     _training("tables").train_tables(source, folder, out, file_steps)
     click.echo(f"model: {out}")
+
+
+@train.command(name="pricer")
+@click.option("--model", "source", required=True, metavar="PRESET|PATH", help="The finished model to price for.")
+@_data_and_out("Model file with the pricer (the same identifier).")
+@click.option("--channels", type=click.IntRange(1, 1024), default=32, show_default=True, help="The pricer's width.")
+@click.option("--res-blocks", type=click.IntRange(0, 32), default=2, show_default=True, help="Its residual blocks.")
+@_settings_options(32, "Crop side in top-map codes (bottom crops are twice that).")
+def train_pricer_command(source: str, folder: Path, out: Path, channels: int, res_blocks: int, **kwargs) -> None:
+    """Stage 6: distil from MODEL's bottom prior a small network that prices RDO's candidate codes
+    for a fraction of the prior's time (encoder only). Writes MODEL with it to OUT: the same
+    identifier, the same decoding, faster encoding at the RDO points."""
+    checkpoint = out.with_name(out.name + ".ckpt")
+    config = PricerConfig(channels, res_blocks)
+    _training("pricer").train_pricer(source, folder, checkpoint, out, _settings(kwargs), config)
+    _report_model(out, checkpoint)
 
 
 @train.command(name="combine")

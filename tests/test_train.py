@@ -30,7 +30,7 @@ from vqcodec.training.priors import load_vqvae, rdo_codec, rdo_maps, train_prior
 from vqcodec.training.run import TrainSettings
 from vqcodec.training.synthesis import combine, train_decoder
 from vqcodec.training.vqvae import train_vqvae
-from vqcodec.zoo.weights import load_model, save_model
+from vqcodec.zoo.weights import load_model, model_id, save_model
 
 SETTINGS = TrainSettings(steps=4, batch=2, crop=32, val_every=100, checkpoint_every=100)
 
@@ -436,3 +436,21 @@ def test_enhancement_stage_mixes_ms_ssim_into_its_distortion(model_file, tmp_pat
     assert len(load_model(out).enhancements) == 1
     with pytest.raises(vqcodec.ModelError, match="crops of at least 161"):
         train_enhancement(model_file, photos, tmp_path / "n", tmp_path / "n.sft", 0.05, SETTINGS, ms_ssim_share=0.5)
+
+
+def test_pricer_stage_distils_the_bottom_prior_and_keeps_the_model(folder, model_file, tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "priced.safetensors"
+    common = ["--steps", "6", "--val-every", "3", "--lr", "0.01", "--batch", "2", "--crop", "4", "--channels", "8",
+              "--res-blocks", "1"]  # fmt: skip
+    result = runner.invoke(main, ["train", "pricer", "--model", str(model_file), "--data", str(folder), "--out",
+                                  str(out), *common])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    priced, plain = load_model(out), load_model(model_file)
+    assert priced.config.pricer.channels == 8 and model_id(priced) == model_id(plain)
+    logs = [json.loads(line) for line in (tmp_path / "priced.safetensors.jsonl").read_text().splitlines()]
+    first, last = [log for log in logs if log["split"] == "val"]
+    assert 0 < last["divergence"] < first["divergence"] and last["prior_bits"] > 0 and last["pricer_bits"] > 0
+    other = runner.invoke(main, ["train", "pricer", "--model", str(model_file), "--data", str(folder), "--out",
+                                 str(out), *common[:-4], "--channels", "16"])  # fmt: skip
+    assert other.exit_code == 1 and "another model or size" in other.output

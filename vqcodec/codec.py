@@ -42,7 +42,7 @@ from .nn.model import CodecModel
 from .quality import operating_point
 from .settings import Settings
 from .threads import one_torch_thread, use_threads
-from .timing import ENHANCEMENT, QUANTIZATION, RESTORATION, SYNTHESIS, Timer, no_timer
+from .timing import ENHANCEMENT, PRIOR, QUANTIZATION, RESTORATION, SYNTHESIS, Timer, no_timer
 from .zoo import catalog
 from .zoo.weights import load_model, model_id
 
@@ -409,7 +409,7 @@ class Codec:
                 Terms(*self._analyse(rgb, self._terms_of(t, c, b, timer)))
                 for rgb, t, c, b in zip(images, tops, candidates, chosen, strict=True)
             ]
-            bits = mapcoder.candidate_bits(self.encoding_priors[1], chosen, candidates, maps, timer)
+            bits = self._prices(tops, chosen, candidates, maps, timer)
             with timer(QUANTIZATION):
                 previous = chosen
                 chosen = [choose(*args, s.rdo, margin) for args in zip(candidates, terms, bits, strict=True)]
@@ -419,6 +419,23 @@ class Codec:
             for t, now, before, mine in zip(terms, chosen, previous, own, strict=True)
         ]
         return tops, chosen, syntheses
+
+    def _prices(
+        self,
+        tops: list[np.ndarray],
+        chosen: list[np.ndarray],
+        candidates: list[np.ndarray],
+        maps: list[MapLayout],
+        timer: Timer,
+    ) -> list[np.ndarray]:
+        """What each candidate would cost in the context of the ``chosen`` codes, give or take a
+        constant per position: by the model's pricer where it has one (on one thread, so that the
+        choice, and the file, does not depend on the thread count), else by the bottom prior."""
+        pricer = self.model.pricer
+        if pricer is None:
+            return mapcoder.candidate_bits(self.encoding_priors[1], chosen, candidates, maps, timer)
+        with timer(PRIOR), one_torch_thread():
+            return [pricer.relative_bits(b, t, c) for t, b, c in zip(tops, chosen, candidates, strict=True)]
 
     def _terms_of(
         self, top: np.ndarray, candidates: np.ndarray, current: np.ndarray, timer: Timer

@@ -157,6 +157,18 @@ class EnhancementConfig:
 
 
 @dataclass(frozen=True)
+class PricerConfig:
+    """Sizes of the encoder's pricer (``nn.pricer``): ``channels`` wide, ``res_blocks`` deep."""
+
+    channels: int = 32
+    res_blocks: int = 2
+
+    def validate(self) -> None:
+        """Every size within bounds (a model file is untrusted: nothing is built before this)."""
+        _check_bounds(self, _PRICER_BOUNDS)
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """A whole codec model: the VQ-VAE, its two priors and, optionally, enhancement layers and a
     synthesis for resampled copies (None: none; left out of the canonical JSON, so models without
@@ -167,6 +179,9 @@ class ModelConfig:
     bottom_prior: PriorConfig = field(default_factory=lambda: PriorConfig(cond_codes=512))
     enhancement: EnhancementConfig | None = None
     resampled_synthesis: SynthesisConfig | None = None
+    #: The encoder's pricer for RDO (None: RDO prices with the bottom prior itself); not part of
+    #: the model's identity (``decoding``), since no file depends on it.
+    pricer: PricerConfig | None = None
 
     def validate(self) -> None:
         self.vqvae.validate()
@@ -174,6 +189,8 @@ class ModelConfig:
         self.bottom_prior.validate()
         if self.resampled_synthesis is not None:
             self.resampled_synthesis.validate()
+        if self.pricer is not None:
+            self.pricer.validate()
         if self.enhancement is not None:
             self.enhancement.validate()
             if self.vqvae.bottom_stride != 4:
@@ -201,8 +218,13 @@ class ModelConfig:
                 raise ModelError(f"model too costly: {what} would take {cost >> 20} MiB (at most {COST_BUDGET >> 20})")
 
     def to_json(self) -> str:
-        """Canonical JSON (sorted keys), also hashed into the model identifier."""
+        """Canonical JSON (sorted keys); that of ``decoding`` is hashed into the model identifier."""
         return json.dumps(_without_none(asdict(self)), sort_keys=True, separators=(",", ":"))
+
+    @property
+    def decoding(self) -> ModelConfig:
+        """This config without what only the encoder uses (the pricer): what files depend on."""
+        return replace(self, pricer=None)
 
     @classmethod
     def from_json(cls, text: str) -> ModelConfig:
@@ -216,6 +238,7 @@ class ModelConfig:
                 resampled_synthesis=(
                     _build(SynthesisConfig, raw["resampled_synthesis"]) if "resampled_synthesis" in raw else None
                 ),
+                pricer=_build(PricerConfig, raw["pricer"]) if "pricer" in raw else None,
             )
         except RecursionError as exc:
             raise ModelError("invalid model config: nested too deeply") from exc
@@ -273,6 +296,7 @@ _ENHANCEMENT_BOUNDS: dict[str, tuple[float, float]] = {
     "anchor_channels": _WIDTH,
     "overlap": (1, 4),
 }
+_PRICER_BOUNDS: dict[str, tuple[float, float]] = {"channels": _WIDTH, "res_blocks": _DEPTH}
 _SYNTHESIS_BOUNDS: dict[str, tuple[float, float]] = {
     "channels": (2, 1024),
     "res_blocks": _DEPTH,

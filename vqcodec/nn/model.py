@@ -7,6 +7,7 @@ from torch import nn
 
 from .config import ModelConfig
 from .enhancement import Enhancement
+from .pricer import Pricer
 from .prior import PixelSNAIL
 from .vqvae import VQVAE2, Synthesis
 
@@ -15,7 +16,8 @@ class CodecModel(nn.Module):
     """Everything a codec needs: ``vqvae`` for analysis and synthesis, ``top_prior`` and
     ``bottom_prior`` for the probabilities of the top and bottom code maps, ``enhancements``,
     the model's enhancement layers, and ``resampled_synthesis``, the synthesis of copies coded at
-    another size than the image's (none of either unless its config has them)."""
+    another size than the image's, and ``pricer``, the encoder's estimate of the bottom prior's
+    prices for RDO (none of these unless its config has them)."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -28,6 +30,8 @@ class CodecModel(nn.Module):
         self.enhancements = nn.ModuleList(Enhancement(config.vqvae, e) for _ in range(e.layers if e else 0))
         r = config.resampled_synthesis
         self.resampled_synthesis = Synthesis(config.vqvae, r.size) if r is not None else None
+        p = config.pricer
+        self.pricer = Pricer(p, config.bottom_prior.codes, config.vqvae.top_codes) if p is not None else None
 
     def vqvae_for(self, resampled: bool) -> VQVAE2:
         """The VQ-VAE that synthesises a copy coded at another size than the image's

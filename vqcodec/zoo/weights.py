@@ -21,9 +21,13 @@ from .modelfile import FORMAT, read_config, read_weights
 
 
 def model_id(model: CodecModel) -> bytes:
-    """A 16-byte identifier: SHA-256 of the canonical config and every tensor (name, dtype, shape, bytes)."""
-    digest = hashlib.sha256(model.config.to_json().encode())
+    """A 16-byte identifier: SHA-256 of the canonical config and every tensor (name, dtype, shape,
+    bytes) that decoding uses: the encoder's pricer is left out (``ModelConfig.decoding``), so a
+    model keeps its identifier, and its files, when one is added."""
+    digest = hashlib.sha256(model.config.decoding.to_json().encode())
     for name, tensor in sorted(model.state_dict().items()):
+        if name.startswith("pricer."):
+            continue
         t = tensor.detach().cpu().contiguous()
         digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
         digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())

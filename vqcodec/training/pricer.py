@@ -1,0 +1,107 @@
+"""Stage 6: the encoder's pricer (``nn.pricer``) distilled from a finished model's bottom prior,
+which stays frozen, as does everything else: the model keeps its identifier and its files.
+
+Loss: the Kullback-Leibler divergence from the prior's distribution to the pricer's at every
+position of the nearest code maps of training crops, the contexts RDO prices in. Validation on
+the validation photos' maps: that divergence, and the bits per code of the prior and of the
+pricer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..defaults import DEFAULT_TILE
+from ..errors import ModelError
+from ..nn.config import PricerConfig
+from ..nn.model import CodecModel
+from ..nn.pricer import Pricer
+from ..nn.prior import PixelSNAIL
+from ..zoo.catalog import model_file
+from ..zoo.weights import load_model, model_id
+from . import data
+from .checkpoint import read_meta
+from .data import MapCropSampler, map_tiles
+from .enhancement import save_enhanced
+from .metrics import code_maps
+from .run import Run, TrainSettings
+
+
+def train_pricer(
+    source: str | Path,
+    folder: str | Path,
+    out: str | Path,
+    model_out: str | Path,
+    settings: TrainSettings | None = None,
+    config: PricerConfig | None = None,
+) -> Path:
+    """Distil a pricer of ``config``'s sizes from the bottom prior of the finished model ``source``
+    (file or preset) on the code maps of the photos of ``folder``; write ``source`` with it to
+    ``model_out`` (the checkpoint for resuming goes to ``out``). A model's pricer is replaced."""
+    out, model_out = Path(out), Path(model_out)
+    settings = settings or TrainSettings(crop=DEFAULT_TILE)
+    config = config or PricerConfig()
+    model = load_model(model_file(source))
+    source_id = model_id(model).hex()
+    meta = {"stage": "pricer", "source": source_id, "pricer": dataclasses.asdict(config)}
+    if out.exists() and {k: read_meta(out).get(k) for k in ("source", "pricer")} != {
+        k: meta[k] for k in ("source", "pricer")
+    }:
+        raise ModelError(f"{out} distils a pricer of another model or size; resume it with its own")
+    model = with_pricer(model, config)
+    teacher = model.bottom_prior.requires_grad_(False)
+    run = Run(out, {"pricer": model.pricer.train()}, settings, meta)
+    run.resume()
+    train_files, val_files = data.split(folder)
+    vqvae = model.vqvae
+    sampler = MapCropSampler(code_maps(vqvae, data.load_rgb(train_files)), settings.crop, run.generator)
+    val_crops = list(map_tiles(code_maps(vqvae, data.load_rgb(val_files)), settings.crop))
+
+    def train_step() -> dict[str, float]:
+        top, bottom = sampler.sample(settings.batch)
+        loss, _, _ = divergence(model.pricer, teacher, top, bottom)
+        loss.backward()
+        return {"loss": loss.item()}
+
+    run.loop(train_step, lambda: validate(model.pricer, teacher, val_crops))
+    save_enhanced(model.eval(), model_out)
+    return model_out
+
+
+def with_pricer(model: CodecModel, config: PricerConfig) -> CodecModel:
+    """``model`` with a new pricer of ``config``'s sizes (the rest as it is)."""
+    grown = CodecModel(dataclasses.replace(model.config, pricer=config))
+    kept = {name: t for name, t in model.state_dict().items() if not name.startswith("pricer.")}
+    grown.load_state_dict(kept, strict=False)
+    return grown.eval()
+
+
+def divergence(
+    pricer: Pricer, prior: PixelSNAIL, top: torch.Tensor, bottom: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The mean divergence from the prior's distribution to the pricer's over ``bottom``'s
+    positions, and the prior's and the pricer's mean bits for its codes (all in bits)."""
+    with torch.no_grad():
+        p = F.log_softmax(prior(bottom, top), 1)
+    q = F.log_softmax(pricer(bottom, top), 1)
+    nats = (p.exp() * (p - q)).sum(1).mean()
+    codes = bottom.unsqueeze(1)
+    return nats / math.log(2), -p.gather(1, codes).mean() / math.log(2), -q.gather(1, codes).mean() / math.log(2)
+
+
+@torch.no_grad()
+def validate(pricer: Pricer, prior: PixelSNAIL, crops: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:
+    """Divergence and bits per code (``divergence``) over ``crops`` (top, bottom), weighted by size."""
+    pricer.eval()
+    totals, n = torch.zeros(3, dtype=torch.float64), 0
+    for top, bottom in crops:
+        totals += torch.stack(divergence(pricer, prior, top, bottom)).double() * bottom.numel()
+        n += bottom.numel()
+    pricer.train()
+    kl, prior_bits, pricer_bits = (totals / n).tolist()
+    return {"divergence": kl, "prior_bits": prior_bits, "pricer_bits": pricer_bits}
