@@ -453,4 +453,13 @@ def test_pricer_stage_distils_the_bottom_prior_and_keeps_the_model(folder, model
     assert 0 < last["divergence"] < first["divergence"] and last["prior_bits"] > 0 and last["pricer_bits"] > 0
     other = runner.invoke(main, ["train", "pricer", "--model", str(model_file), "--data", str(folder), "--out",
                                  str(out), *common[:-4], "--channels", "16"])  # fmt: skip
-    assert other.exit_code == 1 and "another model or size" in other.output
+    assert other.exit_code == 1 and "another bottom prior or size" in other.output
+    from vqcodec.training.enhancement import train_enhancement
+
+    layered = tmp_path / "layered.safetensors"
+    train_enhancement(model_file, folder, tmp_path / "e.ckpt", layered, 0.01, SETTINGS)
+    result = runner.invoke(main, ["train", "pricer", "--model", str(layered), "--data", str(folder), "--out",
+                                  str(out), *common])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    again = load_model(out)
+    assert len(again.enhancements) == 1 and torch.equal(again.pricer.head.weight, priced.pricer.head.weight)

@@ -10,7 +10,10 @@ pricer.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -22,8 +25,9 @@ from ..nn.config import PricerConfig
 from ..nn.model import CodecModel
 from ..nn.pricer import Pricer
 from ..nn.prior import PixelSNAIL
+from ..nn.vqvae import VQVAE2
 from ..zoo.catalog import model_file
-from ..zoo.weights import load_model, model_id
+from ..zoo.weights import load_model
 from . import data
 from .checkpoint import read_meta
 from .data import MapCropSampler, map_tiles
@@ -42,17 +46,18 @@ def train_pricer(
 ) -> Path:
     """Distil a pricer of ``config``'s sizes from the bottom prior of the finished model ``source``
     (file or preset) on the code maps of the photos of ``folder``; write ``source`` with it to
-    ``model_out`` (the checkpoint for resuming goes to ``out``). A model's pricer is replaced."""
+    ``model_out`` (the checkpoint for resuming goes to ``out``). A model's pricer is replaced. A
+    run resumes on any model of the same VQ-VAE and bottom prior (``prior_digest``): a finished
+    run gives its pricer to a model whose enhancement layers were trained meanwhile."""
     out, model_out = Path(out), Path(model_out)
     settings = settings or TrainSettings(crop=DEFAULT_TILE)
     config = config or PricerConfig()
     model = load_model(model_file(source))
-    source_id = model_id(model).hex()
-    meta = {"stage": "pricer", "source": source_id, "pricer": dataclasses.asdict(config)}
-    if out.exists() and {k: read_meta(out).get(k) for k in ("source", "pricer")} != {
-        k: meta[k] for k in ("source", "pricer")
+    meta = {"stage": "pricer", "prior": prior_digest(model), "pricer": dataclasses.asdict(config)}
+    if out.exists() and {k: read_meta(out).get(k) for k in ("prior", "pricer")} != {
+        k: meta[k] for k in ("prior", "pricer")
     }:
-        raise ModelError(f"{out} distils a pricer of another model or size; resume it with its own")
+        raise ModelError(f"{out} distils a pricer of another bottom prior or size; resume it with its own")
     model = with_pricer(model, config)
     teacher = model.bottom_prior.requires_grad_(False)
     run = Run(out, {"pricer": model.pricer.train()}, settings, meta)
@@ -71,6 +76,18 @@ def train_pricer(
     run.loop(train_step, lambda: validate(model.pricer, teacher, val_crops))
     save_enhanced(model.eval(), model_out)
     return model_out
+
+
+def prior_digest(model: CodecModel) -> str:
+    """A digest of what a pricer is distilled from: the VQ-VAE's analysis and codebooks (the code
+    maps) and the bottom prior, configs and weights."""
+    digest = hashlib.sha256(json.dumps([asdict(model.config.vqvae), asdict(model.config.bottom_prior)]).encode())
+    for name, t in sorted(model.state_dict().items()):
+        part = name.split(".")
+        if part[0] == "bottom_prior" or (part[0] == "vqvae" and part[1] not in VQVAE2.SYNTHESIS):
+            digest.update(name.encode())
+            digest.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:32]
 
 
 def with_pricer(model: CodecModel, config: PricerConfig) -> CodecModel:
