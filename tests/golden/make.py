@@ -52,6 +52,8 @@ def cases() -> dict[str, tuple[dict, Image.Image]]:
     out["medium-two-pass.vqc"] = (medium | {"rdo": 0.0, "enhancement": 2, "enhancement_step": 3}, _picture())
     # A resampled copy decoded by the model's synthesis of resampled copies (a model's feature too).
     out["medium-resampled-synthesis.vqc"] = (medium | {"scale": 0.707, "rdo_passes": 2}, _picture())
+    # Layers whose transform is lapped (a model's feature).
+    out["medium-lapped.vqc"] = (medium | {"rdo": 0.0, "enhancement": 1, "enhancement_step": 4}, _picture())
     return out
 
 
