@@ -10,7 +10,6 @@ pricer.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 from dataclasses import asdict
@@ -27,7 +26,7 @@ from ..nn.pricer import Pricer
 from ..nn.prior import PixelSNAIL
 from ..nn.vqvae import VQVAE2
 from ..zoo.catalog import model_file
-from ..zoo.weights import load_model
+from ..zoo.weights import load_model, weights_digest
 from . import data
 from .checkpoint import read_meta
 from .data import MapCropSampler, map_tiles
@@ -81,13 +80,13 @@ def train_pricer(
 def prior_digest(model: CodecModel) -> str:
     """A digest of what a pricer is distilled from: the VQ-VAE's analysis and codebooks (the code
     maps) and the bottom prior, configs and weights."""
-    digest = hashlib.sha256(json.dumps([asdict(model.config.vqvae), asdict(model.config.bottom_prior)]).encode())
-    for name, t in sorted(model.state_dict().items()):
+
+    def distilled_from(name: str) -> bool:
         part = name.split(".")
-        if part[0] == "bottom_prior" or (part[0] == "vqvae" and part[1] not in VQVAE2.SYNTHESIS):
-            digest.update(name.encode())
-            digest.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:32]
+        return part[0] == "bottom_prior" or (part[0] == "vqvae" and part[1] not in VQVAE2.SYNTHESIS)
+
+    configs = json.dumps([asdict(model.config.vqvae), asdict(model.config.bottom_prior)])
+    return weights_digest(configs, model, distilled_from).hex()[:32]
 
 
 def with_pricer(model: CodecModel, config: PricerConfig) -> CodecModel:

@@ -8,6 +8,7 @@ before any module is built or any weight is read, and the weights before they ar
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -24,14 +25,21 @@ def model_id(model: CodecModel) -> bytes:
     """A 16-byte identifier: SHA-256 of the canonical config and every tensor (name, dtype, shape,
     bytes) that decoding uses: the encoder's pricer is left out (``ModelConfig.decoding``), so a
     model keeps its identifier, and its files, when one is added."""
-    digest = hashlib.sha256(model.config.decoding.to_json().encode())
+    digest = weights_digest(model.config.decoding.to_json(), model, lambda name: not name.startswith("pricer."))
+    return digest[:MODEL_ID_SIZE]
+
+
+def weights_digest(header: str, model: CodecModel, keep: Callable[[str], bool]) -> bytes:
+    """SHA-256 of ``header`` and of each tensor of ``model`` whose name ``keep`` accepts (name,
+    dtype, shape and bytes, in name order)."""
+    digest = hashlib.sha256(header.encode())
     for name, tensor in sorted(model.state_dict().items()):
-        if name.startswith("pricer."):
+        if not keep(name):
             continue
         t = tensor.detach().cpu().contiguous()
         digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
         digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.digest()[:MODEL_ID_SIZE]
+    return digest.digest()
 
 
 def save_model(model: CodecModel, path: str | Path, half: bool = False) -> None:
