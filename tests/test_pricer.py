@@ -13,7 +13,7 @@ import vqcodec
 from tests.conftest import make_model, smooth_image
 from vqcodec.nn import pricer as pricer_module
 from vqcodec.nn.config import PricerConfig
-from vqcodec.training.pricer import with_pricer
+from vqcodec.training.pricer import divergence, with_pricer
 from vqcodec.zoo.weights import load_model, model_id, save_model
 
 
@@ -87,3 +87,32 @@ def test_pricer_sizes_are_checked():
     config = dataclasses.replace(make_model().config, pricer=PricerConfig(channels=4096))
     with pytest.raises(vqcodec.ModelError, match="channels"):
         config.validate()
+
+
+def test_the_pricers_elu_is_torchs_in_value_and_gradient():
+    x = torch.linspace(-20, 20, 4001, dtype=torch.float32, requires_grad=True)
+    mine, theirs = pricer_module.elu(x), torch.nn.functional.elu(x)
+    torch.testing.assert_close(mine, theirs, rtol=0, atol=1e-6)
+    (grad_mine,) = torch.autograd.grad(mine.sum(), x)
+    (grad_theirs,) = torch.autograd.grad(theirs.sum(), x)
+    torch.testing.assert_close(grad_mine, grad_theirs, rtol=0, atol=1e-6)
+
+
+def test_the_loss_compares_the_candidates_alone():
+    """RDO compares its candidates' bits and nothing else: a pricer that gives them the prior's
+    probabilities up to a factor per position has no candidate divergence, whatever it gives
+    the other codes."""
+    torch.manual_seed(3)
+    codes, k = 16, 4
+    p_logits = torch.randn(2, codes, 3, 5)
+    candidates = torch.stack([torch.randperm(codes)[:k] for _ in range(2 * 3 * 5)]).view(2, 3, 5, k)
+    q_logits = torch.randn(2, codes, 3, 5) * 3
+    choice = candidates.permute(0, 3, 1, 2)
+    q_logits.scatter_(1, choice, p_logits.gather(1, choice) + torch.randn(2, 1, 3, 5))
+    top = torch.zeros(2, 2, 3, dtype=torch.long)
+    candidate_kl, kl, prior_bits, pricer_bits = divergence(
+        lambda b, t: q_logits, lambda b, t: p_logits, top, candidates
+    )
+    assert abs(candidate_kl.item()) < 1e-6 and kl.item() > 0.1 and prior_bits.item() > 0 and pricer_bits.item() > 0
+    other = divergence(lambda b, t: torch.randn(2, codes, 3, 5), lambda b, t: p_logits, top, candidates)[0]
+    assert other.item() > 0.01

@@ -463,3 +463,9 @@ def test_pricer_stage_distils_the_bottom_prior_and_keeps_the_model(folder, model
     assert result.exit_code == 0, result.output
     again = load_model(out)
     assert len(again.enhancements) == 1 and torch.equal(again.pricer.head.weight, priced.pricer.head.weight)
+    # A model's own pricer of the same sizes is where a new run starts (here at no learning rate).
+    from vqcodec.training.pricer import train_pricer
+
+    still = dataclasses.replace(SETTINGS, steps=1, lr=0.0, crop=4)
+    train_pricer(out, folder, tmp_path / "on.ckpt", tmp_path / "on.safetensors", still, priced.config.pricer)
+    assert torch.equal(load_model(tmp_path / "on.safetensors").pricer.head.weight, priced.pricer.head.weight)

@@ -16,11 +16,17 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .config import PricerConfig
 from .prior import CausalConv2d, GatedResBlock, causal_offsets
+
+
+def elu(x: torch.Tensor) -> torch.Tensor:
+    """The ELU from ``exp``: the same function as ``F.elu`` (to float rounding) at half its time
+    or less, since torch's ELU and ``expm1`` are slow under some CPUs' vector dispatch."""
+    return torch.exp(x.clamp(max=0)).sub(1).add(x.clamp(min=0))
+
 
 #: Top-map rows a band of ``Pricer.relative_bits`` covers: bands bound its memory on large images.
 BAND = 16
@@ -38,7 +44,7 @@ class Pricer(nn.Module):
         self.top = nn.Conv2d(c, c, 3, padding=1, padding_mode="replicate")
         self.input = CausalConv2d(c, c, 5, causal_offsets(5, True, 2))
         res = causal_offsets(3, False, 1)
-        self.blocks = nn.ModuleList(GatedResBlock(c, 3, res, 0.0, cond=c) for _ in range(config.res_blocks))
+        self.blocks = nn.ModuleList(GatedResBlock(c, 3, res, 0.0, cond=c, elu=elu) for _ in range(config.res_blocks))
         self.head = nn.Conv2d(c, codes, 1)
 
     @property
@@ -48,12 +54,12 @@ class Pricer(nn.Module):
 
     def features(self, bottom: torch.Tensor, top: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) features of a (B, H, W) bottom map and its (B, H/2, W/2) top map."""
-        cond = self.top(F.elu(self.top_embed(top).permute(0, 3, 1, 2)))
+        cond = self.top(elu(self.top_embed(top).permute(0, 3, 1, 2)))
         cond = cond.repeat_interleave(2, 2).repeat_interleave(2, 3)
         x = self.input(self.embed(bottom).permute(0, 3, 1, 2))
         for block in self.blocks:
             x = block(x, cond=cond)
-        return F.elu(x)
+        return elu(x)
 
     def forward(self, bottom: torch.Tensor, top: torch.Tensor) -> torch.Tensor:
         """(B, K, H, W) logits (training: compare them with the prior's)."""

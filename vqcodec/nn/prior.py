@@ -17,7 +17,7 @@ above, and every position with ``c + r * (right_reach + 1) == t`` can be decoded
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -110,10 +110,21 @@ def conv1x1(c_in: int, c_out: int, bias: bool = True) -> CausalConv2d:
 
 
 class GatedResBlock(nn.Module):
-    """x + GLU(conv2(ELU(conv1(ELU(x)) [+ aux(ELU(a))])) [+ cond(c)]), PixelSNAIL's residual unit."""
+    """x + GLU(conv2(ELU(conv1(ELU(x)) [+ aux(ELU(a))])) [+ cond(c)]), PixelSNAIL's residual unit
+    (``elu``: another implementation of the ELU, as the pricer's)."""
 
-    def __init__(self, channels: int, kernel: int, offsets: Offsets, dropout: float, aux: int = 0, cond: int = 0):
+    def __init__(
+        self,
+        channels: int,
+        kernel: int,
+        offsets: Offsets,
+        dropout: float,
+        aux: int = 0,
+        cond: int = 0,
+        elu: Callable[[torch.Tensor], torch.Tensor] = F.elu,
+    ):
         super().__init__()
+        self.elu = elu
         self.conv1 = CausalConv2d(channels, channels, kernel, offsets)
         self.aux = conv1x1(aux, channels, bias=False) if aux else None
         self.drop = nn.Dropout(dropout)
@@ -124,10 +135,10 @@ class GatedResBlock(nn.Module):
     def forward(
         self, x: torch.Tensor, aux: torch.Tensor | None = None, cond: torch.Tensor | None = None
     ) -> torch.Tensor:
-        a = self.conv1(F.elu(x))
+        a = self.conv1(self.elu(x))
         if self.aux is not None:
-            a = a + self.aux(F.elu(aux))
-        g = self.conv2(self.drop(F.elu(self.r_a(a))))
+            a = a + self.aux(self.elu(aux))
+        g = self.conv2(self.drop(self.elu(self.r_a(a))))
         if self.cond is not None:
             g = g + self.cond(cond)
         u = self.r_u(F.glu(self.r_g(g), dim=1))

@@ -1,10 +1,11 @@
 """Stage 6: the encoder's pricer (``nn.pricer``) distilled from a finished model's bottom prior,
 which stays frozen, as does everything else: the model keeps its identifier and its files.
 
-Loss: the Kullback-Leibler divergence from the prior's distribution to the pricer's at every
-position of the nearest code maps of training crops, the contexts RDO prices in. Validation on
-the validation photos' maps: that divergence, and the bits per code of the prior and of the
-pricer.
+Loss: the Kullback-Leibler divergence from the prior's distribution to the pricer's over each
+position's RDO candidates (its ``CANDIDATES`` nearest codes, both distributions renormalised over
+them: RDO compares their bits and nothing else), at every position of the nearest code maps of
+training crops, the contexts RDO prices in. Validation on the validation photos' maps: that
+divergence, the divergence over all codes, and the bits per code of the prior and of the pricer.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..coding.rdo import CANDIDATES
 from ..defaults import DEFAULT_TILE
 from ..errors import ModelError
 from ..nn.config import PricerConfig
@@ -31,7 +33,7 @@ from . import data
 from .checkpoint import read_meta
 from .data import MapCropSampler, map_tiles
 from .enhancement import save_enhanced
-from .metrics import code_maps
+from .metrics import candidate_maps
 from .run import Run, TrainSettings
 
 
@@ -57,18 +59,20 @@ def train_pricer(
         k: meta[k] for k in ("prior", "pricer")
     }:
         raise ModelError(f"{out} distils a pricer of another bottom prior or size; resume it with its own")
-    model = with_pricer(model, config)
+    if model.config.pricer != config:
+        model = with_pricer(model, config)
     teacher = model.bottom_prior.requires_grad_(False)
     run = Run(out, {"pricer": model.pricer.train()}, settings, meta)
     run.resume()
     train_files, val_files = data.split(folder)
     vqvae = model.vqvae
-    sampler = MapCropSampler(code_maps(vqvae, data.load_rgb(train_files)), settings.crop, run.generator)
-    val_crops = list(map_tiles(code_maps(vqvae, data.load_rgb(val_files)), settings.crop))
+    maps = candidate_maps(vqvae, data.load_rgb(train_files), CANDIDATES)
+    sampler = MapCropSampler(maps, settings.crop, run.generator)
+    val_crops = list(map_tiles(candidate_maps(vqvae, data.load_rgb(val_files), CANDIDATES), settings.crop))
 
     def train_step() -> dict[str, float]:
-        top, bottom = sampler.sample(settings.batch)
-        loss, _, _ = divergence(model.pricer, teacher, top, bottom)
+        top, candidates = sampler.sample(settings.batch)
+        loss = divergence(model.pricer, teacher, top, candidates)[0]
         loss.backward()
         return {"loss": loss.item()}
 
@@ -98,26 +102,35 @@ def with_pricer(model: CodecModel, config: PricerConfig) -> CodecModel:
 
 
 def divergence(
-    pricer: Pricer, prior: PixelSNAIL, top: torch.Tensor, bottom: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The mean divergence from the prior's distribution to the pricer's over ``bottom``'s
-    positions, and the prior's and the pricer's mean bits for its codes (all in bits)."""
+    pricer: Pricer, prior: PixelSNAIL, top: torch.Tensor, candidates: torch.Tensor
+) -> tuple[torch.Tensor, ...]:
+    """Mean divergences from the prior's distribution to the pricer's over the positions of the
+    nearest bottom map of ``candidates`` (B, H, W, k; nearest first): over the k candidates
+    (renormalised) and over all codes; and the prior's and the pricer's mean bits for the
+    nearest codes (all in bits)."""
+    bottom = candidates[..., 0]
     with torch.no_grad():
-        p = F.log_softmax(prior(bottom, top), 1)
-    q = F.log_softmax(pricer(bottom, top), 1)
-    nats = (p.exp() * (p - q)).sum(1).mean()
+        p_logits = prior(bottom, top)
+    q_logits = pricer(bottom, top)
+    choice = candidates.permute(0, 3, 1, 2)
+    p, q = F.log_softmax(p_logits, 1), F.log_softmax(q_logits, 1)
+    p_k, q_k = F.log_softmax(p_logits.gather(1, choice), 1), F.log_softmax(q_logits.gather(1, choice), 1)
+    nats = torch.stack([(p_k.exp() * (p_k - q_k)).sum(1).mean(), (p.exp() * (p - q)).sum(1).mean()])
     codes = bottom.unsqueeze(1)
-    return nats / math.log(2), -p.gather(1, codes).mean() / math.log(2), -q.gather(1, codes).mean() / math.log(2)
+    bits = -torch.stack([p.gather(1, codes).mean(), q.gather(1, codes).mean()])
+    return tuple((torch.cat([nats, bits]) / math.log(2)).unbind())
 
 
 @torch.no_grad()
 def validate(pricer: Pricer, prior: PixelSNAIL, crops: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:
-    """Divergence and bits per code (``divergence``) over ``crops`` (top, bottom), weighted by size."""
+    """Divergences and bits per code (``divergence``) over ``crops`` (top, candidates), weighted
+    by size."""
     pricer.eval()
-    totals, n = torch.zeros(3, dtype=torch.float64), 0
-    for top, bottom in crops:
-        totals += torch.stack(divergence(pricer, prior, top, bottom)).double() * bottom.numel()
-        n += bottom.numel()
+    totals, n = torch.zeros(4, dtype=torch.float64), 0
+    for top, candidates in crops:
+        size = candidates[..., 0].numel()
+        totals += torch.stack(divergence(pricer, prior, top, candidates)).double() * size
+        n += size
     pricer.train()
-    kl, prior_bits, pricer_bits = (totals / n).tolist()
-    return {"divergence": kl, "prior_bits": prior_bits, "pricer_bits": pricer_bits}
+    candidate_kl, kl, prior_bits, pricer_bits = (totals / n).tolist()
+    return {"divergence": candidate_kl, "divergence_all": kl, "prior_bits": prior_bits, "pricer_bits": pricer_bits}
