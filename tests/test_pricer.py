@@ -98,10 +98,10 @@ def test_the_pricers_elu_is_torchs_in_value_and_gradient():
     torch.testing.assert_close(grad_mine, grad_theirs, rtol=0, atol=1e-6)
 
 
-def test_the_loss_compares_the_candidates_alone():
+def test_the_candidate_divergence_compares_the_candidates_alone():
     """RDO compares its candidates' bits and nothing else: a pricer that gives them the prior's
-    probabilities up to a factor per position has no candidate divergence, whatever it gives
-    the other codes."""
+    probabilities up to a factor per position has no candidate divergence (what validation
+    reports beside the divergence over all codes), whatever it gives the other codes."""
     torch.manual_seed(3)
     codes, k = 16, 4
     p_logits = torch.randn(2, codes, 3, 5)

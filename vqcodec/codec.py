@@ -210,6 +210,12 @@ class Codec:
         self.model = model.eval().to(self.device)
         self.name = name
         self.model_id = model_id(self.model)
+        if self.device.type == "cpu":
+            # The CPU's convolutions (analysis, synthesis) run faster on channels-last weights
+            # and activations (docs/benchmarks.md): the same function, in another memory order.
+            for part in (self.model.vqvae, self.model.resampled_synthesis):
+                if part is not None:
+                    part.to(memory_format=torch.channels_last)
         base = settings if settings is not None else Settings(**catalog.settings_of(self.model_id))
         self.settings = _settings_for(base, quality, overrides, len(model.enhancements))
         # The encoder's single pass over whole maps runs fastest on torch (its BLAS and indexing

@@ -19,7 +19,7 @@ MIN_SCALE, MAX_SCALE = 0.25, 2.0
 #: The VQ-VAE runs on windows of WINDOW x WINDOW top codes, each with WINDOW_MARGIN codes of
 #: context on every side (more than its receptive field), so memory stays bounded without seams.
 #: Margins are work done twice, so windows are large (docs/design.md, "Constants").
-WINDOW = 64
+WINDOW = 128
 WINDOW_MARGIN = 6
 #: Rows (positions) the integer prior handles at once on a GPU (``qprior``; fewer on the CPU).
 DEVICE_ROW_CHUNK = 8192
