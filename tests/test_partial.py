@@ -55,6 +55,7 @@ def test_regions_of_shipped_model_files_are_exact(name):
 def small_windows(monkeypatch):
     """Windows of 3 top codes (1 of margin) and segments of 32 codes, so a small image has many of both."""
     monkeypatch.setattr(vqcodec.codec, "WINDOW", 3)
+    monkeypatch.setattr(vqcodec.codec, "WHOLE_WINDOW", 0)
     monkeypatch.setattr(vqcodec.codec, "WINDOW_MARGIN", 1)
     monkeypatch.setattr(container, "SEGMENT_POSITIONS", 32)
 

@@ -219,6 +219,7 @@ def test_windowed_vqvae_matches_whole_image(rng, monkeypatch):
     whole = codec.encode(image).codes
     whole_pixels = codec.reconstruct(whole, 90, 70)
     monkeypatch.setattr(vqcodec.codec, "WINDOW", 2)
+    monkeypatch.setattr(vqcodec.codec, "WHOLE_WINDOW", 0)
     windowed = codec.encode(image).codes
     assert (windowed.top == whole.top).mean() > 0.99 and (windowed.bottom == whole.bottom).mean() > 0.99
     pixels = codec.reconstruct(whole, 90, 70).astype(int)
@@ -267,6 +268,7 @@ def test_windows_side_by_side_give_the_files_and_pixels_of_one_thread(rng, monke
     codec = vqcodec.Codec(make_model(seed=13), device="cpu", rdo=0.5)
     image = smooth_image(rng, 70, 90)
     monkeypatch.setattr(vqcodec.codec, "WINDOW", 2)
+    monkeypatch.setattr(vqcodec.codec, "WHOLE_WINDOW", 0)
     threads = torch.get_num_threads()
     try:
         results = []

@@ -21,7 +21,7 @@ from .coding.mapcoder import MapLayout, MapStats
 from .coding.qprior import IntegerPrior
 from .coding.rdo import CANDIDATES, Terms, choose, curvature_margin, window_terms
 from .coding.restoration import Filter
-from .defaults import DEFAULT_PRESET, WINDOW, WINDOW_MARGIN
+from .defaults import DEFAULT_PRESET, WHOLE_WINDOW, WINDOW, WINDOW_MARGIN
 from .errors import DecodeMismatchError, FormatError, InputError, ModelError, ModelMismatchError, UsageError
 from .format import container
 from .format.container import DEFAULT_MAX_PIXELS, Header, Streams
@@ -172,6 +172,12 @@ def load_for(data: VqcLike, *, device: str = "auto", max_pixels: int = DEFAULT_M
     replaced (kept so that its files still decode)."""
     name, path = catalog.find(container.read_header(vqc_bytes(data)).model_id)
     return Codec(load_model(path), device=device, name=name, max_pixels=max_pixels, processes=processes)
+
+
+def window_side(top_shape: tuple[int, ...]) -> int:
+    """Side in top codes of the VQ-VAE's windows over a top map of ``top_shape``: the whole map
+    where it is at most ``WHOLE_WINDOW`` codes on each side, else ``WINDOW``."""
+    return max(top_shape[:2]) if max(top_shape[:2]) <= WHOLE_WINDOW else WINDOW
 
 
 class Codec:
@@ -678,7 +684,7 @@ class Codec:
         however many threads the process uses. The windows are independent, so on the CPU they run
         side by side, one per torch thread: the results are those of one thread."""
         if windows is None:
-            windows = tiles.windows(*shape, WINDOW, WINDOW_MARGIN)
+            windows = tiles.windows(*shape, window_side(shape), WINDOW_MARGIN)
         workers = min(torch.get_num_threads(), len(windows)) if self.device.type == "cpu" else 1
         grad = torch.is_grad_enabled()
 
@@ -716,7 +722,8 @@ class Codec:
         coded = self.coded_size(header)
         xs = partial.source_span(x - r, x + w + r, header.width, coded[0])
         ys = partial.source_span(y - r, y + h + r, header.height, coded[1])
-        windows = partial.windows(xs, ys, header.top_shape, self.top_stride, WINDOW, WINDOW_MARGIN)
+        side = window_side(header.top_shape)
+        windows = partial.windows(xs, ys, header.top_shape, self.top_stride, side, WINDOW_MARGIN)
         # An enhancement layer's coefficients are coded in one stream, by scale, from the whole maps.
         wanted = (
             None

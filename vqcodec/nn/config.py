@@ -7,7 +7,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, NamedTuple
 
-from ..defaults import DEVICE_ROW_CHUNK, WINDOW, WINDOW_MARGIN
+from ..defaults import DEVICE_ROW_CHUNK, WHOLE_WINDOW, WINDOW, WINDOW_MARGIN
 from ..errors import ModelError
 
 
@@ -209,7 +209,7 @@ class ModelConfig:
         the largest activation of a VQ-VAE window (its widest layer at half the window's side in
         pixels) and the largest logits table of the priors (``DEVICE_ROW_CHUNK`` positions)."""
         vq = self.vqvae
-        side = (WINDOW + 2 * WINDOW_MARGIN) * vq.top_stride // 2
+        side = max(WINDOW + 2 * WINDOW_MARGIN, WHOLE_WINDOW) * vq.top_stride // 2
         widest = max(vq.channels, vq.synthesis.channels, *(r.channels for r in [self.resampled_synthesis] if r))
         window = 4 * widest * side * side
         logits = 4 * DEVICE_ROW_CHUNK * max(self.top_prior.codes, self.bottom_prior.codes)
