@@ -48,10 +48,11 @@ def test_windows_cover_the_map_evenly(h, w, size, margin):
 
 
 def test_a_map_up_to_the_whole_window_is_one_window():
-    """Margins are work done twice: a Kodak image's or a megapixel photo's top map is one window,
-    a larger one is cut into windows of ``WINDOW`` codes (so a small region needs few pixels)."""
+    """Margins are work done twice: a Kodak image's top map is one window, a larger one is cut
+    into windows of ``WINDOW`` codes (which threads run side by side, and of which a small region
+    needs few)."""
     from vqcodec.codec import window_side
     from vqcodec.defaults import WHOLE_WINDOW, WINDOW
 
-    assert window_side((64, 96)) == 96 and window_side((102, 153)) == 153
+    assert window_side((64, 96)) == 96 and window_side((102, 153)) == WINDOW
     assert window_side((WHOLE_WINDOW, 3)) == WHOLE_WINDOW and window_side((WHOLE_WINDOW + 1, 3)) == WINDOW

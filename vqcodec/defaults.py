@@ -19,10 +19,11 @@ MIN_SCALE, MAX_SCALE = 0.25, 2.0
 #: The VQ-VAE runs on windows of WINDOW x WINDOW top codes, each with WINDOW_MARGIN codes of
 #: context on every side (more than its receptive field), so memory stays bounded without seams.
 #: Margins are work done twice, so windows are large, and an image whose top map is at most
-#: WHOLE_WINDOW codes on each side is one window; larger windows would make a small region of a
-#: large image synthesise (and decode the codes of) more pixels (docs/design.md, "Constants").
+#: WHOLE_WINDOW codes on each side is one window; larger ones would leave a second thread idle
+#: on a megapixel photo and make a small region of a large image decode the codes and synthesise
+#: the pixels of a larger window (docs/design.md, "Constants").
 WINDOW = 64
 WINDOW_MARGIN = 6
-WHOLE_WINDOW = 160
+WHOLE_WINDOW = 96
 #: Rows (positions) the integer prior handles at once on a GPU (``qprior``; fewer on the CPU).
 DEVICE_ROW_CHUNK = 8192
