@@ -17,6 +17,7 @@ import json
 import math
 from dataclasses import asdict
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -74,7 +75,7 @@ def train_pricer(
 
     def train_step() -> dict[str, float]:
         top, candidates = sampler.sample(settings.batch)
-        loss = divergence(model.pricer, teacher, top, candidates)[1]
+        loss = divergence(model.pricer, teacher, top, candidates).all_codes
         loss.backward()
         return {"loss": loss.item()}
 
@@ -103,13 +104,20 @@ def with_pricer(model: CodecModel, config: PricerConfig) -> CodecModel:
     return grown.eval()
 
 
-def divergence(
-    pricer: Pricer, prior: PixelSNAIL, top: torch.Tensor, candidates: torch.Tensor
-) -> tuple[torch.Tensor, ...]:
-    """Mean divergences from the prior's distribution to the pricer's over the positions of the
-    nearest bottom map of ``candidates`` (B, H, W, k; nearest first): over the k candidates
-    (renormalised) and over all codes; and the prior's and the pricer's mean bits for the
-    nearest codes (all in bits)."""
+class Divergences(NamedTuple):
+    """Means over a map's positions, in bits: the divergence from the prior's distribution to the
+    pricer's over each position's candidates (renormalised) and over all codes, and the prior's
+    and the pricer's bits for the nearest codes."""
+
+    candidates: torch.Tensor
+    all_codes: torch.Tensor
+    prior_bits: torch.Tensor
+    pricer_bits: torch.Tensor
+
+
+def divergence(pricer: Pricer, prior: PixelSNAIL, top: torch.Tensor, candidates: torch.Tensor) -> Divergences:
+    """``Divergences`` over the positions of the nearest bottom map of ``candidates`` (B, H, W, k;
+    nearest first)."""
     bottom = candidates[..., 0]
     with torch.no_grad():
         p_logits = prior(bottom, top)
@@ -120,7 +128,7 @@ def divergence(
     nats = torch.stack([(p_k.exp() * (p_k - q_k)).sum(1).mean(), (p.exp() * (p - q)).sum(1).mean()])
     codes = bottom.unsqueeze(1)
     bits = -torch.stack([p.gather(1, codes).mean(), q.gather(1, codes).mean()])
-    return tuple((torch.cat([nats, bits]) / math.log(2)).unbind())
+    return Divergences(*(torch.cat([nats, bits]) / math.log(2)).unbind())
 
 
 @torch.no_grad()
