@@ -99,8 +99,17 @@ def recoloured(crop: np.ndarray, generator: torch.Generator) -> np.ndarray:
     return np.round(gray + gain * (x - gray)).clip(0, 255).astype(np.uint8)
 
 
+def by_area(shapes: list[tuple[int, ...]], size: int, generator: torch.Generator) -> int:
+    """The index of an image (its (height, width, ...) in ``shapes``) drawn with probability in
+    proportion to how many size x size crops it holds: every crop position of every image equally
+    likely, so a large photo is worth as much as the small ones that add up to its pixels."""
+    counts = torch.tensor([float((h - size + 1) * (w - size + 1)) for h, w, *_ in shapes], dtype=torch.float64)
+    return int(torch.multinomial(counts, 1, generator=generator))
+
+
 class CropSampler:
-    """Random size x size crops, flipped left-right half the time, as (B, 3, size, size) floats in [-1, 1].
+    """Random size x size crops (every crop position of every image equally likely), flipped
+    left-right half the time, as (B, 3, size, size) floats in [-1, 1].
 
     ``colour`` is the share of crops given colours photos seldom have: half of those are replaced
     by a synthetic flat colour or ramp (``synthetic_crop``), half recoloured (``recoloured``).
@@ -114,6 +123,7 @@ class CropSampler:
         if not 0.0 <= colour <= 1.0:
             raise InputError(f"the colour-augmented share must be in [0, 1], not {colour}")
         self.images = images
+        self.shapes = [img.shape[:2] for img in images]
         self.size = size
         self.generator = generator
         self.colour = colour
@@ -128,7 +138,7 @@ class CropSampler:
     def sample(self, batch: int) -> torch.Tensor:
         crops = []
         for _ in range(batch):
-            img = self.images[int(torch.randint(len(self.images), (1,), generator=self.generator))]
+            img = self.images[by_area(self.shapes, self.size, self.generator)]
             top = int(torch.randint(img.shape[0] - self.size + 1, (1,), generator=self.generator))
             left = int(torch.randint(img.shape[1] - self.size + 1, (1,), generator=self.generator))
             crop = img[top : top + self.size, left : left + self.size]
@@ -144,12 +154,14 @@ def to_batch(images: list[np.ndarray]) -> torch.Tensor:
 
 
 class MapCropSampler:
-    """Aligned random crops of (top, bottom) maps: size x size top codes, 2size x 2size bottom codes."""
+    """Aligned random crops of (top, bottom) maps: size x size top codes, 2size x 2size bottom
+    codes, every crop position of every map equally likely."""
 
     def __init__(self, maps: list[tuple[np.ndarray, np.ndarray]], size: int, generator: torch.Generator):
         self.maps = [(t, b) for t, b in maps if min(t.shape) >= size]
         if not self.maps:
             raise ModelError(f"no code map is {size} codes on a side; use a smaller --crop")
+        self.shapes = [t.shape for t, _ in self.maps]
         self.size, self.generator = size, generator
 
     def _randint(self, high: int) -> int:
@@ -158,7 +170,7 @@ class MapCropSampler:
     def sample(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         tops, bottoms = [], []
         for _ in range(batch):
-            top, bottom = self.maps[self._randint(len(self.maps))]
+            top, bottom = self.maps[by_area(self.shapes, self.size, self.generator)]
             r, c = self._randint(top.shape[0] - self.size + 1), self._randint(top.shape[1] - self.size + 1)
             tops.append(top[r : r + self.size, c : c + self.size])
             bottoms.append(bottom[2 * r : 2 * (r + self.size), 2 * c : 2 * (c + self.size)])
