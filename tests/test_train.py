@@ -24,7 +24,7 @@ from vqcodec.nn.grow import grown
 from vqcodec.nn.model import CodecModel
 from vqcodec.nn.vqvae import VQVAE2
 from vqcodec.training.checkpoint import read_meta
-from vqcodec.training.data import by_area, split
+from vqcodec.training.data import by_area, crop_positions, split
 from vqcodec.training.metrics import codebook_use
 from vqcodec.training.priors import load_vqvae, rdo_codec, rdo_maps, train_prior
 from vqcodec.training.run import TrainSettings
@@ -58,7 +58,8 @@ def test_split_is_fixed_and_disjoint(folder):
 def test_crops_are_drawn_by_area():
     # 1 and 9 crop positions: the larger image a tenth and nine tenths of the draws
     generator = torch.Generator().manual_seed(0)
-    draws = np.bincount([by_area([(8, 8, 3), (10, 10, 3)], 8, generator) for _ in range(2000)], minlength=2)
+    positions = crop_positions([(8, 8, 3), (10, 10, 3)], 8)
+    draws = np.bincount([by_area(positions, generator) for _ in range(2000)], minlength=2)
     assert 150 < draws[0] < 250 and draws.sum() == 2000
 
 

@@ -99,12 +99,17 @@ def recoloured(crop: np.ndarray, generator: torch.Generator) -> np.ndarray:
     return np.round(gray + gain * (x - gray)).clip(0, 255).astype(np.uint8)
 
 
-def by_area(shapes: list[tuple[int, ...]], size: int, generator: torch.Generator) -> int:
-    """The index of an image (its (height, width, ...) in ``shapes``) drawn with probability in
-    proportion to how many size x size crops it holds: every crop position of every image equally
-    likely, so a large photo is worth as much as the small ones that add up to its pixels."""
-    counts = torch.tensor([float((h - size + 1) * (w - size + 1)) for h, w, *_ in shapes], dtype=torch.float64)
-    return int(torch.multinomial(counts, 1, generator=generator))
+def crop_positions(shapes: list[tuple[int, ...]], size: int) -> torch.Tensor:
+    """How many size x size crops each image (its (height, width, ...) in ``shapes``) holds: the
+    weights ``by_area`` draws with."""
+    return torch.tensor([float((h - size + 1) * (w - size + 1)) for h, w, *_ in shapes], dtype=torch.float64)
+
+
+def by_area(positions: torch.Tensor, generator: torch.Generator) -> int:
+    """The index of an image drawn in proportion to its ``crop_positions``: every crop position
+    of every image equally likely, so a large photo is worth as much as the small ones that add
+    up to its pixels."""
+    return int(torch.multinomial(positions, 1, generator=generator))
 
 
 class CropSampler:
@@ -123,7 +128,7 @@ class CropSampler:
         if not 0.0 <= colour <= 1.0:
             raise InputError(f"the colour-augmented share must be in [0, 1], not {colour}")
         self.images = images
-        self.shapes = [img.shape[:2] for img in images]
+        self.positions = crop_positions([img.shape for img in images], size)
         self.size = size
         self.generator = generator
         self.colour = colour
@@ -138,7 +143,7 @@ class CropSampler:
     def sample(self, batch: int) -> torch.Tensor:
         crops = []
         for _ in range(batch):
-            img = self.images[by_area(self.shapes, self.size, self.generator)]
+            img = self.images[by_area(self.positions, self.generator)]
             top = int(torch.randint(img.shape[0] - self.size + 1, (1,), generator=self.generator))
             left = int(torch.randint(img.shape[1] - self.size + 1, (1,), generator=self.generator))
             crop = img[top : top + self.size, left : left + self.size]
@@ -161,7 +166,7 @@ class MapCropSampler:
         self.maps = [(t, b) for t, b in maps if min(t.shape) >= size]
         if not self.maps:
             raise ModelError(f"no code map is {size} codes on a side; use a smaller --crop")
-        self.shapes = [t.shape for t, _ in self.maps]
+        self.positions = crop_positions([t.shape for t, _ in self.maps], size)
         self.size, self.generator = size, generator
 
     def _randint(self, high: int) -> int:
@@ -170,7 +175,7 @@ class MapCropSampler:
     def sample(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         tops, bottoms = [], []
         for _ in range(batch):
-            top, bottom = self.maps[by_area(self.shapes, self.size, self.generator)]
+            top, bottom = self.maps[by_area(self.positions, self.generator)]
             r, c = self._randint(top.shape[0] - self.size + 1), self._randint(top.shape[1] - self.size + 1)
             tops.append(top[r : r + self.size, c : c + self.size])
             bottoms.append(bottom[2 * r : 2 * (r + self.size), 2 * c : 2 * (c + self.size)])
