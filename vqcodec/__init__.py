@@ -42,7 +42,7 @@ if importlib.util.find_spec("imageio") is not None:  # imageio reads no entry po
 if TYPE_CHECKING:
     from .codec import Codec, CodeMaps, Encoded, MapStats, load, load_for
 
-__version__ = "0.18.1"
+__version__ = "0.19.0"
 
 _FROM_CODEC = {"Codec", "CodeMaps", "Encoded", "MapStats", "load", "load_for"}
 
