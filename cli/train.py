@@ -56,6 +56,13 @@ _colour_option = click.option(
     show_default=True,
     help="Share of crops recoloured or replaced by flat colours and ramps, so rare colours come back right.",
 )
+_weigh_option = click.option(
+    "--weigh",
+    type=click.Choice(["area", "image"]),
+    default="area",
+    show_default=True,
+    help="Draw crops from the images by area (every pixel alike) or each image alike.",
+)
 
 
 def _data_and_out(out_help: str) -> Callable:
@@ -89,6 +96,7 @@ def _settings(kwargs: dict) -> Any:
 @click.option("--arch", type=click.Choice(sorted(ARCHITECTURES)), default="medium", show_default=True)
 @_init_option
 @_colour_option
+@_weigh_option
 @click.option(
     "--replicate-edges", is_flag=True, help="Convolutions see the edge values repeated beyond the edges, not zeros."
 )
@@ -135,6 +143,7 @@ def train_prior_command(
 @click.option("--synth-up-blocks", type=click.IntRange(0), help="Grow: residual blocks after each inner upsampling.")
 @_bf16_option
 @_colour_option
+@_weigh_option
 @_settings_options(128, "Crop side in pixels.")
 def train_decoder_command(source: str, folder: Path, out: Path, **kwargs) -> None:
     """Stage 3: fine-tune MODEL's synthesis on its own codes of DATA; codes and file sizes stay

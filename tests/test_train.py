@@ -19,12 +19,13 @@ from safetensors.torch import load_file
 import vqcodec
 from tests.conftest import make_model, smooth_image
 from vqcodec.cli import main
+from vqcodec.errors import InputError
 from vqcodec.nn.config import EnhancementConfig, tiny_config
 from vqcodec.nn.grow import grown
 from vqcodec.nn.model import CodecModel
 from vqcodec.nn.vqvae import VQVAE2
 from vqcodec.training.checkpoint import read_meta
-from vqcodec.training.data import by_area, crop_positions, split
+from vqcodec.training.data import CropSampler, by_area, crop_positions, split
 from vqcodec.training.metrics import codebook_use
 from vqcodec.training.priors import load_vqvae, rdo_codec, rdo_maps, train_prior
 from vqcodec.training.run import TrainSettings
@@ -61,6 +62,20 @@ def test_crops_are_drawn_by_area():
     positions = crop_positions([(8, 8, 3), (10, 10, 3)], 8)
     draws = np.bincount([by_area(positions, generator) for _ in range(2000)], minlength=2)
     assert 150 < draws[0] < 250 and draws.sum() == 2000
+
+
+@pytest.mark.parametrize(("weigh", "low", "high"), [("area", 0.05, 0.15), ("image", 0.4, 0.6)])
+def test_crop_sampler_weighs_images_by_area_or_alike(weigh, low, high):
+    # a dark 8 x 8 image (1 crop position) and a bright 10 x 10 one (9 positions)
+    images = [np.zeros((8, 8, 3), np.uint8), np.full((10, 10, 3), 255, np.uint8)]
+    sampler = CropSampler(images, 8, torch.Generator().manual_seed(0), weigh=weigh)
+    dark = (sampler.sample(1000).mean(dim=(1, 2, 3)) < 0).float().mean().item()
+    assert low < dark < high
+
+
+def test_crop_sampler_refuses_an_unknown_weighing():
+    with pytest.raises(InputError, match="weighed by area or image"):
+        CropSampler([np.zeros((8, 8, 3), np.uint8)], 8, torch.Generator(), weigh="pixels")
 
 
 def test_learning_rate_holds_then_decays_to_zero():

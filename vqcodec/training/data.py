@@ -112,23 +112,40 @@ def by_area(positions: torch.Tensor, generator: torch.Generator) -> int:
     return int(torch.multinomial(positions, 1, generator=generator))
 
 
+#: How ``CropSampler`` weighs its images: by their crop positions (every pixel alike) or alike
+#: (every photo alike, so a few large photos do not outweigh many small ones).
+WEIGHINGS = ("area", "image")
+
+
 class CropSampler:
     """Random size x size crops (every crop position of every image equally likely), flipped
     left-right half the time, as (B, 3, size, size) floats in [-1, 1].
 
     ``colour`` is the share of crops given colours photos seldom have: half of those are replaced
     by a synthetic flat colour or ramp (``synthetic_crop``), half recoloured (``recoloured``).
+    ``weigh`` (one of ``WEIGHINGS``) draws the images by area or each alike.
     The generator's state is part of a training checkpoint, so a resumed run draws the same crops.
     """
 
-    def __init__(self, images: list[np.ndarray], size: int, generator: torch.Generator, colour: float = 0.0):
+    def __init__(
+        self,
+        images: list[np.ndarray],
+        size: int,
+        generator: torch.Generator,
+        colour: float = 0.0,
+        weigh: str = "area",
+    ):
         small = [img.shape[:2] for img in images if min(img.shape[:2]) < size]
         if small:
             raise InputError(f"crop size {size} is larger than an image of size {small[0]}")
         if not 0.0 <= colour <= 1.0:
             raise InputError(f"the colour-augmented share must be in [0, 1], not {colour}")
+        if weigh not in WEIGHINGS:
+            raise InputError(f"images are weighed by {' or '.join(WEIGHINGS)}, not {weigh!r}")
         self.images = images
         self.positions = crop_positions([img.shape for img in images], size)
+        if weigh == "image":
+            self.positions = torch.ones_like(self.positions)
         self.size = size
         self.generator = generator
         self.colour = colour

@@ -45,6 +45,8 @@ class TrainSettings:
     bf16: bool = False
     #: Share of training crops recoloured or replaced by flat colours and ramps (``data.CropSampler``).
     colour: float = 0.0
+    #: How crops draw their images: ``"area"`` or ``"image"`` (``data.WEIGHINGS``).
+    weigh: str = "area"
 
     def autocast(self, device: torch.device) -> torch.autocast:
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.bf16)

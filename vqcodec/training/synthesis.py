@@ -57,7 +57,8 @@ def train_decoder(
     run = Run(out, {"vqvae": vqvae}, settings, {"stage": "decoder", "source": source_id, "grow": grow})
     run.resume()
     train_files, val_files = data.split(folder)
-    sampler = data.CropSampler(data.load_rgb(train_files), settings.crop, run.generator, settings.colour)
+    images = data.load_rgb(train_files)
+    sampler = data.CropSampler(images, settings.crop, run.generator, settings.colour, settings.weigh)
     val_images = data.load_rgb(val_files)
     net = ddp(_Synthesis(vqvae))
 

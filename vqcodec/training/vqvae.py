@@ -32,7 +32,8 @@ def train_vqvae(
     run = Run(out, {"vqvae": model}, settings, {"stage": "vqvae", "arch": arch, "vqvae": asdict(config.vqvae)})
     run.resume(init)
     train_files, val_files = data.split(folder)
-    sampler = data.CropSampler(data.load_rgb(train_files), settings.crop, run.generator, settings.colour)
+    images = data.load_rgb(train_files)
+    sampler = data.CropSampler(images, settings.crop, run.generator, settings.colour, settings.weigh)
     val_images = data.load_rgb(val_files)
     net = ddp(model)
 
