@@ -56,6 +56,14 @@ _colour_option = click.option(
     show_default=True,
     help="Share of crops recoloured or replaced by flat colours and ramps, so rare colours come back right.",
 )
+_ms_ssim_option = click.option(
+    "--ms-ssim",
+    "ms_ssim_share",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Share of the distortion measured as MS-SSIM instead of MSE (needs --crop 161 or more).",
+)
 _weigh_option = click.option(
     "--weigh",
     type=click.Choice(["area", "image"]),
@@ -144,8 +152,9 @@ def train_prior_command(
 @_bf16_option
 @_colour_option
 @_weigh_option
+@_ms_ssim_option
 @_settings_options(128, "Crop side in pixels.")
-def train_decoder_command(source: str, folder: Path, out: Path, **kwargs) -> None:
+def train_decoder_command(source: str, folder: Path, out: Path, ms_ssim_share: float, **kwargs) -> None:
     """Stage 3: fine-tune MODEL's synthesis on its own codes of DATA; codes and file sizes stay
     the same, only the reconstruction changes. Writes the tuned model OUT. The --synth-* options
     first grow the synthesis, starting from exactly what it computes (files of MODEL still decode
@@ -153,7 +162,7 @@ def train_decoder_command(source: str, folder: Path, out: Path, **kwargs) -> Non
     checkpoint = out.with_name(out.name + ".ckpt")
     sizes = {k: kwargs.pop(k) for k in [k for k in kwargs if k.startswith("synth_")]}
     grow = {k: v for k, v in sizes.items() if v is not None}
-    _training("synthesis").train_decoder(source, folder, checkpoint, out, _settings(kwargs), grow)
+    _training("synthesis").train_decoder(source, folder, checkpoint, out, _settings(kwargs), grow, ms_ssim_share)
     _report_model(out, checkpoint)
 
 
@@ -168,14 +177,7 @@ def train_decoder_command(source: str, folder: Path, out: Path, **kwargs) -> Non
     help="Rate: loss = bits per pixel + LAM x 255^2 x MSE, or the MS-SSIM mix (larger: more bits, higher quality).",
 )
 @click.option("--layer", type=click.IntRange(1), help="Continue this layer of MODEL (1-based) instead of adding one.")
-@click.option(
-    "--ms-ssim",
-    "ms_ssim_share",
-    type=click.FloatRange(0, 1),
-    default=0.0,
-    show_default=True,
-    help="Share of the distortion measured as MS-SSIM instead of MSE (needs --crop 161 or more).",
-)
+@_ms_ssim_option
 @click.option(
     "--straight-through",
     is_flag=True,

@@ -220,6 +220,11 @@ def test_decoder_stage_resumes_only_its_own_source(folder, model_file, tmp_path)
     assert read_meta(ckpt)["step"] == SETTINGS.steps
 
 
+def test_decoder_stage_refuses_an_ms_ssim_loss_on_small_crops(folder, model_file, tmp_path):
+    with pytest.raises(vqcodec.ModelError, match="crops of at least 161"):
+        train_decoder(model_file, folder, tmp_path / "d.ckpt", tmp_path / "d.st", SETTINGS, ms_ssim_share=0.5)
+
+
 GROW = {"synth_channels": 24, "synth_res_blocks": 2, "synth_res_channels": 12, "synth_up_blocks": 1}
 
 

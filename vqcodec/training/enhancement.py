@@ -4,7 +4,7 @@ frozen: its code maps, priors and files are untouched, and the layer adds a rate
 Loss: the layer's bits per pixel + ``lam`` x the distortion, with uniform noise standing in for
 rounding (optionally in the rate alone, the synthesis seeing rounded coefficients). The
 distortion is 255^2 x MSE (CompressAI's convention), with ``ms_ssim_share`` of it
-``MSSSIM_PER_MSE`` x (1 - MS-SSIM) instead (CompressAI's MS-SSIM models take about that many
+``msssim.MSSSIM_PER_MSE`` x (1 - MS-SSIM) instead (CompressAI's MS-SSIM models take about that many
 times the lambda of its MSE models of equal rate). Validation: the layer's bits per pixel from its
 rounded integers, the PSNR of the enhanced and of the plain reconstruction of the validation
 photos, and the mean MS-SSIM of the enhanced ones. The model written at the end has its
@@ -14,13 +14,11 @@ activation ranges calibrated on the validation photos, ready to code.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..errors import ModelError
 from ..io.image import pad_to, to_tensor
@@ -34,11 +32,8 @@ from ..zoo.weights import load_model, model_id, save_model
 from . import data
 from .checkpoint import read_meta
 from .metrics import psnr
-from .msssim import MIN_SIDE, ms_ssim
+from .msssim import MIN_SIDE, mixed_distortion, ms_ssim
 from .run import Run, TrainSettings
-
-#: Weight of 1 - MS-SSIM equal to that of 255^2 x MSE at the same rate.
-MSSSIM_PER_MSE = 1300.0
 
 
 def train_enhancement(
@@ -103,16 +98,10 @@ def train_enhancement(
             step = file_steps[int(torch.randint(len(file_steps), (1,), generator=run.generator))]
         out, bits = net(x, *base_pass(vqvae, x), noisy=True, straight_through=straight_through, step=step)
         bpp = bits / (x.shape[0] * x.shape[2] * x.shape[3])
-        mse = F.mse_loss(out, x) / 4  # on [0, 1]
-        distortion = (1 - ms_ssim_share) * 255**2 * mse
-        log = {"bpp": bpp.item(), "psnr": -10 * math.log10(mse.item())}
-        if ms_ssim_share:
-            similarity = ms_ssim((out + 1) / 2, (x + 1) / 2).mean()
-            distortion = distortion + ms_ssim_share * MSSSIM_PER_MSE * (1 - similarity)
-            log["ms_ssim"] = similarity.item()
+        distortion, log = mixed_distortion(out, x, ms_ssim_share)
         loss = bpp + lam * 2 ** (-step / 4) * distortion
         loss.backward()
-        return {"loss": loss.item(), **log}
+        return {"loss": loss.item(), "bpp": bpp.item(), **log}
 
     run.loop(train_step, lambda: validate_steps(net, vqvae, val_images, file_steps))
     calibrate(net, vqvae, val_images)

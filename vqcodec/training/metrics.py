@@ -13,6 +13,7 @@ from ..io.image import pad_to, to_rgb, to_tensor
 from ..nn.prior import PixelSNAIL
 from ..nn.vqvae import VQVAE2
 from . import data
+from .msssim import MIN_SIDE, ms_ssim
 
 
 def psnr(mse_255: float) -> float:
@@ -45,17 +46,20 @@ def candidate_maps(model: VQVAE2, images: list[np.ndarray], k: int) -> list[tupl
 
 @torch.no_grad()
 def validate_vqvae(model: VQVAE2, images: list[np.ndarray]) -> dict[str, float]:
-    """PSNR of the 8-bit reconstructions (MSE pooled over all pixels) and codebook use of both
-    maps, over whole validation images padded as the codec pads them (crops would see too few
-    codes to tell how many are in use)."""
+    """PSNR of the 8-bit reconstructions (MSE pooled over all pixels), their mean MS-SSIM (of the
+    images large enough for it) and codebook use of both maps, over whole validation images
+    padded as the codec pads them (crops would see too few codes to tell how many are in use)."""
     model.eval()
     device = next(model.parameters()).device
     maps = code_maps(model, images)
-    squared_error = 0.0
+    squared_error, similarities = 0.0, []
     for img, codes in zip(images, maps, strict=True):
         top, bottom = (torch.from_numpy(m).unsqueeze(0).to(device) for m in codes)
         recon = to_rgb(model.decode(top, bottom))[: img.shape[0], : img.shape[1]]
         squared_error += float(((recon.astype(np.float64) - img) ** 2).sum())
+        if min(img.shape[:2]) >= MIN_SIDE:
+            pair = [torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1)[None].double() for a in (recon, img)]
+            similarities.append(float(ms_ssim(*pair, peak=255.0)))
     mse = squared_error / sum(img.size for img in images)
     tops, bottoms = zip(*maps, strict=True)
     use_t = codebook_use(list(tops), model.config.top_codes)
@@ -63,6 +67,7 @@ def validate_vqvae(model: VQVAE2, images: list[np.ndarray]) -> dict[str, float]:
     return {
         "mse": mse,
         "psnr": psnr(mse),
+        **({"ms_ssim": float(np.mean(similarities))} if similarities else {}),
         **{f"top_{k}": v for k, v in use_t.items()},
         **{f"bottom_{k}": v for k, v in use_b.items()},
         **flat_colour_errors(model),

@@ -4,6 +4,8 @@ convention the benchmark's metric follows; valid convolutions, so a side must ex
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -12,6 +14,9 @@ WINDOW, SIGMA = 11, 1.5
 K1, K2 = 0.01, 0.03
 #: The window must still fit after four halvings.
 MIN_SIDE = (WINDOW - 1) * 2 ** (len(WEIGHTS) - 1) + 1
+#: Weight of (1 - MS-SSIM) against 255^2 x MSE in a mixed distortion: CompressAI's MS-SSIM models
+#: take about that many times the lambda of its MSE models of equal rate.
+MSSSIM_PER_MSE = 1300.0
 
 
 def _gaussian(x: torch.Tensor) -> torch.Tensor:
@@ -55,3 +60,16 @@ def ms_ssim(a: torch.Tensor, b: torch.Tensor, peak: float = 1.0) -> torch.Tensor
             a, b = F.avg_pool2d(a, 2, padding=pad), F.avg_pool2d(b, 2, padding=pad)
     weights = torch.tensor(WEIGHTS, dtype=a.dtype, device=a.device).view(-1, 1, 1)
     return torch.prod(torch.stack(factors) ** weights, dim=0).mean(dim=1)
+
+
+def mixed_distortion(out: torch.Tensor, x: torch.Tensor, share: float) -> tuple[torch.Tensor, dict[str, float]]:
+    """255^2 x MSE of images in [-1, 1] (CompressAI's convention), with ``share`` of it
+    ``MSSSIM_PER_MSE`` x (1 - MS-SSIM) instead, and the step's PSNR (and MS-SSIM) to log."""
+    mse = F.mse_loss(out, x) / 4  # on [0, 1]
+    distortion = (1 - share) * 255**2 * mse
+    log = {"psnr": -10 * math.log10(max(mse.item(), 1e-12))}
+    if share:
+        similarity = ms_ssim((out + 1) / 2, (x + 1) / 2).mean()
+        distortion = distortion + share * MSSSIM_PER_MSE * (1 - similarity)
+        log["ms_ssim"] = similarity.item()
+    return distortion, log

@@ -20,6 +20,7 @@ from ..zoo.weights import load_model, model_id, save_model
 from . import data
 from .checkpoint import read_meta
 from .metrics import validate_vqvae
+from .msssim import MIN_SIDE, mixed_distortion
 from .run import Run, TrainSettings, ddp, process_device, process_rank, reconstruction_step
 
 
@@ -30,6 +31,7 @@ def train_decoder(
     model_out: str | Path,
     settings: TrainSettings | None = None,
     grow: dict[str, int] | None = None,
+    ms_ssim_share: float = 0.0,
 ) -> Path:
     """Fine-tune the synthesis of a finished model (file or preset) on its own codes; write the
     tuned model to ``model_out`` (the checkpoint for resuming goes to ``out``). ``grow`` (VQ-VAE
@@ -39,9 +41,13 @@ def train_decoder(
     The analysis, the codebooks and the priors stay exactly as they are, so every code map and
     every file size does too: only the reconstruction improves. That makes a long run cheap (no
     prior to retrain) and safe (the rates the priors were trained for still hold).
+    ``ms_ssim_share`` (0 to 1) of the squared error is measured in MS-SSIM instead
+    (``msssim.mixed_distortion``), which needs crops of ``msssim.MIN_SIDE`` pixels or more.
     """
     out, model_out = Path(out), Path(model_out)
     settings = settings or TrainSettings()
+    if ms_ssim_share and settings.crop < MIN_SIDE:
+        raise ModelError(f"an MS-SSIM loss needs crops of at least {MIN_SIDE} pixels, not {settings.crop}")
     model = load_model(model_file(source))
     source_id = model_id(model).hex()
     grow = grow or {}
@@ -54,7 +60,8 @@ def train_decoder(
     vqvae.requires_grad_(False)
     for name in VQVAE2.SYNTHESIS:
         getattr(vqvae, name).requires_grad_(True)
-    run = Run(out, {"vqvae": vqvae}, settings, {"stage": "decoder", "source": source_id, "grow": grow})
+    meta = {"stage": "decoder", "source": source_id, "grow": grow, "ms_ssim": ms_ssim_share}
+    run = Run(out, {"vqvae": vqvae}, settings, meta)
     run.resume()
     train_files, val_files = data.split(folder)
     images = data.load_rgb(train_files)
@@ -67,7 +74,10 @@ def train_decoder(
         top, bottom = vqvae.encode(x)
         with settings.autocast(device):
             recon = net(top, bottom).float()
-        return reconstruction_step(F.mse_loss(recon, x), recon, x)
+        if not ms_ssim_share:
+            return reconstruction_step(F.mse_loss(recon, x), recon, x)
+        distortion, log = mixed_distortion(recon, x, ms_ssim_share)
+        return {**reconstruction_step(distortion / (255**2 / 4), recon, x), **log}
 
     run.loop(train_step, lambda: validate_vqvae(vqvae, val_images))
     if process_rank() == 0:
