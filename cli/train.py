@@ -131,14 +131,25 @@ def train_vqvae_command(
 @click.option("--rdo", type=click.FloatRange(min=0), default=0.0, show_default=True, callback=finite,
               help="Learn the codes the encoder writes at this RDO strength, priced by the priors of "
               "--vqvae (a finished model), instead of the nearest codes.")  # fmt: skip
+@click.option("--augment", type=click.Choice(["mirror", "shift"]), multiple=True,
+              help="Also learn the maps of mirrored (left to right) or shifted (by half a bottom code) "
+              "copies of the training photos; give both for four maps a photo.")  # fmt: skip
 @_bf16_option
 @_settings_options(DEFAULT_TILE, "Crop side in top-map codes (bottom crops are twice that).")
 def train_prior_command(
-    vqvae_source: str, folder: Path, out: Path, arch: str | None, init: str | None, rdo: float, **kwargs
+    vqvae_source: str,
+    folder: Path,
+    out: Path,
+    arch: str | None,
+    init: str | None,
+    rdo: float,
+    augment: tuple[str, ...],
+    **kwargs: Any,
 ) -> None:
     """Stage 2: train the priors on the code maps of DATA; writes the codec model OUT."""
     checkpoint = out.with_name(out.name + ".ckpt")
-    _training("priors").train_prior(vqvae_source, folder, checkpoint, out, _settings(kwargs), arch, init, rdo)
+    stage = _training("priors")
+    stage.train_prior(vqvae_source, folder, checkpoint, out, _settings(kwargs), arch, init, rdo, augment)
     _report_model(out, checkpoint)
 
 

@@ -25,7 +25,7 @@ from vqcodec.nn.grow import grown
 from vqcodec.nn.model import CodecModel
 from vqcodec.nn.vqvae import VQVAE2
 from vqcodec.training.checkpoint import read_meta
-from vqcodec.training.data import CropSampler, by_area, crop_positions, split
+from vqcodec.training.data import SHIFT, CropSampler, by_area, crop_positions, split, variants
 from vqcodec.training.metrics import codebook_use
 from vqcodec.training.priors import load_vqvae, rdo_codec, rdo_maps, train_prior
 from vqcodec.training.run import TrainSettings
@@ -166,6 +166,27 @@ def test_rdo_maps_are_the_maps_the_encoder_writes(folder, model_file, vqvae_ckpt
     settings = TrainSettings(steps=2, batch=2, crop=2, val_every=1, checkpoint_every=100)
     tuned = train_prior(model_file, folder, tmp_path / "r.ckpt", tmp_path / "r.st", settings, init=model_file, rdo=5.0)
     assert load_model(tuned).config == load_model(model_file).config
+
+
+def test_variants_add_mirrored_and_shifted_copies():
+    image = np.arange(6 * 8 * 3, dtype=np.uint8).reshape(6, 8, 3)
+    assert [v.shape for v in variants([image])] == [(6, 8, 3)]
+    mirrored = list(variants([image], ("mirror",)))
+    np.testing.assert_array_equal(mirrored[1], image[:, ::-1])
+    both = list(variants([image, image[:4]], ("mirror", "shift")))
+    assert len(both) == 8 and all(v.flags.c_contiguous for v in both)
+    np.testing.assert_array_equal(both[1], image[SHIFT:, SHIFT:])
+    np.testing.assert_array_equal(both[3], image[SHIFT:, ::-1][:, SHIFT:])
+    with pytest.raises(InputError, match="unknown augmentation 'rotate'"):
+        list(variants([image], ("rotate",)))
+
+
+def test_prior_stage_learns_augmented_maps(folder, model_file, tmp_path):
+    settings = TrainSettings(steps=2, batch=2, crop=2, val_every=1, checkpoint_every=100)
+    ckpt = tmp_path / "a.ckpt"
+    tuned = train_prior(model_file, folder, ckpt, tmp_path / "a.st", settings, init=model_file, augment=("mirror",))
+    assert load_model(tuned).config == load_model(model_file).config
+    assert read_meta(ckpt)["augment"] == ["mirror"]
 
 
 def test_init_across_codebook_sizes_keeps_the_other_layers(folder, tmp_path, capsys):

@@ -49,6 +49,30 @@ def load_rgb(files: list[Path]) -> list[np.ndarray]:
     return [read_image(p).rgb for p in files]
 
 
+#: The copies ``variants`` can add of each training photo: mirrored left to right, and shifted by
+#: ``SHIFT`` pixels down and right.
+AUGMENTS = ("mirror", "shift")
+#: Half the bottom map's stride: every bottom and top code of a shifted copy sees another window
+#: of the photo, so its code maps are new data, not the same codes moved.
+SHIFT = 2
+
+
+def variants(images: list[np.ndarray], augment: tuple[str, ...] = ()) -> Iterator[np.ndarray]:
+    """Each image, then (with ``"mirror"`` in ``augment``) its mirror image, then (with
+    ``"shift"``) each of those with its first ``SHIFT`` rows and columns cut off: natural photos
+    of their own, for stages that train on code maps, whose analysis is neither mirror- nor
+    shift-invariant. Made one at a time, so memory holds one copy."""
+    unknown = set(augment) - set(AUGMENTS)
+    if unknown:
+        raise InputError(f"unknown augmentation {sorted(unknown)[0]!r}; choose from {', '.join(AUGMENTS)}")
+    for img in images:
+        copies = [img, img[:, ::-1]] if "mirror" in augment else [img]
+        for copy in copies:
+            yield np.ascontiguousarray(copy)
+            if "shift" in augment:
+                yield np.ascontiguousarray(copy[SHIFT:, SHIFT:])
+
+
 #: Channel levels a synthetic crop's colours are drawn from half the time (the rest uniformly):
 #: the saturated corners and edges of the RGB cube that photos seldom reach.
 CUBE_LEVELS = (0, 64, 128, 192, 255)

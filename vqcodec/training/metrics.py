@@ -4,6 +4,7 @@ priors' bits per code."""
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import numpy as np
 import torch
@@ -28,12 +29,12 @@ def codebook_use(codes: list[np.ndarray], size: int) -> dict[str, float]:
 
 
 @torch.no_grad()
-def code_maps(model: VQVAE2, images: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+def code_maps(model: VQVAE2, images: Iterable[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
     """(top, bottom) code maps of whole images, edge-padded as the codec pads them."""
     return [(top, bottom[..., 0]) for top, bottom in candidate_maps(model, images, 1)]
 
 
-def candidate_maps(model: VQVAE2, images: list[np.ndarray], k: int) -> list[tuple[np.ndarray, np.ndarray]]:
+def candidate_maps(model: VQVAE2, images: Iterable[np.ndarray], k: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """(top, candidates) maps of whole images, edge-padded as the codec pads them: the top code
     map and every bottom position's ``k`` nearest codes, nearest first (H, W, k)."""
     s, device = model.config.top_stride, next(model.parameters()).device

@@ -4,6 +4,7 @@ encoder writes with RDO)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
 
@@ -67,7 +68,7 @@ def rdo_codec(source: str | Path, rdo: float) -> Codec:
 
 
 @torch.no_grad()
-def rdo_maps(codec: Codec, images: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+def rdo_maps(codec: Codec, images: Iterable[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
     """(top, bottom) code maps ``codec`` writes for whole images."""
     coded = (codec.encode(img).codes for img in tqdm(images, desc="RDO code maps", disable=process_rank() != 0))
     return [(c.top, c.bottom) for c in coded]
@@ -82,27 +83,31 @@ def train_prior(
     arch: str | None = None,
     init: str | Path | None = None,
     rdo: float = 0.0,
+    augment: tuple[str, ...] = (),
 ) -> Path:
     """Train (or resume) both priors on the code maps of ``folder``; write the finished, calibrated
     codec model to ``model_out`` (the checkpoint for resuming goes to ``out``). ``init`` (a model
     file or preset with the same priors) fine-tunes its priors, e.g. after fine-tuning its VQ-VAE.
     With ``rdo`` the maps are those the finished model ``vqvae_source`` encodes at that strength
-    (``rdo_codec``), so the priors learn the codes files hold; otherwise the nearest codes."""
+    (``rdo_codec``), so the priors learn the codes files hold; otherwise the nearest codes.
+    ``augment`` (``data.AUGMENTS``) adds the maps of mirrored and shifted copies of the training
+    photos (``data.variants``); validation keeps the photos as they are."""
     out, model_out = Path(out), Path(model_out)
     settings = settings or TrainSettings(crop=DEFAULT_TILE)
     vqvae, config = load_vqvae(vqvae_source, arch)
     device = process_device()
     top_prior, bottom_prior = PixelSNAIL(config.top_prior).to(device), PixelSNAIL(config.bottom_prior).to(device)
-    run = Run(out, {"top_prior": top_prior, "bottom_prior": bottom_prior}, settings, {"stage": "prior"})
+    meta = {"stage": "prior", "augment": list(augment)}
+    run = Run(out, {"top_prior": top_prior, "bottom_prior": bottom_prior}, settings, meta)
     run.resume(init)
     train_files, val_files = data.split(folder)
     codec = rdo_codec(vqvae_source, rdo) if rdo else None
 
-    def maps(files: list[Path]) -> list[tuple[np.ndarray, np.ndarray]]:
-        images = data.load_rgb(files)
+    def maps(files: list[Path], augment: tuple[str, ...] = ()) -> list[tuple[np.ndarray, np.ndarray]]:
+        images = data.variants(data.load_rgb(files), augment)
         return rdo_maps(codec, images) if codec else code_maps(vqvae, images)
 
-    train_maps, val_maps = maps(train_files), maps(val_files)
+    train_maps, val_maps = maps(train_files, augment), maps(val_files)
     sampler = MapCropSampler(train_maps, settings.crop, run.generator)
     val_crops = [(t.to(device), b.to(device)) for t, b in map_tiles(val_maps, settings.crop)]
     top_net, bottom_net = ddp(top_prior), ddp(bottom_prior)
