@@ -32,7 +32,7 @@ from ..zoo.weights import load_model, model_id, save_model
 from . import data
 from .checkpoint import read_meta
 from .metrics import psnr
-from .msssim import MIN_SIDE, mixed_distortion, ms_ssim
+from .msssim import MIN_SIDE, mixed_distortion, ms_ssim, require_crop
 from .run import Run, TrainSettings
 
 
@@ -64,8 +64,7 @@ def train_enhancement(
     2^(-step/4): a step's quantisation error grows as its step squared."""
     out, model_out = Path(out), Path(model_out)
     settings = settings or TrainSettings()
-    if ms_ssim_share and settings.crop < MIN_SIDE:
-        raise ModelError(f"an MS-SSIM loss needs crops of at least {MIN_SIDE} pixels, not {settings.crop}")
+    require_crop(ms_ssim_share, settings.crop)
     model = load_model(model_file(source))
     source_id = model_id(model).hex()
     if out.exists() and (read_meta(out).get("source"), read_meta(out).get("layer")) != (source_id, layer):

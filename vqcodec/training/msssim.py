@@ -9,6 +9,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..errors import ModelError
+
 WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 WINDOW, SIGMA = 11, 1.5
 K1, K2 = 0.01, 0.03
@@ -60,6 +62,12 @@ def ms_ssim(a: torch.Tensor, b: torch.Tensor, peak: float = 1.0) -> torch.Tensor
             a, b = F.avg_pool2d(a, 2, padding=pad), F.avg_pool2d(b, 2, padding=pad)
     weights = torch.tensor(WEIGHTS, dtype=a.dtype, device=a.device).view(-1, 1, 1)
     return torch.prod(torch.stack(factors) ** weights, dim=0).mean(dim=1)
+
+
+def require_crop(share: float, crop: int) -> None:
+    """Refuse, before training starts, an MS-SSIM ``share`` of the loss on crops too small for it."""
+    if share and crop < MIN_SIDE:
+        raise ModelError(f"an MS-SSIM loss needs crops of at least {MIN_SIDE} pixels, not {crop}")
 
 
 def mixed_distortion(out: torch.Tensor, x: torch.Tensor, share: float) -> tuple[torch.Tensor, dict[str, float]]:

@@ -20,7 +20,7 @@ from ..zoo.weights import load_model, model_id, save_model
 from . import data
 from .checkpoint import read_meta
 from .metrics import validate_vqvae
-from .msssim import MIN_SIDE, mixed_distortion
+from .msssim import mixed_distortion, require_crop
 from .run import Run, TrainSettings, ddp, process_device, process_rank, reconstruction_step
 
 
@@ -46,8 +46,7 @@ def train_decoder(
     """
     out, model_out = Path(out), Path(model_out)
     settings = settings or TrainSettings()
-    if ms_ssim_share and settings.crop < MIN_SIDE:
-        raise ModelError(f"an MS-SSIM loss needs crops of at least {MIN_SIDE} pixels, not {settings.crop}")
+    require_crop(ms_ssim_share, settings.crop)
     model = load_model(model_file(source))
     source_id = model_id(model).hex()
     grow = grow or {}
