@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from vqcodec.defaults import DEFAULT_TILE
+from vqcodec.defaults import AUGMENTS, DEFAULT_TILE, WEIGHINGS
 from vqcodec.nn.config import ARCHITECTURES, PricerConfig
 
 from .main import main
@@ -66,7 +66,7 @@ _ms_ssim_option = click.option(
 )
 _weigh_option = click.option(
     "--weigh",
-    type=click.Choice(["area", "image"]),
+    type=click.Choice(WEIGHINGS),
     default="area",
     show_default=True,
     help="Draw crops from the images by area (every pixel alike) or each image alike.",
@@ -131,7 +131,7 @@ def train_vqvae_command(
 @click.option("--rdo", type=click.FloatRange(min=0), default=0.0, show_default=True, callback=finite,
               help="Learn the codes the encoder writes at this RDO strength, priced by the priors of "
               "--vqvae (a finished model), instead of the nearest codes.")  # fmt: skip
-@click.option("--augment", type=click.Choice(["mirror", "shift"]), multiple=True,
+@click.option("--augment", type=click.Choice(AUGMENTS), multiple=True,
               help="Also learn the maps of mirrored (left to right) or shifted (by half a bottom code) "
               "copies of the training photos; give both for four maps a photo.")  # fmt: skip
 @_bf16_option

@@ -1,5 +1,6 @@
-"""Defaults of the encoder that the command line shows, kept apart from the modules that need
-torch so that ``vqcodec --help`` starts in a fraction of a second."""
+"""Defaults of the encoder, and choices of the training commands, that the command line shows,
+kept apart from the modules that need torch so that ``vqcodec --help`` starts in a fraction of
+a second."""
 
 #: The preset ``load()`` picks when none is named.
 DEFAULT_PRESET = "medium"
@@ -27,3 +28,10 @@ WINDOW_MARGIN = 6
 WHOLE_WINDOW = 96
 #: Rows (positions) the integer prior handles at once on a GPU (``qprior``; fewer on the CPU).
 DEVICE_ROW_CHUNK = 8192
+#: How the training crops of the VQ-VAE and the synthesis draw their images
+#: (``training.data.CropSampler``): by area (every pixel alike) or every image alike, so that a
+#: few large photos do not outweigh many small ones.
+WEIGHINGS = ("area", "image")
+#: The copies of each training photo whose maps the priors may learn besides its own
+#: (``training.data.variants``): mirrored left to right, and shifted by half a bottom code.
+AUGMENTS = ("mirror", "shift")

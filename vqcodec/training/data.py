@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..defaults import AUGMENTS, WEIGHINGS
 from ..errors import InputError, ModelError
 from ..io.image import read_image, to_tensor
 
@@ -49,9 +50,6 @@ def load_rgb(files: list[Path]) -> list[np.ndarray]:
     return [read_image(p).rgb for p in files]
 
 
-#: The copies ``variants`` can add of each training photo: mirrored left to right, and shifted by
-#: ``SHIFT`` pixels down and right.
-AUGMENTS = ("mirror", "shift")
 #: Half the bottom map's stride: every bottom and top code of a shifted copy sees another window
 #: of the photo, so its code maps are new data, not the same codes moved.
 SHIFT = 2
@@ -134,11 +132,6 @@ def by_area(positions: torch.Tensor, generator: torch.Generator) -> int:
     of every image equally likely, so a large photo is worth as much as the small ones that add
     up to its pixels."""
     return int(torch.multinomial(positions, 1, generator=generator))
-
-
-#: How ``CropSampler`` weighs its images: by their crop positions (every pixel alike) or alike
-#: (every photo alike, so a few large photos do not outweigh many small ones).
-WEIGHINGS = ("area", "image")
 
 
 class CropSampler:

@@ -90,7 +90,7 @@ def train_prior(
     file or preset with the same priors) fine-tunes its priors, e.g. after fine-tuning its VQ-VAE.
     With ``rdo`` the maps are those the finished model ``vqvae_source`` encodes at that strength
     (``rdo_codec``), so the priors learn the codes files hold; otherwise the nearest codes.
-    ``augment`` (``data.AUGMENTS``) adds the maps of mirrored and shifted copies of the training
+    ``augment`` (``defaults.AUGMENTS``) adds the maps of mirrored and shifted copies of the training
     photos (``data.variants``); validation keeps the photos as they are."""
     out, model_out = Path(out), Path(model_out)
     settings = settings or TrainSettings(crop=DEFAULT_TILE)

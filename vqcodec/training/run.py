@@ -45,7 +45,7 @@ class TrainSettings:
     bf16: bool = False
     #: Share of training crops recoloured or replaced by flat colours and ramps (``data.CropSampler``).
     colour: float = 0.0
-    #: How crops draw their images: ``"area"`` or ``"image"`` (``data.WEIGHINGS``).
+    #: How crops draw their images: ``"area"`` or ``"image"`` (``defaults.WEIGHINGS``).
     weigh: str = "area"
 
     def autocast(self, device: torch.device) -> torch.autocast:
