@@ -34,6 +34,13 @@ def _settings_options(crop_default: int, crop_help: str):
             click.option("--seed", type=int, default=0, show_default=True),
             click.option("--val-every", type=click.IntRange(1), default=500, show_default=True),
             click.option("--checkpoint-every", type=click.IntRange(1), default=1000, show_default=True),
+            click.option(
+                "--ema",
+                type=click.FloatRange(0, 1, max_open=True),
+                default=0.0,
+                show_default=True,
+                help="Decay of a moving average of the weights, which the finished model takes (0: none).",
+            ),
         ]
         for option in reversed(options):
             f = option(f)

@@ -28,7 +28,7 @@ from vqcodec.training.checkpoint import read_meta
 from vqcodec.training.data import SHIFT, CropSampler, by_area, crop_positions, split, variants
 from vqcodec.training.metrics import codebook_use
 from vqcodec.training.priors import load_vqvae, rdo_codec, rdo_maps, train_prior
-from vqcodec.training.run import TrainSettings
+from vqcodec.training.run import Run, TrainSettings
 from vqcodec.training.synthesis import combine, train_decoder
 from vqcodec.training.vqvae import train_vqvae
 from vqcodec.zoo.weights import load_model, model_id, save_model
@@ -85,14 +85,41 @@ def test_learning_rate_holds_then_decays_to_zero():
     assert all(a > b for a, b in itertools.pairwise(lrs[80:]))
 
 
-def test_vqvae_resumes_exactly(folder, vqvae_ckpt, tmp_path):
+def test_weight_averages_follow_the_weights_with_a_growing_decay(tmp_path):
+    layer = torch.nn.Linear(2, 1, bias=False)
+    settings = TrainSettings(steps=3, lr=0.1, ema=0.5, val_every=1, checkpoint_every=100)
+    run = Run(tmp_path / "run.ckpt", {"layer": layer}, settings, {})
+    average = layer.weight.detach().clone()
+    validated = []  # the weights as trained, then their averages, at every step
+
+    def train_step() -> dict[str, float]:
+        layer(torch.ones(1, 2)).sum().backward()
+        return {"loss": 0.0}
+
+    def validate() -> dict[str, float]:
+        validated.append(layer.weight.detach().clone())
+        return {"w": layer.weight[0, 0].item()}
+
+    run.loop(train_step, validate)
+    for step, (weights, averaged) in enumerate(zip(validated[::2], validated[1::2], strict=True), start=1):
+        decay = min(settings.ema, (1 + step) / (10 + step))
+        average = decay * average + (1 - decay) * weights
+        assert torch.allclose(averaged, average) and not torch.allclose(averaged, weights)
+    assert torch.allclose(layer.weight, average)  # the finished model takes the averages
+    val = json.loads((tmp_path / "run.jsonl").read_text().splitlines()[-1])
+    assert val["ema_w"] == pytest.approx(average[0, 0].item())
+
+
+@pytest.mark.parametrize("ema", [0.0, 0.9])
+def test_vqvae_resumes_exactly(folder, vqvae_ckpt, tmp_path, ema):
+    settings = dataclasses.replace(SETTINGS, ema=ema)
     torch.manual_seed(0)
-    straight = train_vqvae(folder, tmp_path / "straight.ckpt", "tiny", SETTINGS)
+    straight = train_vqvae(folder, tmp_path / "straight.ckpt", "tiny", settings)
     torch.manual_seed(0)
     resumed = tmp_path / "resumed.ckpt"
-    train_vqvae(folder, resumed, "tiny", TrainSettings(**{**SETTINGS.__dict__, "steps": 2}))
+    train_vqvae(folder, resumed, "tiny", dataclasses.replace(settings, steps=2))
     torch.manual_seed(123)  # the checkpoint, not the caller, decides what comes next
-    train_vqvae(folder, resumed, "tiny", SETTINGS)
+    train_vqvae(folder, resumed, "tiny", settings)
     a, b = load_file(str(straight)), load_file(str(resumed))
     for key in a:
         assert torch.equal(a[key], b[key]), key
@@ -187,6 +214,18 @@ def test_prior_stage_learns_augmented_maps(folder, model_file, tmp_path):
     tuned = train_prior(model_file, folder, ckpt, tmp_path / "a.st", settings, init=model_file, augment=("mirror",))
     assert load_model(tuned).config == load_model(model_file).config
     assert read_meta(ckpt)["augment"] == ["mirror"]
+
+
+def test_prior_stage_writes_the_averaged_priors(folder, model_file, tmp_path):
+    settings = TrainSettings(steps=3, batch=2, crop=2, val_every=100, checkpoint_every=100, ema=0.9)
+    ckpt = tmp_path / "a.ckpt"
+    tuned = load_model(train_prior(model_file, folder, ckpt, tmp_path / "a.st", settings, init=model_file))
+    stored = load_file(str(ckpt))
+    for name, tensor in tuned.top_prior.named_parameters():  # the buffers are calibrated after training
+        assert torch.allclose(tensor.float(), stored[f"ema_top_prior.{name}"], rtol=1e-3, atol=1e-4), name
+    assert not all(torch.equal(stored[f"ema_{k}"], stored[k]) for k in stored if k.startswith("top_prior."))
+    val = json.loads((tmp_path / "a.jsonl").read_text().splitlines()[-1])
+    assert val["ema_top_bits"] > 0 and val["ema_bottom_bits"] > 0
 
 
 def test_init_across_codebook_sizes_keeps_the_other_layers(folder, tmp_path, capsys):

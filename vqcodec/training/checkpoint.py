@@ -64,6 +64,12 @@ def _metadata(path: str | Path) -> dict[str, str]:
     return metadata
 
 
+def checkpoint_modules(path: str | Path) -> set[str]:
+    """The names of the modules whose states a checkpoint holds."""
+    with safe_open(str(path), framework="pt") as f:
+        return {k.split(".", 1)[0] for k in f.keys() if "." in k and not k.startswith("optim.")}  # noqa: SIM118
+
+
 def load_modules(path: str | Path, modules: dict[str, torch.nn.Module]) -> None:
     """Load the named modules' states from a checkpoint."""
     tensors = load_file(str(path))

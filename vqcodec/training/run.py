@@ -4,6 +4,7 @@ training under ``torchrun`` (each process draws its own crops, process 0 logs an
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import time
@@ -22,7 +23,7 @@ from ..nn.config import ARCHITECTURES, ModelConfig
 from ..nn.model import CodecModel
 from ..zoo.catalog import model_file
 from ..zoo.weights import load_model
-from .checkpoint import load_checkpoint, read_meta, save_checkpoint
+from .checkpoint import checkpoint_modules, load_checkpoint, load_modules, read_meta, save_checkpoint
 from .metrics import psnr
 
 #: Share of the steps at the end of a run over which the learning rate decays to zero.
@@ -47,6 +48,10 @@ class TrainSettings:
     colour: float = 0.0
     #: How crops draw their images: ``"area"`` or ``"image"`` (``defaults.WEIGHINGS``).
     weigh: str = "area"
+    #: Decay of an exponential moving average of the weights, which validation reports beside the
+    #: weights as trained and the finished model takes (0: none). Averaging smooths the noise of
+    #: the last steps that the learning rate's decay alone leaves.
+    ema: float = 0.0
 
     def autocast(self, device: torch.device) -> torch.autocast:
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.bf16)
@@ -86,6 +91,7 @@ class Run:
         self.generator = torch.Generator().manual_seed(self.settings.seed + process_rank())
         self.step = 0
         self.log_path = self.out.with_suffix(".jsonl")
+        self.averages = {f"ema_{n}": copy.deepcopy(m) for n, m in self.modules.items()} if self.settings.ema else {}
 
     def resume(self, init: str | Path | None = None) -> None:
         """Continue from ``out`` if it exists (other processes than 0 draw fresh crops); else, with
@@ -95,10 +101,12 @@ class Run:
             if "vqvae" in self.meta and stored is not None and stored != self.meta["vqvae"]:
                 raise ModelError(f"{self.out} trains a VQ-VAE {stored}, not this run's {self.meta['vqvae']}")
             self.step = load_checkpoint(self.out, self.modules, self.optimizer, self.generator)["step"]
+            self._restore_averages()
             if process_rank():
                 self.generator.manual_seed(self.settings.seed + 1_000_003 * process_rank() + self.step)
         elif init is not None:
             self._take_weights(load_model(model_file(init)), str(init))
+            self._restore_averages()
 
     def _take_weights(self, source: CodecModel, name: str) -> None:
         """Each module's weights from the same-named part of ``source``, which must match it in all
@@ -116,9 +124,52 @@ class Run:
             with self.log_path.open("a") as f:
                 f.write(json.dumps({"step": self.step, "split": split, "time": time.time(), **metrics}) + "\n")
 
+    def _restore_averages(self) -> None:
+        """The averages stored with the checkpoint ``out``, else (a run that starts averaging) the
+        weights themselves."""
+        stored = self.out.exists() and checkpoint_modules(self.out) >= set(self.averages)
+        if stored:
+            load_modules(self.out, self.averages)
+        else:
+            for name, module in self.modules.items():
+                self.averages[f"ema_{name}"].load_state_dict(module.state_dict())
+
+    @torch.no_grad()
+    def _average(self) -> None:
+        """Move the averages towards the weights; the decay grows to ``ema`` over the first steps
+        of a run (``(1 + t) / (10 + t)``), so early averages forget the random start."""
+        decay = min(self.settings.ema, (1 + self.step) / (10 + self.step))
+        for name, module in self.modules.items():
+            average = self.averages[f"ema_{name}"]
+            for a, p in zip(average.parameters(), module.parameters(), strict=True):
+                if p.requires_grad:
+                    a.lerp_(p, 1 - decay)
+            for a, b in zip(average.buffers(), module.buffers(), strict=True):
+                a.copy_(b)
+
+    @torch.no_grad()
+    def _swap_averages(self) -> None:
+        """Exchange the weights and their averages (twice restores them)."""
+        for name, module in self.modules.items():
+            average = self.averages[f"ema_{name}"]
+            for a, p in zip(average.parameters(), module.parameters(), strict=True):
+                held = p.detach().clone()
+                p.copy_(a)
+                a.copy_(held)
+
+    def _validate(self, validate: Callable[[], dict[str, float]]) -> dict[str, float]:
+        """``validate``'s metrics for the weights, and with averaging ``ema_`` ones for the averages."""
+        metrics = validate()
+        if self.averages:
+            self._swap_averages()
+            metrics |= {f"ema_{k}": v for k, v in validate().items()}
+            self._swap_averages()
+        return metrics
+
     def save(self) -> None:
         if process_rank() == 0:
-            save_checkpoint(self.out, self.modules, self.optimizer, self.generator, {**self.meta, "step": self.step})
+            modules = {**self.modules, **self.averages}
+            save_checkpoint(self.out, modules, self.optimizer, self.generator, {**self.meta, "step": self.step})
 
     def loop(self, train_step: Callable[[], dict[str, float]], validate: Callable[[], dict[str, float]]) -> None:
         """Run ``train_step`` until ``settings.steps``, validating and checkpointing on schedule."""
@@ -132,16 +183,20 @@ class Run:
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             self.step += 1
+            if self.averages:
+                self._average()
             running = metrics["loss"] if running is None else 0.98 * running + 0.02 * metrics["loss"]
             bar.update(1)
             bar.set_postfix(loss=f"{running:.4f}")
             if self.step % 50 == 0:
                 self.log("train", {**metrics, "lr": s.lr_at(self.step - 1)})
             if self.step % s.val_every == 0 or self.step == s.steps:
-                self.log("val", validate())
+                self.log("val", self._validate(validate))
             if self.step % s.checkpoint_every == 0 or self.step == s.steps:
                 self.save()
         bar.close()
+        if self.averages:
+            self._swap_averages()  # the finished model takes the averages
 
 
 #: Config fields that ``--init`` may change: the layers they size start fresh.
