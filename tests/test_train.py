@@ -125,6 +125,18 @@ def test_vqvae_resumes_exactly(folder, vqvae_ckpt, tmp_path, ema):
         assert torch.equal(a[key], b[key]), key
 
 
+def test_a_resumed_run_starts_averaging_from_its_weights(folder, tmp_path):
+    ckpt = tmp_path / "v.ckpt"
+    train_vqvae(folder, ckpt, "tiny", dataclasses.replace(SETTINGS, steps=2))
+    before = load_file(str(ckpt))
+    train_vqvae(folder, ckpt, "tiny", dataclasses.replace(SETTINGS, steps=3, ema=0.9))
+    after = load_file(str(ckpt))
+    name = next(k for k in before if k.startswith("vqvae.") and k.endswith(".weight"))
+    w0, w1 = before[name], after[name]  # the average starts at the weights of step 2; step 3 decays by 4/13
+    decay = min(0.9, 4 / 13)
+    assert torch.allclose(after[f"ema_{name}"], decay * w0 + (1 - decay) * w1, atol=1e-6)
+
+
 def test_logs_have_metrics(vqvae_ckpt):
     lines = [json.loads(line) for line in vqvae_ckpt.with_suffix(".jsonl").read_text().splitlines()]
     val = [line for line in lines if line["split"] == "val"][-1]

@@ -127,6 +127,8 @@ class Run:
     def _restore_averages(self) -> None:
         """The averages stored with the checkpoint ``out``, else (a run that starts averaging) the
         weights themselves."""
+        if not self.averages:
+            return
         stored = self.out.exists() and checkpoint_modules(self.out) >= set(self.averages)
         if stored:
             load_modules(self.out, self.averages)
