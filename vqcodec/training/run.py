@@ -8,7 +8,7 @@ import copy
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -133,16 +133,19 @@ class Run:
         if stored:
             load_modules(self.out, self.averages)
         else:
-            for name, module in self.modules.items():
-                self.averages[f"ema_{name}"].load_state_dict(module.state_dict())
+            for module, average in self._with_averages():
+                average.load_state_dict(module.state_dict())
+
+    def _with_averages(self) -> Iterator[tuple[nn.Module, nn.Module]]:
+        """Each trained module and its average."""
+        return ((module, self.averages[f"ema_{name}"]) for name, module in self.modules.items())
 
     @torch.no_grad()
     def _average(self) -> None:
         """Move the averages towards the weights; the decay grows to ``ema`` over the first steps
         of a run (``(1 + t) / (10 + t)``), so early averages forget the random start."""
         decay = min(self.settings.ema, (1 + self.step) / (10 + self.step))
-        for name, module in self.modules.items():
-            average = self.averages[f"ema_{name}"]
+        for module, average in self._with_averages():
             for a, p in zip(average.parameters(), module.parameters(), strict=True):
                 if p.requires_grad:
                     a.lerp_(p, 1 - decay)
@@ -152,8 +155,7 @@ class Run:
     @torch.no_grad()
     def _swap_averages(self) -> None:
         """Exchange the weights and their averages (twice restores them)."""
-        for name, module in self.modules.items():
-            average = self.averages[f"ema_{name}"]
+        for module, average in self._with_averages():
             for a, p in zip(average.parameters(), module.parameters(), strict=True):
                 held = p.detach().clone()
                 p.copy_(a)
